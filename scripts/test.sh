@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up .venv and runs the linter and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests bench
+exec .venv/bin/python -m pytest "$@"

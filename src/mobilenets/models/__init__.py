@@ -1,0 +1,6 @@
+"""Model families; importing this package registers every model."""
+
+from . import mobilenet_v1
+from .base import Backbone, FeatureExtractor, FeatureInfo
+
+__all__ = ["Backbone", "FeatureExtractor", "FeatureInfo", "mobilenet_v1"]

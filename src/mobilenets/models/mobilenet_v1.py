@@ -1,0 +1,157 @@
+"""MobileNet V1 (Howard et al. 2017) and the paper's two baselines, built from Table 1.
+
+Channels are scaled by the width multiplier α with the rule of the released TensorFlow models:
+``max(floor(c · α), 8)``. For α ∈ {0.25, 0.5, 0.75, 1.0} this gives exactly their channels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+from torch import nn
+
+from ..layers import DEFAULT_ACTIVATION, ConvBNAct, DepthwiseSeparable, Padding
+from ..registry import register_model
+from .base import (
+    Backbone,
+    FeatureInfo,
+    StrideSchedule,
+    check_common,
+    check_resolution,
+    check_width_mult,
+    last_per_reduction,
+)
+
+
+class Layer(NamedTuple):
+    """One row of the architecture table."""
+
+    kind: str  # "conv": full 3×3 conv; "ds": depthwise separable (3×3 dw + 1×1 pw)
+    stride: int
+    out_channels: int
+
+
+# Table 1 of the paper, with each "Conv dw / Conv 1×1" pair as one "ds" row.
+MOBILENET_V1: tuple[Layer, ...] = (
+    # kind, s, c         paper rows (input size at 224)
+    Layer("conv", 2, 32),  # Conv / s2         3×3×3×32        224×224×3
+    Layer("ds", 1, 64),  # Conv dw / s1 ; 1×1×32×64          112×112×32
+    Layer("ds", 2, 128),  # Conv dw / s2 ; 1×1×64×128         112×112×64
+    Layer("ds", 1, 128),  # Conv dw / s1 ; 1×1×128×128        56×56×128
+    Layer("ds", 2, 256),  # Conv dw / s2 ; 1×1×128×256        56×56×128
+    Layer("ds", 1, 256),  # Conv dw / s1 ; 1×1×256×256        28×28×256
+    Layer("ds", 2, 512),  # Conv dw / s2 ; 1×1×256×512        28×28×256
+    *[Layer("ds", 1, 512)] * 5,  # 5× Conv dw / s1 ; 1×1×512×512   14×14×512
+    Layer("ds", 2, 1024),  # Conv dw / s2 ; 1×1×512×1024       14×14×512
+    Layer("ds", 1, 1024),  # Conv dw / s1 ; 1×1×1024×1024      7×7×1024 (printed s2: an erratum)
+)
+
+# Table 4 baseline: every depthwise separable layer replaced by a full 3×3 convolution.
+CONV_MOBILENET: tuple[Layer, ...] = tuple(row._replace(kind="conv") for row in MOBILENET_V1)
+
+# Table 5 baseline: the five 14×14×512 separable layers removed.
+SHALLOW_MOBILENET: tuple[Layer, ...] = MOBILENET_V1[:7] + MOBILENET_V1[12:]
+
+VARIANTS: dict[str, tuple[Layer, ...]] = {
+    "mobilenet": MOBILENET_V1,
+    "conv": CONV_MOBILENET,
+    "shallow": SHALLOW_MOBILENET,
+}
+
+
+def scale_channels(channels: int, width_mult: float, min_channels: int = 8) -> int:
+    """Channels after the width multiplier, as the released TF models: ``max(floor(c·α), 8)``."""
+    return max(int(channels * width_mult), min_channels)
+
+
+class MobileNetV1(Backbone):
+    """MobileNet V1 body from an architecture table, then pool → dropout → FC.
+
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled
+    features when ``num_classes == 0``. Dilation replaces the last strides for ``output_stride``
+    8 or 16.
+    """
+
+    def __init__(
+        self,
+        table: tuple[Layer, ...] = MOBILENET_V1,
+        width_mult: float = 1.0,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float = 0.001,
+        activation: str = DEFAULT_ACTIVATION,
+        padding: Padding = "symmetric",
+        output_stride: int = 32,
+    ) -> None:
+        super().__init__()
+        width_mult = check_width_mult(width_mult)
+        check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+        self.width_mult = width_mult
+        schedule = StrideSchedule(output_stride)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        infos: list[FeatureInfo] = []
+        channels = in_chans
+        for index, row in enumerate(table):
+            out_channels = scale_channels(row.out_channels, width_mult)
+            stride, dilation = schedule.step(row.stride)
+            name = f"conv{index}" if row.kind == "conv" else f"block{index}"
+            if row.kind == "conv":
+                layers[name] = ConvBNAct(channels, out_channels, 3, stride, dilation, 1, activation, padding)
+            else:
+                layers[name] = DepthwiseSeparable(channels, out_channels, stride, dilation, activation, padding)
+            infos.append(FeatureInfo(name, out_channels, schedule.reduction))
+            channels = out_channels
+        self.features = nn.Sequential(layers)
+        self.feature_info = last_per_reduction(infos)
+        self.num_features = channels
+        self._make_head(num_classes, dropout)
+
+
+def _builder(variant: str):
+    def build(
+        width_mult: float = 1.0,
+        resolution: int = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float = 0.001,
+        activation: str = DEFAULT_ACTIVATION,
+        padding: Padding = "symmetric",
+        output_stride: int = 32,
+    ) -> MobileNetV1:
+        check_resolution(resolution)
+        return MobileNetV1(
+            VARIANTS[variant], width_mult, num_classes, in_chans, dropout, activation, padding, output_stride
+        )
+
+    build.__name__ = f"mobilenet_v1_{variant}"
+    build.__doc__ = f"Build the MobileNet V1 '{variant}' variant; ``resolution`` is the default input size."
+    return build
+
+
+# The released TF models scale pixels to [-1, 1].
+_TF_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+for _alpha in ("1.0", "0.75", "0.5", "0.25"):
+    for _res in (224, 192, 160, 128):
+        register_model(
+            f"mobilenet_v1_{_alpha}_{_res}",
+            _builder("mobilenet"),
+            family="mobilenet_v1",
+            defaults={"width_mult": float(_alpha), "resolution": _res},
+            **_TF_NORM,
+        )
+register_model(
+    "mobilenet_v1_conv_1.0_224",
+    _builder("conv"),
+    family="mobilenet_v1",
+    defaults={"width_mult": 1.0, "resolution": 224},
+    **_TF_NORM,
+)
+register_model(
+    "mobilenet_v1_shallow_1.0_224",
+    _builder("shallow"),
+    family="mobilenet_v1",
+    defaults={"width_mult": 1.0, "resolution": 224},
+    **_TF_NORM,
+)

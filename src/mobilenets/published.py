@@ -1,0 +1,43 @@
+"""Published ImageNet results (from the papers and the released checkpoints), shipped as data.
+
+These are other people's measurements, copied from ``shared/paper/tables.md``; nothing here was
+measured by this project. ``source`` says where each row comes from.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    model: str
+    source: str
+    top1: float | None
+    top5: float | None
+    mult_adds_m: float | None
+    params_m: float | None
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text else None
+
+
+@cache
+def published_results() -> dict[str, PublishedResult]:
+    """``{registered model name: PublishedResult}`` for every model with a published result."""
+    text = resources.files("mobilenets.resources").joinpath("published.csv").read_text(encoding="utf-8")
+    return {
+        row["model"]: PublishedResult(
+            row["model"],
+            row["source"],
+            _number(row["top1"]),
+            _number(row["top5"]),
+            _number(row["mult_adds_m"]),
+            _number(row["params_m"]),
+        )
+        for row in csv.DictReader(text.splitlines())
+    }

@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mobilenets.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_profile_json_reports_paper_headline(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "profile", "mobilenet_v1_1.0_224", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert round(data["mult_adds"] / 1e6) == 569 and round(data["params"] / 1e6, 1) == 4.2
+    assert set(data["by_type"]) == {"Conv 1×1", "Conv DW 3×3", "Conv 3×3", "Fully Connected"}
+    assert all(isinstance(v["mult_adds"], int) and isinstance(v["params"], int) for v in data["by_type"].values())
+
+
+def test_profile_overrides_and_per_layer(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "profile", "mobilenet_v1_1.0_224", "--width-mult", "0.5", "--resolution", "160", "--per-layer"
+    )
+    assert code == 0
+    assert "@ 160×160" in out and "76.5 M mult-adds" in out and "block13.pw.conv" in out
+
+
+def test_profile_grid(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "profile", "--grid", "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 16
+    assert {(r["model"].split("_")[2], r["resolution"]) for r in rows} == {
+        (a, r) for a in ("1.0", "0.75", "0.5", "0.25") for r in (224, 192, 160, 128)
+    }
+    code, out, _ = run(capsys, "profile", "--grid")
+    assert out.count("mobilenet_v1_") == 16 and "published" in out
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "mobilenet_v1_*_224", "--json")
+    names = [row["model"] for row in json.loads(out)]
+    assert code == 0 and "mobilenet_v1_conv_1.0_224" in names and "mobilenet_v1_1.0_192" not in names
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["profile", "nope"], "model name 'nope' is unknown"),
+        (["profile", "mobilenet_v1_1.0_224", "--width-mult", "0"], "width_mult must be a number > 0"),
+        (["profile", "mobilenet_v1_1.0_224", "--resolution", "16"], "resolution must be an integer >= 32"),
+        (["profile"], "model is required"),
+        (["profile", "--grid", "mobilenet_v1_1.0_224"], "--grid takes no model"),
+        (["list", "zzz*"], "matches no model"),
+    ],
+)
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_has_no_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilenets", "profile", "mobilenet_v1_1.0_224", "--width-mult", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "width_mult" in proc.stderr
+
+
+def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["profile", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    for option in ("--width-mult", "--resolution", "--per-layer", "--json", "--grid"):
+        assert option in out

@@ -1,0 +1,61 @@
+"""Contracts every registered model must keep, whatever its family."""
+
+import pytest
+import torch
+
+from mobilenets import FeatureExtractor, create_model, get_entry, list_models
+
+RES = 64  # small inputs keep the suite fast; every model accepts any size >= 32
+
+
+@pytest.fixture(params=list_models(), ids=str)
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_meta(name: str) -> None:
+    model = create_model(name)
+    entry = get_entry(name)
+    assert model.meta.name == name and model.meta.family == entry.family
+    assert model.meta.resolution >= 32 and model.meta.num_classes == 1000
+    assert len(model.meta.mean) == len(model.meta.std) == 3
+
+
+def test_forward_backward(name: str) -> None:
+    model = create_model(name, num_classes=5).train()
+    x = torch.randn(2, 3, RES, RES)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_export(name: str) -> None:
+    model = create_model(name, num_classes=5).eval()
+    x = torch.randn(1, 3, RES, RES)
+    exported = torch.export.export(model, (x,), strict=False)
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_features_match_declared(name: str) -> None:
+    model = create_model(name, num_classes=0).eval()
+    extractor = FeatureExtractor(model)
+    maps = extractor(torch.randn(1, 3, RES, RES))
+    assert [info.reduction for info in extractor.info] == sorted({i.reduction for i in model.feature_info})
+    for info, fmap in zip(extractor.info, maps.values(), strict=True):
+        assert fmap.shape[1] == info.channels
+        assert fmap.shape[-1] == RES // info.reduction
+    last = model.forward_features(torch.randn(1, 3, RES, RES))
+    assert last.shape[1] == model.num_features == extractor.info[-1].channels
+    assert model(torch.randn(2, 3, RES, RES)).shape == (2, model.num_features)
+
+
+def test_extractor_exports(name: str) -> None:
+    extractor = FeatureExtractor(create_model(name)).eval()
+    x = torch.randn(1, 3, RES, RES)
+    exported = torch.export.export(extractor, (x,), strict=False).module()
+    got, want = exported(x), extractor(x)
+    assert list(got) == list(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
