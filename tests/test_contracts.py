@@ -8,8 +8,21 @@ from mobilenets import FeatureExtractor, create_model, get_entry, list_models
 RES = 64  # small inputs keep the suite fast; every model accepts any size >= 32
 
 
+def representatives() -> list[str]:
+    """One model per builder: names differing only in width or resolution share their code paths."""
+    seen: dict[object, str] = {}
+    for model_name in list_models():
+        seen.setdefault(get_entry(model_name).builder.__name__, model_name)
+    return sorted(seen.values())
+
+
 @pytest.fixture(params=list_models(), ids=str)
 def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=representatives(), ids=str)
+def representative(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
@@ -31,8 +44,8 @@ def test_forward_backward(name: str) -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_export(name: str) -> None:
-    model = create_model(name, num_classes=5).eval()
+def test_export(representative: str) -> None:
+    model = create_model(representative, num_classes=5).eval()
     x = torch.randn(1, 3, RES, RES)
     exported = torch.export.export(model, (x,), strict=False)
     torch.testing.assert_close(exported.module()(x), model(x))
@@ -51,8 +64,8 @@ def test_features_match_declared(name: str) -> None:
     assert model(torch.randn(2, 3, RES, RES)).shape == (2, model.num_features)
 
 
-def test_extractor_exports(name: str) -> None:
-    extractor = FeatureExtractor(create_model(name)).eval()
+def test_extractor_exports(representative: str) -> None:
+    extractor = FeatureExtractor(create_model(representative)).eval()
     x = torch.randn(1, 3, RES, RES)
     exported = torch.export.export(extractor, (x,), strict=False).module()
     got, want = exported(x), extractor(x)
