@@ -10,6 +10,7 @@ All blocks take and return NCHW tensors. Two padding conventions are supported:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Literal
 
 import torch
@@ -115,3 +116,137 @@ class DepthwiseSeparable(nn.Sequential):
         super().__init__()
         self.dw = ConvBNAct(in_channels, in_channels, 3, stride, dilation, in_channels, activation, padding)
         self.pw = ConvBNAct(in_channels, out_channels, 1, activation=activation)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: (N, g·k, H, W) -> (N, g·k, H, W), channel i·k + j moved to j·g + i.
+
+    Reshape, transpose, reshape: plain tensor ops, so torch.export and ONNX need no custom operator.
+    """
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ChannelShuffle(nn.Module):
+    """:func:`channel_shuffle` as a module, so that it shows in the model's structure."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+class InvertedResidual(nn.Sequential):
+    """The MobileNetV2 bottleneck: 1×1 expansion to t·in channels (skipped for t = 1), 3×3 depthwise,
+    linear 1×1 projection; the input is added back when the stride is 1 and channels are equal.
+
+    Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expansion: int = 6,
+        dilation: int = 1,
+        activation: str = DEFAULT_ACTIVATION,
+        padding: Padding = "symmetric",
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expansion
+        if expansion != 1:
+            self.expand = ConvBNAct(in_channels, hidden, 1, activation=activation)
+        self.dw = ConvBNAct(hidden, hidden, 3, stride, dilation, hidden, activation, padding)
+        # Linear: a ReLU on the thin bottleneck would destroy information (the paper's section 3.2).
+        self.project = ConvBNAct(hidden, out_channels, 1, activation=None)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return x + out if self.residual else out
+
+
+class ShuffleUnit(nn.Module):
+    """The ShuffleNet unit: grouped 1×1 to out / 4 channels, channel shuffle, 3×3 depthwise (no activation),
+    grouped 1×1 (no activation); added to the input, or, in a downsampling unit, concatenated after the
+    3×3 average-pooled input; then the activation. ``group_first=False`` leaves the first 1×1 ungrouped
+    (the first unit of stage 2, whose input is too thin to group).
+
+    Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        groups: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: bool = False,
+        group_first: bool = True,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        mid = out_channels // 4
+        self.gconv1 = ConvBNAct(in_channels, mid, 1, groups=groups if group_first else 1, activation=activation)
+        self.shuffle = ChannelShuffle(groups) if group_first else nn.Identity()
+        self.dw = ConvBNAct(mid, mid, 3, stride, dilation, mid, activation=None)
+        branch_out = out_channels - in_channels if downsample else out_channels
+        self.gconv2 = ConvBNAct(mid, branch_out, 1, groups=groups, activation=None)
+        self.shortcut = nn.AvgPool2d(3, stride, 1) if downsample else None
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gconv2(self.dw(self.shuffle(self.gconv1(x))))
+        out = x + out if self.shortcut is None else torch.cat((self.shortcut(x), out), 1)
+        return self.act(out)
+
+
+class ShuffleV2Unit(nn.Module):
+    """The ShuffleNet V2 unit. Basic: split the channels in half, keep one half, pass the other through
+    1×1, 3×3 depthwise (no activation), 1×1. Downsampling: no split; a second strided branch (3×3
+    depthwise, 1×1) replaces the kept half. Either way: concatenate, then shuffle with 2 groups.
+
+    Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)); a basic unit
+    needs ``in_channels == out_channels``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: bool = False,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        half = out_channels // 2
+        self.shortcut: nn.Sequential | None = None
+        if downsample:
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    dw=ConvBNAct(in_channels, in_channels, 3, stride, dilation, in_channels, activation=None),
+                    pw=ConvBNAct(in_channels, half, 1, activation=activation),
+                )
+            )
+        self.branch = nn.Sequential(
+            OrderedDict(
+                pw1=ConvBNAct(in_channels if downsample else half, half, 1, activation=activation),
+                dw=ConvBNAct(half, half, 3, stride, dilation, half, activation=None),
+                pw2=ConvBNAct(half, half, 1, activation=activation),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            kept, x = x.chunk(2, dim=1)
+        else:
+            kept = self.shortcut(x)
+        return channel_shuffle(torch.cat((kept, self.branch(x)), 1), 2)

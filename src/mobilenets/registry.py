@@ -20,7 +20,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """What a user needs to feed a model: default input size and normalisation (RGB, 0-1 scale)."""
+    """What a user needs to feed a model: default input size and normalisation (RGB, 0-1 scale);
+    once weights are loaded (``mobilenets.weights``), where from, their resize and class names."""
 
     name: str
     family: str
@@ -28,6 +29,9 @@ class ModelMeta:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    resize: int | None = None  # shorter side before the centre crop to ``resolution``, if the weights fix it
+    labels: tuple[str, ...] = field(default=(), repr=False)  # class names in index order, if known
+    weights: str | None = None  # the file the weights came from; None: randomly initialised
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""``mobilenets predict``: the top-k ImageNet classes of images, with their probabilities."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from ..predict import Classifier
+from ..registry import create_model
+from ..weights import PRETRAINED, load_weights
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="classify images",
+        description=(
+            "Classify each image (any format PIL reads; greyscale, RGBA and large images included) and print "
+            "its most likely classes with their probabilities. An image that cannot be read gets a one-line "
+            "error on stderr and the others still run; the exit status is then 1."
+        ),
+    )
+    parser.add_argument("model", help="registered model name (see `mobilenets list`)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE|pretrained",
+        help=(
+            "weights to load: 'pretrained' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or a "
+            ".pth/.pt/.safetensors file in our or torchvision's names. Without it the model is untrained and "
+            "a warning says so"
+        ),
+    )
+    parser.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: a list of {"image", "top": [{"index", "label", "prob"}]}, prob in 0-1',
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when available)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = create_model(args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    classifier = Classifier(model, args.topk, args.device)
+    if not args.weights:
+        print(
+            f"mobilenets predict: warning: no --weights: {args.model} is untrained, its predictions are random "
+            f"(try --weights {PRETRAINED} with mobilenet_v2_1.0_224)",
+            file=sys.stderr,
+        )
+    results, failed = [], 0
+    for image in args.images:
+        try:
+            top = classifier(image)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"mobilenets predict: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append({"image": image, "top": [asdict(p) for p in top]})
+        if not args.json:
+            print(image)
+            for rank, p in enumerate(top, 1):
+                print(f"  {rank}. {100 * p.prob:6.2f} %  {p.label} ({p.index})")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0

