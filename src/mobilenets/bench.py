@@ -1,0 +1,430 @@
+"""Latency benchmarks on this machine: each runtime timed the same way, against the GEMM peak.
+
+Runtimes (every one runs the prepared model: BatchNorm folded):
+
+* ``eager``: PyTorch, channels_last; ``compile``: ``torch.compile`` (inductor) of the same.
+* ``onnx``: ONNX Runtime, every graph optimisation (conv+activation fusion, NCHWc kernels).
+* ``onnx-int8``: the same after int8 QDQ static quantization (per-channel weights).
+* ``openvino``, ``openvino-int8``: OpenVINO's CPU plugin on the fp32 / int8 QDQ model, latency hint.
+
+The int8 runtimes here are calibrated on random images: their speed does not depend on the
+calibration, their accuracy does, and is checked by ``mobilenets export --int8 --calib DATA``.
+
+Each measurement: build every runtime's runner (export, compile...), its first call and ``warmup``
+calls, then rounds in which each runner in turn makes an untimed call and ``block`` timed calls on
+one batch, until each has ``repeats`` (load from other programs then falls on all alike). Reported:
+latency p50/p90, images/s, effective GFLOP/s = 2 × counted mult-adds × batch / p50 time, and peak
+memory: the rise of the process's peak resident memory (Linux; ``VmHWM`` reset through
+``/proc/self/clear_refs``) while building and warming up, or on CUDA PyTorch's peak allocation.
+The machine's fp32 peak is the best of ten ``torch.mm`` of two ``size``² matrices, cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from torch import nn
+
+from .cost import count_cost
+from .deploy.export import export_onnx
+from .deploy.fuse import input_shape
+from .deploy.quantize import quantize_onnx
+from .deploy.runtimes import Runner, onnx_runner, openvino_runner, resolve_device, torch_runner
+from .models.base import check_resolution
+
+RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")
+CPU_ONLY = ("openvino", "openvino-int8")
+CACHE_ENV = "MOBILENETS_CACHE"
+GEMM_SIZE, QUICK_GEMM_SIZE = 2048, 512
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How many calls to make: untimed warm-up, then ``repeats`` timed ones, ``block`` at a time per runtime."""
+
+    warmup: int = 10
+    repeats: int = 50
+    block: int = 5
+
+
+DEFAULT_TIMING = Timing()
+QUICK = Timing(warmup=1, repeats=3, block=1)
+
+
+def cache_dir() -> Path:
+    """The cache directory: ``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets`` or ``~/.cache/mobilenets``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilenets"
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    """A JSON cache file's content; empty when absent or unreadable (a cache is never essential)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def update_cache(path: Path, entries: dict[str, Any]) -> None:
+    """Merge ``entries`` into the JSON cache at ``path`` (written atomically)."""
+    data = read_cache(path) | entries
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    """A readable key for the hardware a figure was measured on."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return f"cpu {cpu_name()}, {threads} threads"
+
+
+def check_threads(threads: int | None) -> int:
+    """``threads`` (default: PyTorch's current thread count), checked to be >= 1."""
+    threads = torch.get_num_threads() if threads is None else threads
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    return threads
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` for the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def gemm_peak(
+    device: torch.device | str | None = None, threads: int | None = None, size: int = GEMM_SIZE, refresh: bool = False
+) -> float:
+    """This machine's fp32 matrix-multiply peak in GFLOP/s: best of 10 ``torch.mm`` of ``size``² matrices.
+
+    Cached in ``cache_dir()/gemm_peak.json`` per device, thread count, size and PyTorch version.
+    """
+    device = resolve_device(device)
+    threads = check_threads(threads)
+    path = cache_dir() / "gemm_peak.json"
+    key = f"{device_label(device, threads)}|{size}|torch {torch.__version__}"
+    cached = read_cache(path).get(key)
+    if cached and not refresh:
+        return float(cached)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    with torch_threads(threads), torch.inference_mode():
+        for index in range(11):
+            start = time.perf_counter()
+            torch.mm(a, b).sum().item()  # .item() waits for CUDA
+            if index:  # the first call is a warm-up
+                best = min(best, time.perf_counter() - start)
+    peak = 2 * size**3 / best / 1e9
+    update_cache(path, {key: peak})
+    return peak
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); whether it worked."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
+def _lifetime_peak_rss_kb() -> int:
+    import resource  # Unix only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB elsewhere
+
+
+class PeakMemory:
+    """Peak memory added within a ``with`` block, in MB: process resident memory, or CUDA allocations.
+
+    On Linux the kernel's peak-RSS mark is reset on entry, so the figure is this block's own peak;
+    elsewhere ``getrusage``'s lifetime peak can only show a rise above earlier peaks.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mb: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._reset = _reset_peak_rss()
+            self._start = _status_kb("VmRSS") if self._reset else _lifetime_peak_rss_kb()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        else:
+            end = (_status_kb("VmHWM") or 0) if self._reset else _lifetime_peak_rss_kb()
+            self.mb = max(end - (self._start or 0), 0) / 1024
+
+
+@dataclass
+class BenchResult:
+    """One model in one runtime at one batch size. Times in ms, memory in MB, mult-adds per image."""
+
+    model: str
+    runtime: str
+    device: str
+    batch: int
+    threads: int
+    resolution: int
+    mult_adds: int
+    p50_ms: float
+    p90_ms: float
+    repeats: int
+    setup_s: float
+    peak_memory_mb: float | None
+    gemm_peak_gflops: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000 * self.batch / self.p50_ms
+
+    @property
+    def gflops(self) -> float:
+        """Effective GFLOP/s: 2 FLOPs per counted mult-add, over the p50 time."""
+        return 2 * self.mult_adds * self.batch / (self.p50_ms / 1000) / 1e9
+
+    @property
+    def peak_fraction(self) -> float | None:
+        return self.gflops / self.gemm_peak_gflops if self.gemm_peak_gflops else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "images_per_s": self.images_per_s,
+            "gflops": self.gflops,
+            "peak_fraction": self.peak_fraction,
+        }
+
+
+def check_runtimes(runtimes: Sequence[str], device: torch.device) -> list[str]:
+    """``runtimes`` checked against :data:`RUNTIMES` and the device."""
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ValueError(f"runtime must be among {list(RUNTIMES)}, got {list(runtimes)}")
+    if device.type != "cpu" and any(r in CPU_ONLY for r in runtimes):
+        raise ValueError(f"runtimes {list(CPU_ONLY)} run on the CPU only; use --device cpu")
+    return list(runtimes)
+
+
+def default_runtimes(device: torch.device) -> list[str]:
+    """What ``bench`` times when not told: the three fp32 runtimes on the CPU; PyTorch on CUDA."""
+    return ["eager", "onnx", "openvino"] if device.type == "cpu" else ["eager"]
+
+
+def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: int) -> Path | None:
+    """Write the file a runtime loads (ONNX fp32 or int8 QDQ) into ``workdir``; ``None`` for PyTorch runtimes."""
+    if runtime in ("eager", "compile"):
+        return None
+    fp32 = workdir / "fp32.onnx"
+    if not fp32.exists():
+        export_onnx(model, fp32, resolution)
+    if not runtime.endswith("-int8"):
+        return fp32
+    int8 = workdir / "int8.onnx"
+    if not int8.exists():
+        rng = np.random.default_rng(0)
+        calibration = [rng.standard_normal((4, *input_shape(model, resolution)), dtype=np.float32) for _ in range(2)]
+        quantize_onnx(fp32, int8, calibration)
+    return int8
+
+
+def make_runner(
+    model: nn.Module, runtime: str, artifact: Path | None, device: torch.device, threads: int, batch: int
+) -> Runner:
+    """A runner for ``runtime``; ``artifact`` from :func:`prepare_artifact`."""
+    if runtime in ("eager", "compile"):
+        return torch_runner(model, device, compile=runtime == "compile")
+    if runtime.startswith("onnx"):
+        return onnx_runner(artifact, threads, device)
+    return openvino_runner(artifact, threads, device, batch)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Something to time: a model in a runtime, how to build its runner, and its mult-adds per image."""
+
+    model: str
+    runtime: str
+    build: Callable[[], Runner]
+    mult_adds: int
+
+
+def model_entries(
+    model: nn.Module,
+    runtimes: Sequence[str],
+    batch: int,
+    workdir: Path,
+    device: torch.device,
+    threads: int,
+    resolution: int,
+) -> list[Entry]:
+    """One :class:`Entry` per runtime for ``model`` at ``resolution``; artifacts are written in ``workdir``."""
+    name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
+    mult_adds = count_cost(model, resolution, name).mult_adds
+
+    def builder(runtime: str) -> Callable[[], Runner]:
+        def build() -> Runner:
+            folder = workdir / runtime.removesuffix("-int8")
+            folder.mkdir(exist_ok=True)
+            artifact = prepare_artifact(model, runtime, folder, resolution)
+            return make_runner(model, runtime, artifact, device, threads, batch)
+
+        return build
+
+    return [Entry(name, runtime, builder(runtime), mult_adds) for runtime in runtimes]
+
+
+def measure(
+    entries: Sequence[Entry],
+    x: np.ndarray,
+    device: torch.device,
+    threads: int,
+    timing: Timing = DEFAULT_TIMING,
+    peak: float | None = None,
+) -> list[BenchResult]:
+    """Build every entry's runner (first call and warm-up included: *setup* and *peak memory*), then time
+    them all on batch ``x`` (N, C, H, W) in turns, so that a change in the machine's load falls on every
+    runtime alike: in each round every runner makes one untimed call, which lets the thread pool of the
+    runner before it fall idle (pools spin for a while after their work), then ``timing.block`` timed
+    calls. The caller sets PyTorch's threads; ``threads`` is recorded."""
+    runners, setups, memories = [], [], []
+    for entry in entries:
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            runner = entry.build()
+            runner(x)  # first call: compilation, allocation
+            setups.append(time.perf_counter() - start)
+            for _ in range(timing.warmup):
+                runner(x)
+        runners.append(runner)
+        memories.append(memory.mb)
+    times: list[list[float]] = [[] for _ in runners]
+    while len(times[0]) < timing.repeats:
+        for runner, row in zip(runners, times, strict=True):
+            runner(x)
+            for _ in range(min(timing.block, timing.repeats - len(row))):
+                start = time.perf_counter()
+                runner(x)
+                row.append(time.perf_counter() - start)
+    label = device_label(device, threads)
+    results = []
+    for entry, row, setup, memory_mb in zip(entries, times, setups, memories, strict=True):
+        p50, p90 = np.percentile(row, [50, 90]) * 1000
+        results.append(
+            BenchResult(
+                entry.model, entry.runtime, label, len(x), threads, x.shape[-1], entry.mult_adds,
+                float(p50), float(p90), timing.repeats, setup, memory_mb, peak,
+            )
+        )  # fmt: skip
+    return results
+
+
+def benchmark(
+    model: nn.Module,
+    runtimes: Sequence[str] = ("eager",),
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    device: torch.device | str | None = None,
+    timing: Timing = DEFAULT_TIMING,
+    resolution: int | None = None,
+    peak: float | None = None,
+) -> list[BenchResult]:
+    """Time ``model`` in each runtime at each batch size (see the module doc); ``peak``: GEMM GFLOP/s."""
+    device = resolve_device(device)
+    threads = check_threads(threads)
+    runtimes = check_runtimes(runtimes, device)
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise ValueError(f"batch sizes must be integers >= 1, got {list(batches)}")
+    if timing.repeats < 1 or timing.warmup < 0 or timing.block < 1:
+        raise ValueError(f"repeats and block must be >= 1, warmup >= 0; got {timing}")
+    meta = getattr(model, "meta", None)
+    resolution = check_resolution(resolution or (meta.resolution if meta else 224))
+    rng = np.random.default_rng(0)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
+        for batch in batches:
+            x = rng.standard_normal((batch, *input_shape(model, resolution)), dtype=np.float32)
+            entries = model_entries(model, runtimes, batch, Path(tmp), device, threads, resolution)
+            results += measure(entries, x, device, threads, timing, peak)
+    # Rows by runtime, then batch, as asked.
+    return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """A plain-text table of results, with the GEMM peak they are compared to."""
+    rows = [
+        [
+            r.model,
+            r.runtime,
+            r.batch,
+            f"{r.p50_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.images_per_s:.1f}",
+            f"{r.gflops:.1f}",
+            f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction is not None else "-",
+            f"{r.peak_memory_mb:.0f}" if r.peak_memory_mb is not None else "-",
+            f"{r.setup_s:.1f}",
+        ]
+        for r in results
+    ]
+    headers = ["model", "runtime", "batch", "p50 ms", "p90 ms", "images/s", "GFLOP/s", "of peak", "peak MB", "setup s"]
+    table = tabulate(rows, headers, disable_numparse=True, colalign=("left", "left") + ("right",) * 8)
+    if not results:
+        return table
+    first = results[0]
+    peak = f"{first.gemm_peak_gflops:.1f} GFLOP/s" if first.gemm_peak_gflops else "not measured"
+    return (
+        f"{table}\n\n{first.device}; fp32 GEMM peak {peak}. GFLOP/s = 2 × counted mult-adds × batch / p50; "
+        f"peak MB: rise of peak memory while building and warming up; setup s: export/compile and first call."
+    )

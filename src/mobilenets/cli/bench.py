@@ -1,0 +1,88 @@
+"""``mobilenets bench``: latency, throughput and effective GFLOP/s of models in each runtime, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..bench import (
+    QUICK,
+    QUICK_GEMM_SIZE,
+    RUNTIMES,
+    Timing,
+    benchmark,
+    check_runtimes,
+    check_threads,
+    default_runtimes,
+    format_table,
+    gemm_peak,
+)
+from ..deploy import resolve_device
+from ..registry import create_model
+
+
+def comma_list(kind: type):
+    """An argparse type: "a,b,c" -> [kind(a), kind(b), kind(c)]."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",") if item]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from err
+
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="time models in PyTorch, ONNX Runtime and OpenVINO",
+        description=(
+            "Time each MODEL in each runtime: warm-up calls, then timed calls of one batch, the runtimes taking turns "
+            "(an untimed call, then 5 timed ones, each) so that other load falls on all alike; print latency p50/p90, "
+            "images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of this machine's measured fp32 "
+            "matrix-multiply peak, and peak memory. Runtimes: eager (PyTorch, BN folded, channels_last), compile "
+            "(torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), openvino / openvino-int8 (OpenVINO "
+            "CPU). int8 runtimes are calibrated on random images here (speed only; `mobilenets export --int8` checks "
+            "accuracy)."
+        ),
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobilenets list`)")
+    parser.add_argument(
+        "--runtime",
+        type=comma_list(str),
+        metavar="R,...",
+        help=f"comma-separated, among {', '.join(RUNTIMES)} (default: eager,onnx,openvino on the CPU, eager on CUDA)",
+    )
+    parser.add_argument("--batch", type=comma_list(int), default=[1], metavar="B,...", help="batch sizes (default 1)")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for every runtime (default: PyTorch's)")
+    parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels (default: each model's)")
+    parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
+    parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed calls first (default 10)")
+    parser.add_argument("--repeats", type=int, default=50, metavar="N", help="timed calls per runtime (default 50)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.warmup} warm-up, {QUICK.repeats} repeats, small GEMM: a smoke test",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    threads = check_threads(args.threads)
+    runtimes = check_runtimes(args.runtime or default_runtimes(device), device)
+    timing = QUICK if args.quick else Timing(args.warmup, args.repeats)
+    peak = gemm_peak(device, threads, QUICK_GEMM_SIZE) if args.quick else gemm_peak(device, threads)
+    models = [create_model(name) for name in args.models]  # every name checked before anything is timed
+    results = [
+        result
+        for model in models
+        for result in benchmark(model, runtimes, args.batch, threads, device, timing, args.resolution, peak)
+    ]
+    if args.json:
+        print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        print(format_table(results))
+    return 0

@@ -1,0 +1,110 @@
+"""``mobilenets export``: write a model as ONNX, TorchScript or OpenVINO IR (fp32 or int8), verified."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..deploy import FORMATS, VerificationError, calibration_data, export_model
+from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, check_destination
+from ..registry import create_model
+from ..weights import PRETRAINED, load_weights
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a model (ONNX, TorchScript, OpenVINO; fp32 or int8) and verify it",
+        description=(
+            "Write MODEL with BatchNorm folded and a dynamic batch dimension, then load the file back in its runtime "
+            "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
+            "top-1 agreement (and accuracy) on real images. A failed check exits with status 1."
+        ),
+    )
+    parser.add_argument("model", help="registered model name (see `mobilenets list`)")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="onnx (.onnx), torchscript (.pt), openvino (.xml + .bin)",
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="file to write, with the format's suffix")
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help=f"'{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), or a .safetensors or "
+        "torch.save'd state dict, in our names or torchvision's (default: random weights)",
+    )
+    parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels, >= 32 (default: model's)")
+    parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default: the model's, 1000)")
+    parser.add_argument("--in-chans", type=int, metavar="C", help="input channels, 1 for Fashion-MNIST (default 3)")
+    parser.add_argument("--width-mult", type=float, metavar="A", help="width multiplier α > 0 (default: the model's)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 post-training static quantization (QDQ, per-channel weights) with ONNX Runtime; needs --calib",
+    )
+    parser.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="calibration data for --int8: 'fashion-mnist' or an image folder (class subfolders, optionally train/ "
+        "and val/); calibrated on its train split, verified on its val split",
+    )
+    parser.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration images (default 256)")
+    parser.add_argument(
+        "--eval-samples", type=int, default=1000, metavar="N", help="images the int8 check runs on (default 1000)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="T",
+        help=f"fp32: allowed max |difference|, times the largest output when above 1 (default {DEFAULT_TOLERANCE})",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=DEFAULT_MIN_AGREEMENT,
+        metavar="F",
+        help=f"int8: required top-1 agreement with fp32 PyTorch, in (0, 1] (default {DEFAULT_MIN_AGREEMENT})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.int8 and not args.calib:
+        raise ValueError("--int8 needs --calib DATA: 'fashion-mnist' or a folder of images in class subfolders")
+    if args.calib and not args.int8:
+        raise ValueError("--calib is only used with --int8")
+    out = check_destination(args.format, args.out, args.int8)
+    chosen = {
+        "num_classes": args.num_classes,
+        "in_chans": args.in_chans,
+        "width_mult": args.width_mult,
+        "resolution": args.resolution,
+    }
+    model = create_model(args.model, **{key: value for key, value in chosen.items() if value is not None})
+    if args.weights:
+        load_weights(model, args.weights)  # pretrained weights also set meta: their resolution and normalisation
+    resolution = args.resolution or model.meta.resolution
+    calibration = evaluation = None
+    if args.int8:
+        calibration, evaluation = calibration_data(args.calib, model, resolution, args.calib_samples, args.eval_samples)
+    try:
+        report = export_model(
+            model,
+            args.format,
+            out,
+            resolution=resolution,
+            calibration=calibration,
+            evaluation=evaluation,
+            tolerance=args.tolerance,
+            min_agreement=args.min_agreement,
+        )
+    except VerificationError as err:
+        print(f"mobilenets export: error: {err} (the file is kept for inspection)", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    return 0

@@ -1,0 +1,76 @@
+"""``mobilenets select``: the most accurate models that fit a latency, mult-adds or size budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..bench import QUICK, RUNTIMES, Timing
+from ..select import PUBLISHED_NOTE, format_selection, plot_selection, select_models
+from .bench import comma_list
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "select",
+        help="pick the Pareto-optimal models for a budget",
+        description=(
+            "Among the registered models with a published ImageNet top-1 (every family, every α × resolution), "
+            "print those that fit the budget and that no other fitting model beats in both cost and accuracy. "
+            "Mult-adds and params are counted; latency is measured on this machine (batch 1) and cached per device, "
+            f"thread count and runtime. {PUBLISHED_NOTE}."
+        ),
+    )
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency-ms", type=float, metavar="X", help="budget: p50 latency in ms, measured here")
+    budget.add_argument("--mult-adds", type=float, metavar="M", help="budget: millions of mult-adds per image")
+    budget.add_argument("--params", type=float, metavar="P", help="budget: millions of parameters")
+    parser.add_argument(
+        "--runtime", default="eager", choices=RUNTIMES, help="runtime latency is measured in (default eager)"
+    )
+    parser.add_argument(
+        "--families", type=comma_list(str), metavar="F,...", help="comma-separated families (default: all)"
+    )
+    parser.add_argument("--models", default="*", metavar="PATTERN", help="shell-style filter on model names")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's)")
+    parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
+    parser.add_argument("--no-measure", action="store_true", help="skip latency measurement (not with --latency-ms)")
+    parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed calls per model (default 20)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.repeats} timed calls per model: a smoke test")
+    parser.add_argument("--refresh", action="store_true", help="measure again, ignoring cached latencies")
+    parser.add_argument(
+        "--cache", metavar="FILE", help="latency cache (default: $MOBILENETS_CACHE or ~/.cache/mobilenets/latency.json)"
+    )
+    parser.add_argument("--plot", metavar="DIR", help="write accuracy vs mult-adds / params / latency PNGs into DIR")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    budget, limit = next(
+        (key, value)
+        for key, value in (("latency_ms", args.latency_ms), ("mult_adds", args.mult_adds), ("params", args.params))
+        if value is not None
+    )
+    timing = QUICK if args.quick else Timing(warmup=3, repeats=args.repeats)
+    selection = select_models(
+        budget,
+        limit,
+        families=args.families,
+        pattern=args.models,
+        runtime=args.runtime,
+        device=args.device,
+        threads=args.threads,
+        measure=not args.no_measure,
+        timing=timing,
+        cache_file=args.cache,
+        refresh=args.refresh,
+    )
+    plots = plot_selection(selection, args.plot) if args.plot else []
+    if args.json:
+        print(json.dumps(selection.to_dict() | {"plots": [str(p) for p in plots]}, indent=2))
+    else:
+        print(format_selection(selection))
+        for path in plots:
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,231 @@
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from mobilenets import create_model, get_entry, list_models
+from mobilenets.bench import torch_threads
+from mobilenets.data import FASHION_MNIST, load_dataset
+from mobilenets.deploy import (
+    FORMATS,
+    VerificationError,
+    dataset_batches,
+    export_model,
+    export_onnx,
+    fold_batchnorm,
+    prepare_for_inference,
+)
+from mobilenets.deploy import export as export_module
+
+RES = 32  # the smallest input every model accepts: keeps exports fast
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)
+
+
+def family_representatives() -> list[str]:
+    """Per family, its thinnest registered model."""
+    by_family: dict[str, list[str]] = {}
+    for name in list_models():
+        by_family.setdefault(get_entry(name).family, []).append(name)
+
+    def width(name: str) -> tuple[float, str]:
+        return get_entry(name).defaults.get("width_mult", 1.0), name
+
+    return sorted(min(names, key=width) for names in by_family.values())
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine terms, so folding has something to fold."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+@pytest.fixture(params=family_representatives(), ids=str)
+def representative(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_fold_batchnorm_keeps_outputs(representative: str) -> None:
+    model = randomise_batchnorm(create_model(representative, num_classes=7))
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, RES, RES)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original must be left untouched"
+
+
+def test_prepare_for_inference_is_channels_last() -> None:
+    model = randomise_batchnorm(create_model("mobilenet_v1_0.25_128", num_classes=7))
+    prepared = prepare_for_inference(model, "cpu")
+    convs = [m for m in prepared.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(p.requires_grad for p in prepared.parameters())
+    x = torch.randn(2, 3, RES, RES)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x.contiguous(memory_format=torch.channels_last)), model(x))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_round_trip(representative: str, fmt: str, tmp_path: Path) -> None:
+    model = randomise_batchnorm(create_model(representative, num_classes=7))
+    report = export_model(model, fmt, tmp_path / f"model{FORMATS[fmt]}", resolution=RES)
+    assert report.passed and report.max_abs_diff <= 1e-4
+    assert report.samples == 4  # batch 1 then batch 3: the batch dimension is dynamic
+    assert all(path.is_file() and path.stat().st_size > 0 for path in report.files)
+
+
+def test_channel_shuffle_exports_as_standard_onnx_ops(tmp_path: Path) -> None:
+    model = create_model("shufflenet_g3_0.25", num_classes=7).eval()
+    graph = onnx.load(str(export_onnx(model, tmp_path / "shuffle.onnx", RES))).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
+    assert "Transpose" in {node.op_type for node in graph.node}
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+
+
+def test_failed_verification_is_an_error(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = export_module.load_runner
+
+    def off_by_a_bit(*args, **kwargs):
+        runner = real(*args, **kwargs)
+        return lambda x: runner(x) + 1e-2
+
+    monkeypatch.setattr(export_module, "load_runner", off_by_a_bit)
+    with pytest.raises(VerificationError) as info:
+        export_model(create_model("mobilenet_v1_0.25_128"), "onnx", tmp_path / "m.onnx", resolution=RES)
+    assert not info.value.report.passed and info.value.report.max_abs_diff > 9e-3
+    code, _, err = cli("export", "mobilenet_v1_0.25_128", "--format", "onnx", "--resolution", "32",
+                         "--out", str(tmp_path / "cli.onnx"))  # fmt: skip
+    assert code == 1 and "verification FAILED" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_export_json(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "model.xml"
+    code, stdout, _ = cli("export", "mobilenet_v1_0.25_128", "--format", "openvino", "--resolution", "32",
+                          "--num-classes", "5", "--in-chans", "1", "--out", str(out), "--json")  # fmt: skip
+    report = json.loads(stdout)
+    assert code == 0 and report["passed"] and report["max_abs_diff"] <= 1e-4
+    assert report["files"] == [str(out), str(out.with_suffix(".bin"))] and out.with_suffix(".bin").is_file()
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+
+def test_cli_exports_the_weights_it_is_given(cli: Cli, tmp_path: Path) -> None:
+    source = randomise_batchnorm(create_model("mobilenet_v1_0.25_128", num_classes=5, in_chans=1))
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "m.onnx"
+    code, stdout, _ = cli("export", "mobilenet_v1_0.25_128", "--weights", str(tmp_path / "w.pt"),
+                          "--num-classes", "5", "--in-chans", "1", "--resolution", "32", "--format", "onnx",
+                          "--out", str(out))  # fmt: skip
+    assert code == 0 and "verification passed" in stdout
+    x = torch.randn(2, 1, RES, RES)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], source(x).numpy(), atol=1e-4)
+
+
+# --- int8 on real images --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fashion_model() -> tuple[nn.Module, list, list]:
+    """A thin MobileNet trained for one short epoch on Fashion-MNIST (far above chance), with calibration
+    batches from its training images and 64 held-out test images."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1_0.25_128", num_classes=10, in_chans=1, resolution=RES, dropout=0.0)
+    meta = model.meta
+    try:
+        train = load_dataset(FASHION_MNIST, "train", RES, 1, meta.mean, meta.std, limit=4096)
+        held_out = load_dataset(FASHION_MNIST, "val", RES, 1, meta.mean, meta.std, limit=64)
+    except FileNotFoundError as err:
+        pytest.skip(f"Fashion-MNIST files are not installed: {err}")
+    batches = list(dataset_batches(train, batch_size=64))
+    optimiser = torch.optim.Adam(model.parameters())
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 1e-2, total_steps=len(batches))
+    with torch_threads(1):
+        model.train()
+        for images, labels in batches:
+            loss = nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        # Too few steps for BatchNorm's running averages to settle: recompute them as plain averages.
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        with torch.no_grad():
+            for images, _ in batches[:8]:
+                model(torch.from_numpy(images))
+    return model.eval(), [images for images, _ in batches[:4]], list(dataset_batches(held_out))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_agrees_with_fp32_on_fashion_mnist(fashion_model: tuple, fmt: str, tmp_path: Path) -> None:
+    model, calibration, held_out = fashion_model
+    out = tmp_path / f"int8{FORMATS[fmt]}"
+    report = export_model(model, fmt, out, calibration=calibration, evaluation=held_out, min_agreement=0.9)
+    assert report.int8 and report.samples == 64 and report.agreement >= 0.9
+    assert report.accuracy_fp32 > 0.4, (
+        "the model must have learnt something (chance: 0.1) for agreement to mean anything"
+    )
+    assert abs(report.accuracy_int8 - report.accuracy_fp32) <= 0.1
+    if fmt == "onnx":
+        ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+
+
+# --- bad input: one clear line each ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--int8"], "--int8 needs --calib DATA"),
+        (["--calib", "fashion-mnist"], "--calib is only used with --int8"),
+        (
+            ["--format", "torchscript", "--int8", "--calib", "fashion-mnist"],
+            "int8 export needs format onnx or openvino",
+        ),
+        (["--out", "{tmp}/model.pt"], "out must end with .onnx"),
+        (["--out", "{tmp}/afile/model.onnx"], "cannot be written"),
+        (["--weights", "{tmp}/missing.pt"], "does not exist"),
+        (["--resolution", "8"], "resolution must be an integer >= 32"),
+    ],
+)
+def test_export_errors_are_one_line(cli: Cli, tmp_path: Path, extra: list[str], fragment: str) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = ["export", "mobilenet_v1_0.25_128", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    argv += [arg.format(tmp=tmp_path) for arg in extra]
+    code, out, err = cli(*argv)
+    assert code == 2 and out == ""
+    assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_model_and_wrong_weights_via_cli(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("export", "nope", "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "model name 'nope' is unknown" in err
+    weights = tmp_path / "w.pt"
+    torch.save(create_model("mobilenet_v1_0.25_128", num_classes=10).state_dict(), weights)
+    code, _, err = cli("export", "mobilenet_v1_0.25_128", "--format", "onnx", "--weights", str(weights),
+                       "--out", str(tmp_path / "m.onnx"))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for tensor in ("classifier.weight (10, 256) for classifier.weight (1000, 256)", "classifier.bias (10,)"):
+        assert tensor in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,93 @@
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mobilenets import select as select_module
+from mobilenets.published import published_results
+from mobilenets.select import Candidate, pareto_front, select_models
+
+TINY = "mobilenet_v1_0.25_*"  # four models: α = 0.25 at 128, 160, 192, 224
+Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
+
+
+def dominates(a: Candidate, b: Candidate, cost) -> bool:
+    return cost(a) <= cost(b) and a.top1 >= b.top1 and (cost(a) < cost(b) or a.top1 > b.top1)
+
+
+def assert_pareto(front: list[Candidate], candidates: list[Candidate], cost) -> None:
+    """No member is dominated; every other candidate is dominated by (or equal to) a member."""
+    for member in front:
+        assert not any(dominates(other, member, cost) for other in candidates)
+    for other in candidates:
+        if other not in front:
+            assert any(dominates(m, other, cost) or (cost(m), m.top1) == (cost(other), other.top1) for m in front)
+    assert [cost(c) for c in front] == sorted(cost(c) for c in front)
+
+
+def test_pareto_front_property_on_random_points() -> None:
+    rng = random.Random(0)
+    for _ in range(20):
+        points = [
+            Candidate(f"m{i}", "f", 224, rng.choice([50.0, 60.0, 70.0, rng.uniform(40, 80)]), "test",
+                      rng.choice([100, 200, rng.randint(10, 1000)]) * 10**6, 10**6)
+            for i in range(12)
+        ]  # fmt: skip
+        front = pareto_front(points, lambda c: c.cost("mult_adds"))
+        assert front
+        assert_pareto(front, points, lambda c: c.cost("mult_adds"))
+
+
+def test_select_by_mult_adds_on_a_tiny_list() -> None:
+    selection = select_models("mult_adds", 35, pattern=TINY, measure=False)
+    assert {c.model for c in selection.candidates} == {f"mobilenet_v1_0.25_{r}" for r in (128, 160, 192, 224)}
+    assert all(c.cost("mult_adds") <= 35 for c in selection.within) and len(selection.within) == 3
+    assert_pareto(selection.front, selection.within, lambda c: c.cost("mult_adds"))
+    assert all(c.top1 == published_results()[c.model].top1 and c.latency_ms is None for c in selection.candidates)
+
+
+def test_select_by_latency_measures_once_then_uses_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    selection = select_models("latency_ms", 1e6, pattern=TINY, runtime="eager", device="cpu", threads=1)
+    assert all(c.latency_ms is not None and c.latency_ms > 0 for c in selection.candidates)
+    assert_pareto(selection.front, selection.within, lambda c: c.latency_ms)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again despite the cache")
+
+    monkeypatch.setattr(select_module, "benchmark", no_measuring)
+    again = select_models("latency_ms", 1e6, pattern=TINY, runtime="eager", device="cpu", threads=1)
+    assert [c.latency_ms for c in again.candidates] == [c.latency_ms for c in selection.candidates]
+
+
+def test_select_cli_prints_the_front_and_plots(cli: Cli, tmp_path: Path) -> None:
+    code, out, _ = cli("select", "--params", "0.5", "--models", TINY, "--no-measure", "--plot", str(tmp_path), "--json")
+    data = json.loads(out)
+    assert code == 0 and "not measured here" in data["note"]
+    assert [c["model"] for c in data["front"]] == ["mobilenet_v1_0.25_224"]  # same params: the most accurate
+    assert sorted(Path(p).name for p in data["plots"]) == ["accuracy_vs_mult_adds.png", "accuracy_vs_params.png"]
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in data["plots"])
+    code, out, _ = cli("select", "--mult-adds", "25", "--models", TINY, "--no-measure")
+    assert code == 0 and "published" in out and "mobilenet_v1_0.25_160" in out and "0.25_192" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (
+            ["--mult-adds", "1", "--models", TINY],
+            "no candidate fits a mult_adds budget of 1; the cheapest is mobilenet_v1_0.25_128",
+        ),
+        (["--latency-ms", "5"], "a latency budget needs latency measurement"),
+        (["--params", "-1"], "budget must be > 0"),
+        (["--params", "1", "--families", "resnet"], "families must be among"),
+        (["--params", "1", "--models", "zzz*"], "no model with a published top-1 matches"),
+    ],
+)
+def test_select_errors_are_one_line(cli: Cli, argv: list[str], fragment: str) -> None:
+    code, out, err = cli("select", *argv, "--no-measure")
+    assert code == 2 and out == ""
+    assert fragment in err and len(err.strip().splitlines()) == 1
