@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import models, profile
+from . import bench, eval, export, models, predict, profile, select, train
 
-COMMANDS = (models, profile)
+COMMANDS = (models, profile, export, bench, select, predict, train, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:

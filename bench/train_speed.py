@@ -1,0 +1,142 @@
+"""Training speed: images per second for forward + loss + backward + optimiser step.
+
+Compares this project's MobileNet V1 with timm's ``mobilenetv1_100`` (the same architecture) in
+one process, in two settings: ImageNet-sized (α = 1, 224², batch 32) and the Fashion-MNIST run
+(32², 1 channel, 10 classes, batch 128), each in both memory formats. Our α = 0.25 model of the
+quick Fashion-MNIST run is measured too. Both models take the same optimiser (``RMSpropTF``).
+Measurements alternate between the models over several rounds and report the median, so that
+load from other processes hits both alike.
+
+Run in the benchmark environment (timm is not a dependency of the project):
+
+    bash bench/setup.sh && .venv-bench/bin/python bench/train_speed.py [--iters 20] [--rounds 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+from mobilenets import create_model
+from mobilenets.train import RMSpropTF
+from mobilenets.train.distributed import resolve_device
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    resolution: int
+    in_chans: int
+    num_classes: int
+    batch: int
+
+
+SETTINGS = (
+    Setting("ImageNet 224², batch 32", 224, 3, 1000, 32),
+    Setting("Fashion-MNIST 32², batch 128", 32, 1, 10, 128),
+)
+
+
+def ours(setting: Setting, alpha: str = "1.0") -> nn.Module:
+    return create_model(
+        f"mobilenet_v1_{alpha}_224",
+        num_classes=setting.num_classes,
+        in_chans=setting.in_chans,
+        resolution=max(setting.resolution, 32),
+    )
+
+
+def timm_model(setting: Setting) -> nn.Module:
+    import timm
+
+    return timm.create_model("mobilenetv1_100", num_classes=setting.num_classes, in_chans=setting.in_chans)
+
+
+def make_step(model: nn.Module, setting: Setting, device: torch.device, channels_last: bool) -> Callable[[], None]:
+    """One training step of ``model`` on a fixed random batch."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).train()
+    optimizer = RMSpropTF(model.parameters(), lr=1e-3)
+    images = torch.randn(setting.batch, setting.in_chans, setting.resolution, setting.resolution, device=device)
+    images = images.contiguous(memory_format=memory_format)
+    labels = torch.randint(0, setting.num_classes, (setting.batch,), device=device)
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync()
+    return batch * iters / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iters", type=int, default=20, help="timed steps per round (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is kept (default: 3)")
+    parser.add_argument("--device", help="torch device (default: CUDA when available)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default: torch's, one per core; use 1 on a busy machine)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    rows = []
+    for setting in SETTINGS:
+        for channels_last in (False, True):
+            contenders = {"mobilenets mobilenet_v1_1.0": ours(setting), "timm mobilenetv1_100": timm_model(setting)}
+            if setting.resolution == 32:
+                contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = ours(setting, "0.25")
+            steps = {name: make_step(m, setting, device, channels_last) for name, m in contenders.items()}
+            for step in steps.values():
+                for _ in range(args.warmup):
+                    step()
+            rates: dict[str, list[float]] = {name: [] for name in steps}
+            for _ in range(args.rounds):
+                for name, step in steps.items():
+                    rates[name].append(images_per_s(step, setting.batch, args.iters, device))
+            for name, values in rates.items():
+                rows.append(
+                    {
+                        "setting": setting.name,
+                        "memory format": "channels_last" if channels_last else "contiguous",
+                        "model": name,
+                        "images/s": round(statistics.median(values), 1),
+                    }
+                )
+    threads = torch.get_num_threads()
+    if args.json:
+        print(json.dumps({"device": str(device), "threads": threads, "results": rows}, indent=2))
+    else:
+        print(tabulate(rows, headers="keys", colalign=("left", "left", "left", "right")))
+        print(f"\ndevice {device}, {threads} threads, median of {args.rounds} rounds × {args.iters} steps")
+
+
+if __name__ == "__main__":
+    main()

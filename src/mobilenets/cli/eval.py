@@ -1,0 +1,71 @@
+"""``mobilenets eval``: top-1, top-5 and per-class accuracy of trained weights, and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..train.evaluate import evaluate_weights
+from ..train.records import plot_confusion
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="evaluate trained weights on a data set",
+        description=(
+            "Evaluate weights written by `mobilenets train` (best.safetensors, or the last.safetensors checkpoint: "
+            "its EMA weights) or a bare safetensors state_dict: top-1, top-5 and per-class accuracy, and a "
+            "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
+        ),
+    )
+    parser.add_argument("model", help="registered model name the weights belong to (see `mobilenets list`)")
+    parser.add_argument("--weights", required=True, metavar="FILE", help="a .safetensors weights file or checkpoint")
+    parser.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="'fashion-mnist', an image folder or a CIFAR python-format folder (default: the data it was trained on)",
+    )
+    parser.add_argument("--split", default="val", choices=("train", "val"), help="which split (default: val)")
+    parser.add_argument("--resolution", type=int, metavar="R", help="input size (default: the trained one)")
+    parser.add_argument("--in-chans", type=int, choices=(1, 3), help="input channels (default: the trained ones)")
+    parser.add_argument("--crop-pct", type=float, metavar="F", help="central crop fraction (default: as in training)")
+    parser.add_argument("--limit", type=int, metavar="N", help="evaluate a random (seeded) subset of N images")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B", help="images per batch (default: 256)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N", help="data-loading processes (default: 0)")
+    parser.add_argument("--device", metavar="DEVICE", help="torch device (default: CUDA when available)")
+    parser.add_argument(
+        "--confusion",
+        metavar="PNG",
+        help="where to write the confusion matrix (default: eval-confusion.png beside the weights)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (accuracies as fractions) instead of text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    result = evaluate_weights(
+        args.model,
+        args.weights,
+        args.data,
+        split=args.split,
+        resolution=args.resolution,
+        in_chans=args.in_chans,
+        crop_pct=args.crop_pct,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        limit=args.limit,
+    )
+    confusion = Path(args.confusion) if args.confusion else Path(args.weights).parent / "eval-confusion.png"
+    plot_confusion(result, confusion, f"{args.model}: {Path(args.weights).name}")
+    if args.json:
+        print(json.dumps({**result.to_dict(), "confusion_png": str(confusion)}, indent=2))
+    else:
+        print(f"{result.format()}\nconfusion matrix: {confusion}")
+    return 0

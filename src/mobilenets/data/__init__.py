@@ -1,0 +1,30 @@
+"""Data for training and evaluation: Fashion-MNIST (the built-in default), image folders, CIFAR.
+
+:func:`load_dataset` gives one split of a source as a ``Dataset`` of ``(image, label)``: ``image``
+a float tensor (in_chans, resolution, resolution) normalised for the model, ``label`` an int, and
+``classes`` the class names. A file that cannot be decoded yields label :data:`UNREADABLE` (-1)
+and a zero image, so that losses and metrics skip it and the count can be reported.
+"""
+
+from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, ArrayImages, read_idx
+from .folder import UNREADABLE, ImageFolder
+from .sources import FASHION_MNIST, SourceInfo, inspect_source, load_dataset
+from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, fit_channels
+
+__all__ = [
+    "DEFAULT_CROP_PCT",
+    "DEFAULT_CROP_SCALE",
+    "FASHION_MNIST",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
+    "UNREADABLE",
+    "ArrayImages",
+    "ImageFolder",
+    "SourceInfo",
+    "build_transform",
+    "fit_channels",
+    "inspect_source",
+    "load_dataset",
+    "read_idx",
+]

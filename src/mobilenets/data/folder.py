@@ -1,0 +1,124 @@
+"""Image folders: one subfolder per class, images decoded with Pillow when read.
+
+A file that cannot be decoded (corrupt, truncated, not an image) does not stop a run: it is
+returned as a zero image with label :data:`UNREADABLE`, which losses and metrics skip and the
+training loop counts. Non-RGB images (grey, palette, RGBA, CMYK, 16-bit) are converted.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+UNREADABLE = -1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def class_names(root: str | os.PathLike, name: str = "source") -> list[str]:
+    """The class subfolders of ``root``, sorted: label i is the i-th name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name} {str(root)!r} is not a folder")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_folder(
+    root: str | os.PathLike, name: str = "source", classes: list[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(path, label) for every image in the class subfolders of ``root``, sorted, and the class names.
+
+    ``classes`` fixes the names (and so the labels), e.g. a val/ folder takes those of train/.
+    """
+    root = Path(root)
+    found = class_names(root, name)
+    classes = found if classes is None else classes
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"{name} {str(root)!r} has classes {unknown} that are not among {classes}")
+    label = {cls: i for i, cls in enumerate(classes)}
+    samples = [(path, label[cls]) for cls in found for path in sorted((root / cls).rglob("*")) if _is_image(path)]
+    if not samples:
+        raise ValueError(
+            f"{name} {str(root)!r} holds no images: it needs one subfolder per class with "
+            f"{', '.join(IMAGE_EXTENSIONS)} files inside"
+        )
+    return samples, classes
+
+
+def split_samples(samples: list[tuple[Path, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[Path, int]]]:
+    """Split each class at random (seeded) into ``val_fraction`` for "val" and the rest for "train"."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    generator = torch.Generator().manual_seed(seed)
+    out: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
+    labels = sorted({label for _, label in samples})
+    for label in labels:
+        members = [s for s in samples if s[1] == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        n_val = round(len(members) * val_fraction)
+        out["val"].extend(members[i] for i in sorted(order[:n_val]))
+        out["train"].extend(members[i] for i in sorted(order[n_val:]))
+    return out
+
+
+class ImageFolder(Dataset):
+    """Images listed as (path, label), decoded on read to uint8 (C, H, W) with C = ``in_chans``.
+
+    ``__getitem__`` returns ``(transform(image), label)``, or ``(zeros(blank_shape), UNREADABLE)``
+    for a file that cannot be decoded (a warning names it).
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        classes: list[str],
+        in_chans: int,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        blank_shape: tuple[int, ...],
+    ) -> None:
+        self.samples = samples
+        self.classes = classes
+        self.mode = "L" if in_chans == 1 else "RGB"
+        self.transform = transform
+        self.blank_shape = blank_shape
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                image = F.pil_to_tensor(_convert(img, self.mode))
+        except _DECODE_ERRORS as err:
+            warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+            return torch.zeros(self.blank_shape), UNREADABLE
+        return self.transform(image), label
+
+
+def _convert(img: Image.Image, mode: str) -> Image.Image:
+    """Decode ``img`` fully and convert it to ``mode`` ("L" or "RGB")."""
+    img.load()
+    if img.mode == mode:
+        return img
+    if img.mode.startswith("I"):
+        # 16-bit grey: scale to 8 bits; Pillow's direct conversion clips at 255 instead.
+        img = img.convert("I").point(lambda v: v / 256).convert("L")
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels over white, as viewers show them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert(mode)

@@ -1,0 +1,135 @@
+"""Choosing a data source by name or path, and loading one split of it with its transform."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .arrays import ArrayImages, cifar_kind, load_cifar, load_fashion_mnist
+from .folder import ImageFolder, class_names, scan_folder, split_samples
+from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, check_image_args
+
+FASHION_MNIST = "fashion-mnist"
+SPLITS = ("train", "val")
+CIFAR_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source holds before it is loaded.
+
+    ``kind``: "fashion-mnist", "cifar-10", "cifar-100", "folders" (train/ and val/ subfolders) or
+    "folder" (one folder, split by a fraction); ``path`` its folder; ``channels`` of the stored
+    images; ``image_size`` their side when they all share one (28 or 32), else None.
+    """
+
+    kind: str
+    path: Path | None
+    channels: int
+    image_size: int | None
+
+
+def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLike | None = None) -> SourceInfo:
+    """Recognise ``source``: the name "fashion-mnist", a CIFAR python-format folder, or an image folder."""
+    if str(source) == FASHION_MNIST:
+        return SourceInfo(FASHION_MNIST, Path(fashion_mnist_dir) if fashion_mnist_dir else None, 1, 28)
+    path = Path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"source {str(source)!r} is neither {FASHION_MNIST!r} nor an existing folder "
+            "(give a folder of class subfolders, with or without train/ and val/, or a CIFAR python-format folder)"
+        )
+    for candidate in (path, *(path / sub for sub in CIFAR_SUBFOLDERS)):
+        kind = cifar_kind(candidate)
+        if kind:
+            return SourceInfo(kind, candidate, 3, 32)
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        return SourceInfo("folders", path, 3, None)
+    return SourceInfo("folder", path, 3, None)
+
+
+class LabelledSubset(Subset):
+    """A subset that keeps its parent's ``classes``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, indices)
+        self.classes = dataset.classes
+
+
+def load_dataset(
+    source: str | os.PathLike,
+    split: str,
+    resolution: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool = False,
+    *,
+    crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
+    crop_pct: float | None = None,
+    hflip: bool = True,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    fashion_mnist_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """One split of a data source, transformed for a model.
+
+    Args:
+        source: "fashion-mnist" (the built-in default, read from Debian's ``dataset-fashion-mnist``
+            files, or ``fashion_mnist_dir`` / $MOBILENETS_FASHION_MNIST); a folder with ``train/``
+            and ``val/`` class subfolders; one folder of class subfolders, split per class with
+            ``val_fraction`` (seeded by ``seed``); or a CIFAR-10/100 python-format folder.
+        split: "train" or "val" (for Fashion-MNIST and CIFAR, their test sets).
+        resolution, in_chans, mean, std: the model's input size, channels (1 or 3; grey images are
+            replicated, colour ones averaged) and normalisation (RGB values are averaged for grey).
+        train: augment (random resized crop with area in ``crop_scale``, flips when ``hflip``);
+            otherwise resize and take the central crop holding ``crop_pct`` of the side (default:
+            the whole image for Fashion-MNIST and CIFAR, whose objects fill the frame; 0.875 else).
+        limit: keep a random (seeded) subset of at most this many samples.
+
+    Returns:
+        A ``Dataset`` of ``(float tensor (in_chans, resolution, resolution), int label)`` with
+        ``classes``, the class names. An undecodable file yields label ``UNREADABLE`` (-1).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    info = inspect_source(source, fashion_mnist_dir)
+    whole_image = info.kind in (FASHION_MNIST, "cifar-10", "cifar-100")
+    crop_pct = crop_pct if crop_pct is not None else (1.0 if whole_image else DEFAULT_CROP_PCT)
+    check_image_args(resolution, in_chans, crop_scale, crop_pct)
+    # Image folders are decoded straight to in_chans channels; the array sources store theirs.
+    source_chans = in_chans if info.kind.startswith("folder") else info.channels
+    transform = build_transform(resolution, in_chans, mean, std, train, crop_scale, crop_pct, hflip, source_chans)
+    dataset: Dataset
+    if info.kind == FASHION_MNIST:
+        dataset = load_fashion_mnist(split, fashion_mnist_dir)
+    elif info.kind.startswith("cifar"):
+        dataset = load_cifar(info.path, split)
+    else:
+        if info.kind == "folders":
+            train_classes = class_names(info.path / "train", "source train/ folder")
+            samples, classes = scan_folder(info.path / split, f"source {split}/ folder", train_classes)
+        else:
+            all_samples, classes = scan_folder(info.path)
+            samples = split_samples(all_samples, val_fraction, seed)[split]
+        dataset = ImageFolder(samples, classes, in_chans, transform, (in_chans, resolution, resolution))
+    if isinstance(dataset, ArrayImages):
+        dataset.transform = transform
+    if limit is not None:
+        dataset = _limit(dataset, limit, seed)
+    return dataset
+
+
+def _limit(dataset: Dataset, limit: int, seed: int) -> Dataset:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    if limit >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
+    return LabelledSubset(dataset, sorted(order.tolist()))

@@ -1,0 +1,147 @@
+"""Checkpoints and weight files: safetensors for tensors, JSON for the rest; no pickle anywhere.
+
+A *checkpoint* (``last.safetensors``) holds everything a run needs to continue: model, EMA,
+optimiser, scheduler, gradient scaler, RNG and data-order state. Nested state is flattened: each
+tensor is stored under its path (``optimizer/state/0/square_avg``) and the remaining structure is
+JSON in the file's metadata. A *weights* file (``best.safetensors``) holds one ``state_dict`` with
+plain keys, ready for ``model.load_state_dict``, and JSON metadata describing the model.
+
+Every file is written atomically: to a temporary file in the same folder, flushed to disk, then
+renamed over the old one, so a failure mid-way leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+CHECKPOINT_FORMAT = "mobilenets-checkpoint-v1"
+WEIGHTS_FORMAT = "mobilenets-weights-v1"
+_TENSOR = "$tensor"
+_ITEMS = "$items"
+
+
+def _write_chunks(f: Any, data: bytes) -> None:
+    f.write(data)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_chunks(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
+    """Move every tensor of a nested structure into ``tensors`` (by path); return the JSON-able rest."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {_TENSOR: prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: flatten(v, tensors, f"{prefix}/{k}" if prefix else k) for k, v in obj.items()}
+        return {_ITEMS: [[k, flatten(v, tensors, f"{prefix}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [flatten(v, tensors, f"{prefix}/{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten` (tuples come back as lists)."""
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _ITEMS in obj:
+            return {k: unflatten(v, tensors) for k, v in obj[_ITEMS]}
+        return {k: unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write a nested training ``state`` (tensors, numbers, strings, lists, dicts)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest = flatten(state, tensors)
+    atomic_write(path, save(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(rest)}))
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {str(path)!r} is not a file")
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    return load_file(path), metadata
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU)."""
+    tensors, metadata = _read(path)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a mobilenets training checkpoint")
+    return unflatten(json.loads(metadata["state"]), tensors)
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Atomically write a model ``state_dict`` with ``info`` (model name, arguments, classes...)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_write(path, save(tensors, metadata={"format": WEIGHTS_FORMAT, "info": json.dumps(info)}))
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, info) from a weights file, a training checkpoint (its EMA weights when it has
+    them) or any safetensors file of a bare state_dict (info empty)."""
+    tensors, metadata = _read(path)
+    if metadata.get("format") == CHECKPOINT_FORMAT:
+        state = unflatten(json.loads(metadata["state"]), tensors)
+        return (state["ema"]["module"] if state.get("ema") else state["model"]), state["info"]
+    return tensors, json.loads(metadata.get("info", "{}"))
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a run draws from: torch (CPU and CUDA), numpy, random."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

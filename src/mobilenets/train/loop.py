@@ -1,0 +1,583 @@
+"""The training loop: data, model, recipe, checkpoints, resume, interruption and the final report.
+
+Determinism: the data order of epoch e is a seeded shuffle of (seed, e); every random generator is
+re-seeded from (seed, e, rank) when an epoch starts and saved in each checkpoint. A run resumed
+from the end of an epoch therefore computes exactly what the uninterrupted run computes (bitwise on
+the CPU). A run resumed from the middle of an epoch (after SIGINT/SIGTERM) skips the batches
+already trained on; it is exact too with ``workers=0``, since loader processes start afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from ..cost import CostReport, count_cost
+from ..data import UNREADABLE, inspect_source, load_dataset
+from ..registry import create_model, get_entry
+from . import distributed
+from .checkpoint import (
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+    write_json,
+)
+from .config import RESUMABLE, TrainConfig
+from .distributed import Dist, ResumableSampler, all_reduce
+from .ema import ModelEma
+from .evaluate import EvalResult, autocast, evaluate, resolve_input
+from .optim import RMSpropTF, build_scheduler, param_groups
+from .records import MetricsLog, plot_confusion, plot_curves
+
+CHECKPOINT = "last.safetensors"
+BEST = "best.safetensors"
+SUMS = ("loss_sum", "correct", "seen", "skipped")  # per-epoch training totals, over all processes
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class TrainResult:
+    """The outcome of a run: the best weights' evaluation, their cost, the speed, the files."""
+
+    config: TrainConfig
+    run_dir: Path
+    evaluation: EvalResult
+    best: dict[str, Any]  # epoch, weights ("raw" or "ema"), val_top1
+    cost: CostReport
+    images_per_s: float
+    seconds: float
+    skipped: int  # unreadable images left out in the last epoch (training and validation)
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "data": self.config.data,
+            "resolution": self.cost.resolution,
+            "best": self.best,
+            "evaluation": self.evaluation.to_dict(),
+            "mult_adds": self.cost.mult_adds,
+            "params": self.cost.params,
+            "train_images_per_s": self.images_per_s,
+            "seconds": self.seconds,
+            "skipped_unreadable": self.skipped,
+            "run_dir": str(self.run_dir),
+            "files": self.files,
+        }
+
+    def format(self) -> str:
+        ev, cfg = self.evaluation, self.config
+        minutes, seconds = divmod(round(self.seconds), 60)
+        lines = [
+            f"{cfg.model} on {cfg.data} at {self.cost.resolution}×{self.cost.resolution}: "
+            f"{cfg.epochs} epochs, {minutes} min {seconds:02d} s of training",
+            f"  accuracy   top-1 {100 * ev.top1:.2f} %, top-5 {100 * ev.top5:.2f} % on {ev.count:,} val images "
+            f"(best epoch {self.best['epoch']}, {self.best['weights']} weights)",
+            f"  cost       {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params",
+            f"  speed      {self.images_per_s:,.0f} training images/s",
+            f"  files      {self.run_dir}/: {', '.join(self.files)}",
+            f"  evaluate   mobilenets eval {cfg.model} --weights {self.run_dir / BEST} --data {cfg.data}",
+        ]
+        if self.skipped:
+            lines.insert(4, f"  skipped    {self.skipped} unreadable images per epoch (named in the warnings above)")
+        return "\n".join(lines)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(env: Dist) -> int:
+    """Loader processes per training process: up to 4 with CUDA, 1 on the CPU, none on one core."""
+    cores = cpu_count() // env.world_size
+    return min(4, max(0, cores - 1)) if env.device.type == "cuda" else min(1, max(0, cores - 1))
+
+
+def default_threads(env: Dist, workers: int) -> int:
+    """Compute threads per training process on the CPU: its share of the cores minus its loaders.
+
+    More threads than free cores is far worse than fewer: each parallel operation then waits for
+    a thread that the OS has descheduled (measured here: 20× slower steps with 2 threads on 2
+    cores beside one busy process, against 1 thread).
+    """
+    return max(1, cpu_count() // env.world_size - workers)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` ("auto": bf16 on CUDA when supported, none on the CPU)."""
+    if mode == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    if mode == "fp16" and device.type != "cuda":
+        raise ValueError("amp must be 'bf16' or 'none' on the CPU; 'fp16' needs CUDA")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one process's epoch."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: loader processes leave it to the trainer, which
+    # finishes its step and writes a checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict[str, int]]:
+    """Record SIGINT/SIGTERM in the yielded dict instead of dying; a second SIGINT interrupts at once."""
+    flag: dict[str, int] = {"signum": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag["signum"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signum"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """One training run; see :func:`train`."""
+
+    def __init__(self, config: TrainConfig, resume: bool, env: Dist) -> None:
+        self.config = config.validate()
+        self.env = env
+        self.device = env.device
+        self.run_dir = Path(config.out)
+        self.checkpoint_path = self.run_dir / CHECKPOINT
+        self.amp = amp_dtype(config.amp, self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if resume and not self.checkpoint_path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint {str(self.checkpoint_path)!r} to continue from")
+        if not resume and self.checkpoint_path.is_file():
+            raise ValueError(
+                f"out {str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir} "
+                "or choose another --out"
+            )
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.manual_seed(config.seed)
+        self._build_data()
+        self._build_model()
+        self.step_in_epoch = 0
+        self.epoch = 0
+        self.best: dict[str, Any] = {"epoch": 0, "weights": "raw", "val_top1": -1.0}
+        self.partial: dict[str, float] = {}
+        self.saved_epoch: int | None = None
+        self.elapsed = 0.0
+        self.images_per_s: list[float] = []
+        if resume:
+            self._load(load_checkpoint(self.checkpoint_path))
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _build_data(self) -> None:
+        cfg, env = self.config, self.env
+        info = inspect_source(cfg.data)
+        self.in_chans, self.resolution = resolve_input(cfg.model, info, cfg.in_chans, cfg.resolution)
+        entry = get_entry(cfg.model)
+        self.mean, self.std = entry.mean, entry.std
+        common = {"crop_scale": cfg.crop_scale, "crop_pct": cfg.crop_pct, "hflip": cfg.hflip, "seed": cfg.seed}
+        args = (self.resolution, self.in_chans, self.mean, self.std)
+        self.train_set = load_dataset(cfg.data, "train", *args, cfg.augment, limit=cfg.train_limit, **common)
+        val_set = load_dataset(cfg.data, "val", *args, False, limit=cfg.val_limit, **common)
+        self.classes: list[str] = list(self.train_set.classes)
+        self.val_set = val_set
+        if cfg.batch_size % env.world_size:
+            raise ValueError(f"batch_size must be a multiple of the {env.world_size} processes, got {cfg.batch_size}")
+        self.local_batch = cfg.batch_size // env.world_size
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
+        if env.device.type == "cpu":
+            threads = cfg.threads or (None if "OMP_NUM_THREADS" in os.environ else default_threads(env, self.workers))
+            if threads:
+                torch.set_num_threads(threads)
+        self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
+        self.loader_generator = torch.Generator()
+        self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
+        self.val_loader = self._loader(Subset(val_set, distributed.shard(len(val_set), env)), None, drop_last=False)
+        self.steps_per_epoch = self.sampler.num_samples // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size must be at most the training set's {len(self.train_set)} images, got {cfg.batch_size}"
+            )
+
+    def _loader(self, dataset: Dataset, sampler: ResumableSampler | None, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.local_batch,
+            sampler=sampler,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=drop_last,
+            generator=self.loader_generator,
+            worker_init_fn=_ignore_sigint if self.workers else None,
+        )
+
+    def _build_model(self) -> None:
+        cfg = self.config
+        self.model_args = {
+            "num_classes": len(self.classes),
+            "in_chans": self.in_chans,
+            "resolution": self.resolution,
+            **cfg.model_overrides(),
+        }
+        net = create_model(cfg.model, **self.model_args)
+        self.cost = count_cost(net)
+        if cfg.sync_bn and self.device.type == "cpu":
+            raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use freeze_bn instead")
+        if cfg.sync_bn and self.env.enabled:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        self.net = net.to(self.device, memory_format=self.memory_format)
+        self.optimizer = RMSpropTF(
+            param_groups(self.net, cfg.weight_decay, cfg.depthwise_weight_decay),
+            lr=cfg.lr,
+            decay=cfg.rms_decay,
+            momentum=cfg.momentum,
+            eps=cfg.eps,
+        )
+        self.scheduler = build_scheduler(
+            self.optimizer, self.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.lr_decay
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.criterion = nn.CrossEntropyLoss(
+            reduction="sum", ignore_index=UNREADABLE, label_smoothing=cfg.label_smoothing
+        )
+        model: nn.Module = self.net
+        if self.env.enabled:
+            model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.index is not None else None
+            )
+        self.model = torch.compile(model) if cfg.compile else model
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What a weights file records so that the model can be rebuilt and fed the same way."""
+        return {
+            "model": self.config.model,
+            "model_args": self.model_args,
+            "classes": self.classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "data": self.config.data,
+            "crop_pct": self.config.crop_pct,
+        }
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "info": self.info,
+            "config": self.config.to_dict(),
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "progress": {
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "partial": self.partial,
+                "best": self.best,
+                "elapsed": self.elapsed,
+                "images_per_s": self.images_per_s,
+            },
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        progress = state["progress"]
+        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
+        self.partial, self.best = progress["partial"], progress["best"]
+        self.elapsed, self.images_per_s = progress["elapsed"], progress["images_per_s"]
+        self.saved_epoch = self.epoch
+        # Only the main process's generators are saved; they matter only mid-epoch, since every
+        # epoch starts by re-seeding.
+        if self.env.is_main and self.step_in_epoch:
+            set_rng_state(state["rng"])
+
+    def _save_checkpoint(self) -> None:
+        if self.env.is_main:
+            save_checkpoint(self.checkpoint_path, self._state())
+        self.saved_epoch = self.epoch
+
+    def _add_to_partial(self, sums: torch.Tensor) -> None:
+        """Sum this process's running totals over the job into the epoch's totals."""
+        all_reduce(sums, self.env)
+        for key, value in zip(SUMS, sums.tolist(), strict=True):
+            self.partial[key] += value
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if self.env.is_main:
+            print(message, flush=True)
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.json")
+        self.metrics = MetricsLog(self.run_dir) if self.env.is_main else None
+        if self.metrics:
+            self.metrics.keep_until(self.epoch)
+        self.log(cfg.format())
+        self.log(
+            f"{cfg.model}: {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params at "
+            f"{self.resolution}×{self.resolution}×{self.in_chans}; {len(self.train_set):,} train / "
+            f"{len(self.val_set):,} val images, {len(self.classes)} classes; {self.env.world_size} process(es) on "
+            f"{self.device} ({torch.get_num_threads()} threads), {self.workers} loader process(es) each, amp {self.amp}"
+        )
+        with _stop_on_signals() as stop:
+            self.stop = stop
+            while self.epoch < cfg.epochs:
+                self._train_epoch()
+                self._end_epoch()
+        return self._finish()
+
+    def _train_epoch(self) -> None:
+        cfg, env = self.config, self.env
+        resuming_mid_epoch = self.step_in_epoch > 0
+        if not resuming_mid_epoch:
+            torch.manual_seed(epoch_seed(cfg.seed, self.epoch, env.rank))
+            self.partial = dict.fromkeys([*SUMS, "seconds"], 0.0)
+        self.loader_generator.manual_seed(epoch_seed(cfg.seed, self.epoch, env.rank) ^ 1)
+        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.local_batch)
+        self.model.train()
+        if cfg.freeze_bn:
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        # Running sums on the device, read back only every `sync_every` steps (each read waits for the GPU).
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, seen, skipped
+        sync_every = 1 if self.device.type == "cpu" else 25
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            disable=None if env.is_main else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        for images, labels in self.train_loader:
+            sums += self._step(images, labels)
+            self.step_in_epoch += 1
+            bar.update(1)
+            last = self.step_in_epoch == self.steps_per_epoch
+            if self.step_in_epoch % sync_every == 0 or last:
+                loss_sum, correct, seen, _ = sums.tolist()
+                seconds = time.perf_counter() - start
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(seen, 1):.4f}",
+                    acc=f"{correct / max(seen, 1):.3f}",
+                    img_s=f"{seen * env.world_size / seconds:.0f}",
+                )
+                self._check(sums, last, seconds)
+        bar.close()
+        self._add_to_partial(sums)
+        self.partial["seconds"] += time.perf_counter() - start
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; returns (loss sum, correct, images counted, unreadable) for the batch."""
+        cfg = self.config
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        valid = labels != UNREADABLE
+        count = valid.sum()
+        with autocast(self.device, self.amp):
+            logits = self.model(images).float()
+        loss_sum = self.criterion(logits, labels)
+        loss = loss_sum / count.clamp(min=1)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update(self.net)
+        correct = ((logits.detach().argmax(1) == labels) & valid).sum()
+        return torch.stack([loss_sum.detach(), correct, count, (~valid).sum()]).double()
+
+    def _check(self, sums: torch.Tensor, last: bool, seconds: float) -> None:
+        """Stop on a non-finite loss or a signal, agreeing across processes."""
+        flags = torch.tensor([float(not math.isfinite(sums[0].item())), float(self.stop["signum"])], device=self.device)
+        all_reduce(flags, self.env, distributed.dist.ReduceOp.MAX)
+        nonfinite, signum = bool(flags[0]), int(flags[1])
+        if nonfinite:
+            kept = (
+                f"the last good checkpoint, {self.checkpoint_path} (epoch {self.saved_epoch}), is kept"
+                if self.saved_epoch is not None
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLoss(
+                f"loss became NaN or infinite at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
+                f"training stopped and {kept}. Try a lower --lr, --grad-clip or --amp none."
+            )
+        if signum and not last:
+            self._add_to_partial(sums)
+            self.partial["seconds"] += seconds
+            self._save_checkpoint()
+            raise self._interrupted(signum, f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+
+    def _interrupted(self, signum: int, where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            signum,
+            f"{signal.Signals(signum).name} received: checkpoint written {where}; "
+            f"continue with `mobilenets train --resume {self.run_dir}`",
+        )
+
+    def _evaluate(self, model: nn.Module) -> EvalResult:
+        return evaluate(
+            model, self.val_loader, self.classes, self.device, self.env, self.amp, self.config.channels_last
+        )
+
+    def _end_epoch(self) -> None:
+        cfg, p = self.config, self.partial
+        raw = self._evaluate(self.net)
+        ema = self._evaluate(self.ema.module) if self.ema else None
+        self.epoch += 1
+        self.step_in_epoch = 0
+        rate = p["seen"] / max(p["seconds"], 1e-9)
+        self.elapsed += p["seconds"]
+        self.images_per_s.append(rate)
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": p["loss_sum"] / max(p["seen"], 1),
+            "train_top1": p["correct"] / max(p["seen"], 1),
+            "val_loss": raw.loss,
+            "val_top1": raw.top1,
+            "val_top5": raw.top5,
+        }
+        if ema:
+            record.update(ema_val_loss=ema.loss, ema_val_top1=ema.top1, ema_val_top5=ema.top5)
+        record.update(images_per_s=rate, epoch_seconds=p["seconds"], skipped=int(p["skipped"] + raw.skipped))
+        candidates = {"raw": (raw, self.net)} | ({"ema": (ema, self.ema.module)} if ema else {})
+        which = max(candidates, key=lambda k: candidates[k][0].top1)
+        improved = candidates[which][0].top1 > self.best["val_top1"]
+        if improved:
+            self.best = {"epoch": self.epoch, "weights": which, "val_top1": candidates[which][0].top1}
+        if self.env.is_main:
+            if improved:
+                save_weights(self.run_dir / BEST, candidates[which][1].state_dict(), {**self.info, **self.best})
+            self.metrics.append(record)
+            plot_curves(self.metrics.records, self.run_dir / "curves.png")
+            self._save_checkpoint()
+        ema_text = f" (EMA {100 * ema.top1:.2f} %)" if ema else ""
+        skipped = f", {record['skipped']} unreadable images skipped" if record["skipped"] else ""
+        self.log(
+            f"epoch {self.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
+            f"{100 * record['train_top1']:.2f} %, val loss {raw.loss:.4f} top-1 {100 * raw.top1:.2f} %{ema_text}, "
+            f"lr {record['lr']:.3g}, {rate:,.0f} img/s, {p['seconds']:.1f} s{skipped}"
+        )
+        if self.stop["signum"] and self.epoch < cfg.epochs:
+            raise self._interrupted(self.stop["signum"], f"at the end of epoch {self.epoch}")
+
+    def _finish(self) -> TrainResult:
+        """Evaluate the best weights in full, write the confusion matrix and report.json."""
+        if self.env.enabled:
+            distributed.dist.barrier()
+        state, _ = load_weights(self.run_dir / BEST)
+        model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
+        model.load_state_dict(state)
+        evaluation = self._evaluate(model)
+        skipped = self.metrics.records[-1]["skipped"] if self.metrics and self.metrics.records else 0
+        files = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl", "curves.png", "confusion.png"]
+        result = TrainResult(
+            self.config,
+            self.run_dir,
+            evaluation,
+            self.best,
+            self.cost,
+            float(np.mean(self.images_per_s)),
+            self.elapsed,
+            skipped,
+            [*files, "report.json"],
+        )
+        if self.env.is_main:
+            plot_confusion(evaluation, self.run_dir / "confusion.png", f"{self.config.model} on {self.config.data}")
+            write_json(self.run_dir / "report.json", result.to_dict())
+        return result
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train ``config.model`` on ``config.data``, writing the run to ``config.out``.
+
+    With ``resume``, continue the run whose checkpoint is in ``config.out`` (see :func:`resume_config`).
+    Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files).
+    Raises :class:`NonFiniteLoss` or :class:`TrainingInterrupted` (after writing a checkpoint).
+    """
+    env = distributed.setup(config.device)
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(config, resume, env).run()
+    finally:
+        torch.set_num_threads(threads)
+        sys.stdout.flush()
+        distributed.teardown(env)
+
+
+def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
+    """The config of the run in ``run_dir``, with ``changes`` to the fields that may change on resume."""
+    not_allowed = sorted(set(changes) - set(RESUMABLE))
+    if not_allowed:
+        raise ValueError(
+            f"resume continues the saved run: only {', '.join(RESUMABLE)} may change, got {', '.join(not_allowed)}"
+        )
+    config = TrainConfig.load(Path(run_dir) / "config.json")
+    for key, value in changes.items():
+        setattr(config, key, value)
+    config.out = str(run_dir)
+    return config

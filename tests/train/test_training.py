@@ -1,0 +1,194 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilenets.cli import main
+from mobilenets.data import FASHION_MNIST_DIR
+from mobilenets.data.synthetic import make_image_folder
+from mobilenets.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_checkpoint, resume_config, train
+from mobilenets.train.loop import Trainer
+
+MODEL = "mobilenet_v1_0.25_128"
+HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes, 16 training and 4 validation images each, 32×32 RGB."""
+    return make_image_folder(tmp_path_factory.mktemp("synthetic"), num_classes=4, per_class=16, val_per_class=4)
+
+
+def tiny(data: Path | str, out: Path, **changes: object) -> TrainConfig:
+    """A run of a few seconds: α = 0.25 at 32×32, 4 steps per epoch on the synthetic set."""
+    values = {
+        "model": MODEL,
+        "data": str(data),
+        "out": str(out),
+        "resolution": 32,
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_epochs": 0.5,
+        "workers": 0,
+        "threads": 1,
+        **changes,
+    }
+    return TrainConfig(**values)
+
+
+def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """Make the run receive ``signum`` right after its ``step``-th optimiser step."""
+    original = Trainer._step
+    calls = {"n": 0}
+
+    def step_then_signal(self: Trainer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == step:
+            signal.raise_signal(signum)
+        return out
+
+    monkeypatch.setattr(Trainer, "_step", step_then_signal)
+
+
+def test_short_run_on_real_data_learns(tmp_path: Path) -> None:
+    # The quick run's settings (no augmentation or warm-up), on a subset.
+    quick = {"augment": False, "warmup_epochs": 0.0}
+    if HAS_FASHION_MNIST:
+        config = tiny("fashion-mnist", tmp_path, epochs=3, batch_size=64, train_limit=1536, val_limit=500, **quick)
+        chance = 0.1
+    else:
+        data = make_image_folder(tmp_path / "data", num_classes=4, per_class=96, val_per_class=16)
+        config = tiny(data, tmp_path, epochs=4, batch_size=32, **quick)
+        chance = 0.25
+    result = train(config)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, config.epochs + 1))
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert result.evaluation.top1 > 2 * chance
+    assert result.cost.mult_adds > 0 and result.images_per_s > 0
+    for name in ("best.safetensors", "last.safetensors", "config.json", "metrics.csv", "curves.png", "confusion.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "report.json").read_text())["evaluation"]["top1"] == result.evaluation.top1
+    assert "top-1" in result.format() and str(tmp_path) in result.format()
+
+
+@pytest.mark.parametrize(("stop_step", "workers"), [(4, 1), (2, 0)], ids=["end-of-epoch", "mid-epoch"])
+def test_interrupted_and_resumed_equals_uninterrupted(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int, workers: int
+) -> None:
+    train(tiny(folder, tmp_path / "straight", workers=workers))
+    signal_at_step(monkeypatch, stop_step)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM received") as info:
+        train(tiny(folder, tmp_path / "resumed", workers=workers))
+    assert info.value.signum == signal.SIGTERM
+    progress = load_checkpoint(tmp_path / "resumed" / "last.safetensors")["progress"]
+    assert (progress["epoch"], progress["step_in_epoch"]) == divmod(stop_step, 4)
+    monkeypatch.undo()
+    train(resume_config(tmp_path / "resumed"), resume=True)
+
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "last.safetensors")
+    different = [k for k in straight if not k.startswith("rng/") and not torch.equal(straight[k], resumed[k])]
+    assert set(straight) == set(resumed) and not different
+    assert any(k.startswith("optimizer/state/") for k in straight) and any(k.startswith("ema/") for k in straight)
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
+    losses = [[json.loads(line)["train_loss"] for line in lines] for lines in metrics]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Trainer._step
+    calls = {"n": 0}
+
+    def step_then_poison(self: Trainer, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = original(self, images, labels)
+        calls["n"] += 1
+        if calls["n"] == 5:  # first step of epoch 2
+            with torch.no_grad():
+                next(self.net.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(Trainer, "_step", step_then_poison)
+    with pytest.raises(NonFiniteLoss, match="NaN or infinite at epoch 2") as info:
+        train(tiny(folder, tmp_path))
+    assert "last.safetensors (epoch 1), is kept" in str(info.value)
+    state = load_checkpoint(tmp_path / "last.safetensors")
+    assert state["progress"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_unreadable_training_images_are_counted(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", num_classes=2, per_class=8, val_per_class=2)
+    (data / "train" / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        result = train(tiny(data, tmp_path / "run", epochs=1, batch_size=17))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["skipped"] == 1 and result.skipped == 1
+    assert "1 unreadable images" in result.format()
+
+
+def test_cli_train_then_eval(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--model", MODEL, "--data", str(folder), "--resolution", "32", "--epochs", "1"]
+    code = main([*args, "--batch-size", "16", "--workers", "0", "--out", str(tmp_path / "run"), "--json"])
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") :])
+    assert code == 0 and report["evaluation"]["images"] == 16 and report["params"] > 0
+    code = main(["eval", MODEL, "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
+    evaluation = json.loads(capsys.readouterr().out)
+    assert code == 0 and evaluation["top1"] == report["evaluation"]["top1"]
+    assert set(evaluation["per_class"]) == {f"class_{k}" for k in range(4)}
+    assert Path(evaluation["confusion_png"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--data", "/nonexistent/images"], "neither 'fashion-mnist' nor an existing folder"),
+        (["train", "--resume", "/nonexistent/run"], "resume: '/nonexistent/run/config.json' not found"),
+        (["train", "--epochs", "0"], "epochs must be an integer >= 1"),
+        (["train", "--amp", "fp16", "--device", "cpu"], "'fp16' needs CUDA"),
+        (["eval", MODEL, "--weights", "/nonexistent.safetensors"], "is not a file"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str, folder: Path
+) -> None:
+    if argv[:2] == ["train", "--amp"]:
+        argv = [*argv, "--data", str(folder), "--out", str(tmp_path)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_to_overwrite_or_change_a_run(
+    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train(tiny(folder, tmp_path, epochs=1))
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.5"]) == 2
+    assert "only epochs, workers, threads, device may change" in capsys.readouterr().err
+
+
+def test_sigterm_writes_a_checkpoint_then_exits(tmp_path: Path, folder: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mobilenets", "train", "--model", MODEL, "--data", str(folder)]
+    command += ["--resolution", "32", "--epochs", "100", "--batch-size", "16", "--workers", "0", "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "last.safetensors").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received: checkpoint written" in err and f"--resume {out}" in err
+    assert 1 <= load_checkpoint(out / "last.safetensors")["progress"]["epoch"] < 100
