@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/mobilenets profile --grid "$@"
+exec bash scripts/train_default.sh "$@"

@@ -1,20 +1,17 @@
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
 from mobilenets.cli import main
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+Cli = Callable[..., tuple[int, str, str]]
 
 
-def test_profile_json_reports_paper_headline(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "profile", "mobilenet_v1_1.0_224", "--json")
+def test_profile_json_reports_paper_headline(cli: Cli) -> None:
+    code, out, _ = cli("profile", "mobilenet_v1_1.0_224", "--json")
     data = json.loads(out)
     assert code == 0
     assert round(data["mult_adds"] / 1e6) == 569 and round(data["params"] / 1e6, 1) == 4.2
@@ -22,27 +19,25 @@ def test_profile_json_reports_paper_headline(capsys: pytest.CaptureFixture[str])
     assert all(isinstance(v["mult_adds"], int) and isinstance(v["params"], int) for v in data["by_type"].values())
 
 
-def test_profile_overrides_and_per_layer(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
-        capsys, "profile", "mobilenet_v1_1.0_224", "--width-mult", "0.5", "--resolution", "160", "--per-layer"
-    )
+def test_profile_overrides_and_per_layer(cli: Cli) -> None:
+    code, out, _ = cli("profile", "mobilenet_v1_1.0_224", "--width-mult", "0.5", "--resolution", "160", "--per-layer")
     assert code == 0
     assert "@ 160×160" in out and "76.5 M mult-adds" in out and "block13.pw.conv" in out
 
 
-def test_profile_grid(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "profile", "--grid", "--json")
+def test_profile_grid(cli: Cli) -> None:
+    code, out, _ = cli("profile", "--grid", "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 16
     assert {(r["model"].split("_")[2], r["resolution"]) for r in rows} == {
         (a, r) for a in ("1.0", "0.75", "0.5", "0.25") for r in (224, 192, 160, 128)
     }
-    code, out, _ = run(capsys, "profile", "--grid")
+    code, out, _ = cli("profile", "--grid")
     assert out.count("mobilenet_v1_") == 16 and "published" in out
 
 
-def test_list(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "list", "mobilenet_v1_*_224", "--json")
+def test_list(cli: Cli) -> None:
+    code, out, _ = cli("list", "mobilenet_v1_*_224", "--json")
     names = [row["model"] for row in json.loads(out)]
     assert code == 0 and "mobilenet_v1_conv_1.0_224" in names and "mobilenet_v1_1.0_192" not in names
 
@@ -58,8 +53,8 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
         (["list", "zzz*"], "matches no model"),
     ],
 )
-def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
-    code, out, err = run(capsys, *argv)
+def test_errors_are_one_line(cli: Cli, argv: list[str], fragment: str) -> None:
+    code, out, err = cli(*argv)
     assert code == 2 and out == ""
     assert fragment in err and len(err.strip().splitlines()) == 1
 
