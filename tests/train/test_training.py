@@ -137,7 +137,7 @@ def test_unreadable_training_images_are_counted(tmp_path: Path) -> None:
 
 
 def test_cli_train_then_eval(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["train", "--model", MODEL, "--data", str(folder), "--resolution", "32", "--epochs", "1"]
+    args = ["train", "--model", MODEL, "--data", str(folder), "--resolution", "32", "--epochs", "1", "--threads", "1"]
     code = main([*args, "--batch-size", "16", "--workers", "0", "--out", str(tmp_path / "run"), "--json"])
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{\n") :])
@@ -182,7 +182,8 @@ def test_cli_refuses_to_overwrite_or_change_a_run(
 def test_sigterm_writes_a_checkpoint_then_exits(tmp_path: Path, folder: Path) -> None:
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mobilenets", "train", "--model", MODEL, "--data", str(folder)]
-    command += ["--resolution", "32", "--epochs", "100", "--batch-size", "16", "--workers", "0", "--out", str(out)]
+    command += ["--resolution", "32", "--epochs", "100", "--batch-size", "16", "--workers", "0", "--threads", "1"]
+    command += ["--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / "last.safetensors").is_file() and time.monotonic() < deadline and proc.poll() is None:
