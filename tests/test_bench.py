@@ -6,7 +6,7 @@ import pytest
 
 from mobilenets import count_cost, create_model
 from mobilenets.bench import QUICK, PeakMemory, benchmark, cache_dir, format_table, gemm_peak
-from mobilenets.deploy import resolve_device
+from mobilenets.device import resolve_device
 
 MODEL = "mobilenet_v1_0.25_128"
 Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)

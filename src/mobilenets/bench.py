@@ -42,7 +42,8 @@ from .cost import count_cost
 from .deploy.export import export_onnx
 from .deploy.fuse import input_shape
 from .deploy.quantize import quantize_onnx
-from .deploy.runtimes import Runner, onnx_runner, openvino_runner, resolve_device, torch_runner
+from .deploy.runtimes import Runner, onnx_runner, openvino_runner, torch_runner
+from .device import resolve_device
 from .models.base import check_resolution
 
 RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")

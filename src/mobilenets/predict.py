@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .data.transforms import build_transform
-from .deploy.runtimes import resolve_device
+from .device import resolve_device
 from .registry import ModelMeta
 from .weights import class_names
 

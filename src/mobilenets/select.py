@@ -31,7 +31,7 @@ from .bench import (
     update_cache,
 )
 from .cost import count_cost
-from .deploy.runtimes import resolve_device
+from .device import resolve_device
 from .published import published_results
 from .registry import create_model, get_entry, list_models
 

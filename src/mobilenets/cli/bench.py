@@ -17,7 +17,7 @@ from ..bench import (
     format_table,
     gemm_peak,
 )
-from ..deploy import resolve_device
+from ..device import resolve_device
 from ..registry import create_model
 
 

@@ -11,7 +11,7 @@ from .export import (
 )
 from .fuse import fold_batchnorm, prepare_for_inference
 from .quantize import calibration_data, dataset_batches, quantize_onnx
-from .runtimes import Runner, load_runner, onnx_runner, openvino_runner, resolve_device, torch_runner
+from .runtimes import Runner, load_runner, onnx_runner, openvino_runner, torch_runner
 
 __all__ = [
     "FORMATS",
@@ -29,7 +29,6 @@ __all__ = [
     "openvino_runner",
     "prepare_for_inference",
     "quantize_onnx",
-    "resolve_device",
     "torch_runner",
     "write_artifact",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train.distributed import resolve_device
+from ..device import resolve_device
 from .fuse import prepare_for_inference
 
 Runner = Callable[[np.ndarray], np.ndarray]

@@ -14,10 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
+from ..device import resolve_device
 from ..models.base import MIN_RESOLUTION
 from ..registry import create_model, get_entry
 from .checkpoint import load_weights
-from .distributed import Dist, all_reduce, resolve_device
+from .distributed import Dist, all_reduce
 
 
 @dataclass
