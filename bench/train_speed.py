@@ -26,8 +26,8 @@ from tabulate import tabulate
 from torch import nn
 
 from mobilenets import create_model
+from mobilenets.device import resolve_device
 from mobilenets.train import RMSpropTF
-from mobilenets.train.distributed import resolve_device
 
 
 @dataclass(frozen=True)
