@@ -4,8 +4,9 @@ Compares this project's MobileNet V1 with timm's ``mobilenetv1_100`` (the same a
 one process, in two settings: ImageNet-sized (α = 1, 224², batch 32) and the Fashion-MNIST run
 (32², 1 channel, 10 classes, batch 128), each in both memory formats. Our α = 0.25 model of the
 quick Fashion-MNIST run is measured too. Both models take the same optimiser (``RMSpropTF``).
-Measurements alternate between the models over several rounds and report the median, so that
-load from other processes hits both alike.
+Measurements alternate between the models over several rounds and report the median images/s,
+its quartiles, and the median of the per-round ratios to timm, so that load from other processes
+hits both models of a comparison alike.
 
 Run in the benchmark environment (timm is not a dependency of the project):
 
@@ -29,9 +30,12 @@ from mobilenets import create_model
 from mobilenets.device import resolve_device
 from mobilenets.train import RMSpropTF
 
+PEER = "timm mobilenetv1_100"
+
 
 @dataclass(frozen=True)
 class Setting:
+    key: str
     name: str
     resolution: int
     in_chans: int
@@ -40,8 +44,8 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("ImageNet 224², batch 32", 224, 3, 1000, 32),
-    Setting("Fashion-MNIST 32², batch 128", 32, 1, 10, 128),
+    Setting("imagenet", "ImageNet 224², batch 32", 224, 3, 1000, 32),
+    Setting("fashion-mnist", "Fashion-MNIST 32², batch 128", 32, 1, 10, 128),
 )
 
 
@@ -91,6 +95,39 @@ def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch
     return batch * iters / (time.perf_counter() - start)
 
 
+def measure(setting: Setting, channels_last: bool, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Median images/s of each contender in ``setting``, rounds alternating between them."""
+    contenders = {"mobilenets mobilenet_v1_1.0": ours(setting), PEER: timm_model(setting)}
+    if setting.resolution == 32:
+        contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = ours(setting, "0.25")
+    steps = {name: make_step(m, setting, device, channels_last) for name, m in contenders.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(args.rounds):
+        # Every other round in reverse order, so that no model always follows the same one.
+        for name, step in list(steps.items())[:: 1 if round_ % 2 == 0 else -1]:
+            rates[name].append(images_per_s(step, setting.batch, args.iters, device))
+    peer = rates[PEER]
+    rows = []
+    for name, values in rates.items():
+        low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+        # Paired per round: load from other processes shifts both models of a round alike.
+        ratio = statistics.median(v / p for v, p in zip(values, peer, strict=True))
+        rows.append(
+            {
+                "setting": setting.name,
+                "memory format": "channels_last" if channels_last else "contiguous",
+                "model": name,
+                "images/s": round(statistics.median(values), 1),
+                "quartiles": f"{low:.0f}–{high:.0f}",
+                "÷ timm": round(ratio, 3),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=20, help="timed steps per round (default: 20)")
@@ -100,6 +137,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="CPU threads (default: torch's, one per core; use 1 on a busy machine)"
     )
+    parser.add_argument(
+        "--setting",
+        choices=[s.key for s in SETTINGS],
+        action="append",
+        help="measure only this setting (repeatable; default: all)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -108,34 +151,18 @@ def main() -> None:
     torch.manual_seed(0)
 
     rows = []
-    for setting in SETTINGS:
+    for setting in (s for s in SETTINGS if not args.setting or s.key in args.setting):
         for channels_last in (False, True):
-            contenders = {"mobilenets mobilenet_v1_1.0": ours(setting), "timm mobilenetv1_100": timm_model(setting)}
-            if setting.resolution == 32:
-                contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = ours(setting, "0.25")
-            steps = {name: make_step(m, setting, device, channels_last) for name, m in contenders.items()}
-            for step in steps.values():
-                for _ in range(args.warmup):
-                    step()
-            rates: dict[str, list[float]] = {name: [] for name in steps}
-            for _ in range(args.rounds):
-                for name, step in steps.items():
-                    rates[name].append(images_per_s(step, setting.batch, args.iters, device))
-            for name, values in rates.items():
-                rows.append(
-                    {
-                        "setting": setting.name,
-                        "memory format": "channels_last" if channels_last else "contiguous",
-                        "model": name,
-                        "images/s": round(statistics.median(values), 1),
-                    }
-                )
+            block = measure(setting, channels_last, device, args)
+            rows += block
+            if not args.json:  # each block as it finishes: the 224² one takes minutes on a CPU
+                table = tabulate(block, headers="keys", colalign=("left", "left", "left", "right", "right", "right"))
+                print(table, end="\n\n", flush=True)
     threads = torch.get_num_threads()
     if args.json:
         print(json.dumps({"device": str(device), "threads": threads, "results": rows}, indent=2))
     else:
-        print(tabulate(rows, headers="keys", colalign=("left", "left", "left", "right")))
-        print(f"\ndevice {device}, {threads} threads, median of {args.rounds} rounds × {args.iters} steps")
+        print(f"device {device}, {threads} threads, median of {args.rounds} rounds × {args.iters} steps")
 
 
 if __name__ == "__main__":
