@@ -100,7 +100,7 @@ def timm_entries(x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
             warnings.simplefilter("ignore")  # the exporter's deprecation notice
             torch.onnx.export(model, (torch.from_numpy(x),), str(workdir / "timm.onnx"), input_names=["input"],
                               dynamo=False)  # fmt: skip
-        return onnx_runner(workdir / "timm.onnx", threads)
+        return onnx_runner(workdir / "timm.onnx", threads, spin=False)
 
     return [Entry(f"timm {PEER}", "eager", eager, mult_adds), Entry(f"timm {PEER}", "onnx", onnx_runtime, mult_adds)]
 
@@ -224,7 +224,7 @@ def main() -> int:
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
         entries = timm_entries(x, args.threads, Path(tmp))
-        entries += model_entries(ours, runtimes, args.batch, Path(tmp), cpu, args.threads, resolution)
+        entries += model_entries(ours, runtimes, args.batch, Path(tmp), cpu, args.threads, resolution, alone=False)
         results = measure(entries, x, cpu, args.threads, timing)
         # The GEMM once more after the runs: the better of the two is the less disturbed by other programs.
         peak = max(peak_before, gemm_peak("cpu", args.threads, gemm_size, refresh=True))

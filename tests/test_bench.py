@@ -6,6 +6,7 @@ import pytest
 
 from mobilenets import count_cost, create_model
 from mobilenets.bench import QUICK, PeakMemory, benchmark, cache_dir, format_table, gemm_peak
+from mobilenets.deploy.runtimes import ort_session_options
 from mobilenets.device import resolve_device
 
 MODEL = "mobilenet_v1_0.25_128"
@@ -35,6 +36,23 @@ def test_bench_cli_quick_end_to_end(cli: Cli) -> None:
 def test_default_runtimes_are_the_cpu_fp32_ones(cli: Cli) -> None:
     code, out, _ = cli("bench", MODEL, "--resolution", "32", "--device", "cpu", "--quick", "--json")
     assert code == 0 and [r["runtime"] for r in json.loads(out)["results"]] == ["eager", "onnx", "openvino"]
+
+
+@pytest.mark.parametrize(("runtimes", "spinning"), [(["onnx"], "1"), (["eager", "onnx"], "0")])
+def test_onnx_runtime_threads_sleep_when_timed_beside_others(
+    monkeypatch: pytest.MonkeyPatch, runtimes: list[str], spinning: str
+) -> None:
+    seen = []
+    original = ort_session_options
+
+    def recording(threads: int | None = None, spin: bool = True):
+        options = original(threads, spin)
+        seen.append(options.get_session_config_entry("session.intra_op.allow_spinning") if not spin else "1")
+        return options
+
+    monkeypatch.setattr("mobilenets.deploy.runtimes.ort_session_options", recording)
+    benchmark(create_model(MODEL), runtimes, [1], 1, "cpu", QUICK, resolution=32, peak=10.0)
+    assert seen == [spinning]
 
 
 def test_table_names_every_column() -> None:

@@ -12,7 +12,11 @@ calibration, their accuracy does, and is checked by ``mobilenets export --int8 -
 
 Each measurement: build every runtime's runner (export, compile...), its first call and ``warmup``
 calls, then rounds in which each runner in turn makes an untimed call and ``block`` timed calls on
-one batch, until each has ``repeats`` (load from other programs then falls on all alike). Reported:
+one batch, until each has ``repeats`` (load from other programs then falls on all alike). ONNX
+Runtime's idle threads spin by default and would take the cores from the runner timed after them
+(OpenVINO measured 7.0 ms alone, 10.7 ms right after an ONNX Runtime session), so when several
+runtimes are timed together its sessions sleep instead (about 6 % slower for ONNX Runtime itself:
+7.1 → 7.6 ms for 1.0 MobileNet-224 on this project's machine). Reported:
 latency p50/p90, images/s, effective GFLOP/s = 2 × counted mult-adds × batch / p50 time, and peak
 memory: the rise of the process's peak resident memory (Linux; ``VmHWM`` reset through
 ``/proc/self/clear_refs``) while building and warming up, or on CUDA PyTorch's peak allocation.
@@ -281,13 +285,20 @@ def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: 
 
 
 def make_runner(
-    model: nn.Module, runtime: str, artifact: Path | None, device: torch.device, threads: int, batch: int
+    model: nn.Module,
+    runtime: str,
+    artifact: Path | None,
+    device: torch.device,
+    threads: int,
+    batch: int,
+    alone: bool = True,
 ) -> Runner:
-    """A runner for ``runtime``; ``artifact`` from :func:`prepare_artifact`."""
+    """A runner for ``runtime``; ``artifact`` from :func:`prepare_artifact`. ``alone=False``: it is
+    timed in turns with other runners, so ONNX Runtime's idle threads must not spin."""
     if runtime in ("eager", "compile"):
         return torch_runner(model, device, compile=runtime == "compile")
     if runtime.startswith("onnx"):
-        return onnx_runner(artifact, threads, device)
+        return onnx_runner(artifact, threads, device, spin=alone)
     return openvino_runner(artifact, threads, device, batch)
 
 
@@ -309,8 +320,10 @@ def model_entries(
     device: torch.device,
     threads: int,
     resolution: int,
+    alone: bool = True,
 ) -> list[Entry]:
-    """One :class:`Entry` per runtime for ``model`` at ``resolution``; artifacts are written in ``workdir``."""
+    """One :class:`Entry` per runtime for ``model`` at ``resolution``; artifacts are written in ``workdir``;
+    ``alone`` as in :func:`make_runner` (it is made false when there are several runtimes)."""
     name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
     mult_adds = count_cost(model, resolution, name).mult_adds
 
@@ -319,7 +332,7 @@ def model_entries(
             folder = workdir / runtime.removesuffix("-int8")
             folder.mkdir(exist_ok=True)
             artifact = prepare_artifact(model, runtime, folder, resolution)
-            return make_runner(model, runtime, artifact, device, threads, batch)
+            return make_runner(model, runtime, artifact, device, threads, batch, alone and len(runtimes) == 1)
 
         return build
 
