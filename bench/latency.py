@@ -4,8 +4,8 @@ Run in the benchmark environment (``bash bench/setup.sh`` creates it; timm lives
 
     .venv-bench/bin/python bench/latency.py                     # the setting: batch 1, 2 threads
     .venv-bench/bin/python bench/latency.py --profile           # also: which operators take the time
-    .venv-bench/bin/python bench/latency.py --accuracy-model mobilenet_v1_0.25_128 --weights W \\
-        --num-classes 10 --in-chans 1 --resolution 32 --calib fashion-mnist   # also: int8 accuracy
+    .venv-bench/bin/python bench/latency.py --weights runs/RUN/best.safetensors \\
+        --calib fashion-mnist   # also: int8 accuracy of weights trained by `mobilenets train`
 
 It prints every figure, then the issue's goals and, for each goal missed, by how much:
 
@@ -55,7 +55,7 @@ from mobilenets.deploy import Runner, calibration_data, export_model, onnx_runne
 from mobilenets.deploy.export import export_onnx
 from mobilenets.deploy.quantize import quantize_onnx
 from mobilenets.deploy.runtimes import ort_session_options
-from mobilenets.weights import load_weights
+from mobilenets.weights import load_model
 
 PEER = "mobilenetv1_100"
 FP32 = ("eager", "compile", "onnx", "openvino")
@@ -72,10 +72,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: few repeats, small GEMM")
     parser.add_argument("--profile", action="store_true", help="print ONNX Runtime's time per operator type")
-    parser.add_argument("--accuracy-model", help="model of --weights for the int8 accuracy check (default: --model)")
+    parser.add_argument(
+        "--accuracy-model",
+        help="model of --weights for the int8 accuracy check (default: the one a weights file from "
+        "`mobilenets train` records; needed for other files)",
+    )
     parser.add_argument("--weights", help="trained weights for the int8 accuracy check (file or 'pretrained')")
-    parser.add_argument("--num-classes", type=int, help="classes of --weights")
-    parser.add_argument("--in-chans", type=int, help="input channels of --weights")
+    parser.add_argument("--num-classes", type=int, help="classes of --weights (default: as recorded)")
+    parser.add_argument("--in-chans", type=int, help="input channels of --weights (default: as recorded)")
     parser.add_argument("--resolution", type=int, help="input size of the accuracy check (default: the model's)")
     parser.add_argument("--calib", help="data for the int8 accuracy check: 'fashion-mnist' or an image folder")
     parser.add_argument("--eval-samples", type=int, default=1000, help="held-out images for it (default 1000)")
@@ -153,8 +157,7 @@ def int8_accuracy(args: argparse.Namespace) -> dict[str, float] | None:
     if not (args.weights and args.calib):
         return None
     overrides = {"num_classes": args.num_classes, "in_chans": args.in_chans, "resolution": args.resolution}
-    model = create_model(args.accuracy_model or args.model, **{k: v for k, v in overrides.items() if v is not None})
-    load_weights(model, args.weights)
+    model = load_model(args.weights, args.accuracy_model, **{k: v for k, v in overrides.items() if v is not None})
     calibration, evaluation = calibration_data(args.calib, model, model.meta.resolution, 256, args.eval_samples)
     with tempfile.TemporaryDirectory() as tmp:
         report = export_model(

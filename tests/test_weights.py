@@ -1,7 +1,9 @@
+import json
 import pickle
 from importlib.util import find_spec
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 import torchvision
@@ -9,7 +11,8 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from mobilenets import create_model, load_weights
+from mobilenets import create_model, load_model, load_weights
+from mobilenets.checkpoint import save_checkpoint, save_weights
 from mobilenets.models.mobilenet_v2 import MobileNetV2
 from mobilenets.predict import Classifier
 from mobilenets.weights import (
@@ -17,7 +20,7 @@ from mobilenets.weights import (
     PretrainedWeights,
     class_names,
     load_state_dict,
-    read_state_dict,
+    read_weights_file,
     torchvision_names,
 )
 
@@ -138,7 +141,7 @@ def write(path: Path, content: bytes) -> Path:
 def test_unreadable_files(tmp_path: Path, filename: str, content: bytes) -> None:
     path = write(tmp_path / filename, content)
     with pytest.raises(ValueError, match="could not be read as PyTorch or safetensors") as info:
-        read_state_dict(path)
+        read_weights_file(path)
     assert filename in str(info.value) and "\n" not in str(info.value)
 
 
@@ -146,12 +149,12 @@ def test_truncated_and_non_state_dict_files(tmp_path: Path) -> None:
     torch.save(create_model("mobilenet_v2_0.35_96").state_dict(), tmp_path / "full.pth")
     whole = (tmp_path / "full.pth").read_bytes()
     with pytest.raises(ValueError, match="could not be read"):
-        read_state_dict(write(tmp_path / "cut.pth", whole[: len(whole) // 2]))
+        read_weights_file(write(tmp_path / "cut.pth", whole[: len(whole) // 2]))
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="holds no state dict"):
-        read_state_dict(tmp_path / "list.pth")
+        read_weights_file(tmp_path / "list.pth")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_state_dict(tmp_path / "missing.pth")
+        read_weights_file(tmp_path / "missing.pth")
 
 
 def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,3 +193,65 @@ def test_pretrained_weights_recognise_photos(pretrained: Classifier, image: str,
     top = pretrained(Image.fromarray(getattr(data, image)()))
     assert top[0].index in classes and top[0].prob > 0.5
     assert [p.prob for p in top] == sorted((p.prob for p in top), reverse=True)
+
+
+# --- files written by `mobilenets train` ----------------------------------------------------------
+
+TRAINED = "mobilenet_v1_0.25_128"
+TRAINED_INFO = {
+    "model": TRAINED,
+    "model_args": {"num_classes": 3, "in_chans": 1, "resolution": 40},
+    "classes": ["circle", "square", "star"],
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "crop_pct": 1.0,
+}
+
+
+def trained_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Write a weights file as `train` does; return its state dict."""
+    state = randomise(create_model(TRAINED, **TRAINED_INFO["model_args"])).state_dict()
+    save_weights(path, state, TRAINED_INFO)
+    return state
+
+
+def test_load_model_rebuilds_a_trained_model_from_its_file(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "best.safetensors")
+    model = load_model(tmp_path / "best.safetensors")
+    meta = model.meta
+    assert (meta.name, meta.num_classes, meta.in_chans, meta.resolution) == (TRAINED, 3, 1, 40)
+    assert meta.labels == ("circle", "square", "star") and meta.std == (0.25, 0.25, 0.25)
+    assert meta.resize == 40  # crop_pct 1: the whole image
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert load_model(tmp_path / "best.safetensors", resolution=64).meta.resolution == 64
+
+
+def test_load_model_takes_a_checkpoints_ema_weights(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "w.safetensors")
+    ema = {k: v + 1 if v.is_floating_point() else v.clone() for k, v in state.items()}
+    save_checkpoint(tmp_path / "last.safetensors", {"model": state, "ema": {"module": ema}, "info": TRAINED_INFO})
+    model = load_model(tmp_path / "last.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+
+
+def test_load_model_needs_a_name_for_files_that_record_none(tmp_path: Path) -> None:
+    save_file(create_model(TRAINED).state_dict(), tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="do not record their model: give its name"):
+        load_model(tmp_path / "bare.safetensors")
+    assert load_model(tmp_path / "bare.safetensors", TRAINED).meta.num_classes == 1000
+
+
+def test_cli_predict_and_export_read_the_model_from_trained_weights(tmp_path: Path, cli) -> None:
+    weights = str(tmp_path / "best.safetensors")
+    trained_weights(tmp_path / "best.safetensors")
+    Image.fromarray(data.camera()).save(tmp_path / "grey.png")
+    code, out, err = cli("predict", TRAINED, str(tmp_path / "grey.png"), "--weights", weights, "--json")
+    top = json.loads(out)[0]["top"]
+    assert code == 0 and len(top) == 3 and {p["label"] for p in top} == {"circle", "square", "star"}, err
+    assert sum(p["prob"] for p in top) == pytest.approx(1.0, abs=1e-5)
+    code, out, err = cli("export", TRAINED, "--weights", weights, "--format", "onnx",
+                         "--out", str(tmp_path / "m.onnx"), "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["resolution"] == 40, err
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    dims = [[d.dim_value for d in v.type.tensor_type.shape.dim][1:] for v in (graph.input[0], graph.output[0])]
+    assert dims == [[1, 40, 40], [3]]

@@ -4,7 +4,7 @@ from . import models
 from .cost import CostReport, count_cost, profile
 from .models import FeatureExtractor, FeatureInfo
 from .registry import ModelMeta, create_model, get_entry, list_models
-from .weights import load_weights
+from .weights import load_model, load_weights
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,7 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
+    "load_model",
     "load_weights",
     "models",
     "profile",

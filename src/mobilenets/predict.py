@@ -40,10 +40,11 @@ def resize_size(meta: ModelMeta) -> int:
 
 
 def preprocessing(meta: ModelMeta) -> v2.Compose:
-    """PIL RGB image -> normalised float tensor (3, resolution, resolution), as ``meta`` prescribes."""
+    """PIL RGB image -> normalised float tensor (in_chans, resolution, resolution), as ``meta``
+    prescribes (a 1-channel model gets the image's luminance)."""
     crop_pct = meta.resolution / resize_size(meta)
     evaluation = build_transform(
-        meta.resolution, 3, meta.mean, meta.std, train=False, crop_pct=crop_pct, source_chans=3
+        meta.resolution, meta.in_chans, meta.mean, meta.std, train=False, crop_pct=crop_pct, source_chans=3
     )
     return v2.Compose([v2.ToImage(), evaluation])
 

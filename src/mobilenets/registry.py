@@ -29,6 +29,7 @@ class ModelMeta:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    in_chans: int = 3
     resize: int | None = None  # shorter side before the centre crop to ``resolution``, if the weights fix it
     labels: tuple[str, ...] = field(default=(), repr=False)  # class names in index order, if known
     weights: str | None = None  # the file the weights came from; None: randomly initialised
@@ -101,5 +102,6 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         mean=entry.mean,
         std=entry.std,
         num_classes=bound.arguments["num_classes"],
+        in_chans=bound.arguments["in_chans"],
     )
     return model

@@ -5,7 +5,8 @@ file read with ``torch.load(weights_only=True)``) holding a state dict in our na
 torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``). Loading is strict: every tensor of the file
 is used, every tensor of the model is filled, every shape is checked; any problem raises one
 ``ValueError`` naming the tensors. A model built with ``num_classes=0`` takes all but the classifier.
-Nothing is ever downloaded.
+``load_model(source)`` rebuilds a model from a file written by ``train``, which records the model's
+name and arguments. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from functools import cache
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoint import read_weights
 from .layers import InvertedResidual
 from .models.mobilenet_v2 import MobileNetV2
 from .models.shufflenet_v2 import ShuffleNetV2
-from .registry import IMAGENET_MEAN, IMAGENET_STD
+from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 PRETRAINED = "pretrained"
 
@@ -84,16 +86,22 @@ def pretrained_path(name: str) -> Path:
     return path
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a PyTorch file loaded with ``weights_only=True`` (on the CPU)."""
+def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, info) of a weights file, on the CPU.
+
+    ``.safetensors``: a weights file or training checkpoint written by ``train`` (a checkpoint gives
+    its EMA weights when it has them), whose info records the model (``model``, ``model_args``,
+    ``classes``, ``mean``, ``std``, ``crop_pct``), or any safetensors state dict (info ``{}``).
+    Otherwise a PyTorch file loaded with ``torch.load(weights_only=True)`` (info ``{}``).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
     try:
         if path.suffix == ".safetensors":
-            state = load_file(path)
+            state, info = read_weights(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state, info = torch.load(path, map_location="cpu", weights_only=True), {}
     # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
     # UnpicklingError, SafetensorError...): all mean the same to the user.
     except Exception as err:
@@ -101,7 +109,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {str(path)!r} holds no state dict (a mapping of names to tensors)")
-    return dict(state)
+    return dict(state), info
 
 
 # --- torchvision's names for our modules ---------------------------------------------------------
@@ -219,7 +227,8 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source:
 def load_weights(model: nn.Module, source: str | Path) -> nn.Module:
     """Load ``"pretrained"`` or a weights file into ``model`` (in place) and record them in ``model.meta``.
 
-    Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names.
+    Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names;
+    so do files written by ``train`` (their resolution, evaluation crop, normalisation and classes).
     Returns ``model``.
     """
     meta = getattr(model, "meta", None)
@@ -229,21 +238,54 @@ def load_weights(model: nn.Module, source: str | Path) -> nn.Module:
         path = pretrained_path(meta.name)
         entry = PRETRAINED_WEIGHTS[meta.name]
         _check_sha256(path, entry.sha256_prefix)
+        state = read_weights_file(path)[0]
+        info = {
+            "model_args": {"resolution": entry.crop},
+            "crop_pct": entry.crop / entry.resize,
+            "mean": entry.mean,
+            "std": entry.std,
+            "classes": class_names(entry.labels),
+        }
     else:
-        path, entry = Path(source), None
-    load_state_dict(model, read_state_dict(path), repr(str(path)))
+        path = Path(source)
+        state, info = read_weights_file(path)
+    load_state_dict(model, state, repr(str(path)))
     if meta is not None:
-        meta = replace(meta, weights=str(path))
-        if entry is not None:
-            meta = replace(
-                meta,
-                resolution=entry.crop,
-                resize=entry.resize,
-                mean=entry.mean,
-                std=entry.std,
-                labels=class_names(entry.labels),
-            )
-        model.meta = meta
+        model.meta = replace(meta, weights=str(path), **_meta_changes(info))
+    return model
+
+
+def _meta_changes(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`ModelMeta` fields that a weights file's ``info`` fixes."""
+    changes: dict[str, Any] = {}
+    resolution = info.get("model_args", {}).get("resolution")
+    if resolution is not None:
+        changes["resolution"] = resolution
+        if info.get("crop_pct"):
+            changes["resize"] = round(resolution / info["crop_pct"])
+    for key in ("mean", "std"):
+        if key in info:
+            changes[key] = tuple(info[key])
+    if info.get("classes"):
+        changes["labels"] = tuple(info["classes"])
+    return changes
+
+
+def load_model(source: str | Path, name: str | None = None, **overrides: Any) -> nn.Module:
+    """A registered model with weights loaded (see :func:`load_weights`).
+
+    A file written by ``train`` records the model's name and arguments (classes, input channels,
+    resolution), so ``load_model("runs/x/best.safetensors")`` rebuilds it; ``name`` and ``overrides``
+    (``create_model``'s arguments) take precedence. Other files and ``"pretrained"`` need ``name``.
+    """
+    info = {} if str(source) == PRETRAINED else read_weights_file(source)[1]
+    name = name or info.get("model")
+    if not name:
+        raise ValueError(f"weights {str(source)!r} do not record their model: give its name")
+    model = load_weights(create_model(name, **{**info.get("model_args", {}), **overrides}), source)
+    if "resolution" in overrides:  # the caller's input size wins over the recorded one
+        recorded = {"model_args": {"resolution": overrides["resolution"]}, "crop_pct": info.get("crop_pct")}
+        model.meta = replace(model.meta, **_meta_changes(recorded))
     return model
 
 

@@ -9,7 +9,7 @@ import sys
 from ..deploy import FORMATS, VerificationError, calibration_data, export_model
 from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, check_destination
 from ..registry import create_model
-from ..weights import PRETRAINED, load_weights
+from ..weights import PRETRAINED, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--weights",
         metavar="FILE",
-        help=f"'{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), or a .safetensors or "
-        "torch.save'd state dict, in our names or torchvision's (default: random weights)",
+        help=f"'{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), a weights file or "
+        "checkpoint from `mobilenets train` (it records the model's classes, channels and resolution), or a "
+        ".safetensors or torch.save'd state dict in our names or torchvision's (default: random weights)",
     )
     parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels, >= 32 (default: model's)")
     parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default: the model's, 1000)")
@@ -85,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
         "width_mult": args.width_mult,
         "resolution": args.resolution,
     }
-    model = create_model(args.model, **{key: value for key, value in chosen.items() if value is not None})
-    if args.weights:
-        load_weights(model, args.weights)  # pretrained weights also set meta: their resolution and normalisation
+    given = {key: value for key, value in chosen.items() if value is not None}
+    # Weights set meta too (resolution, normalisation); files from `train` also the model's arguments.
+    model = load_model(args.weights, args.model, **given) if args.weights else create_model(args.model, **given)
     resolution = args.resolution or model.meta.resolution
     calibration = evaluation = None
     if args.int8:

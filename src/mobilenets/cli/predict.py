@@ -1,4 +1,4 @@
-"""``mobilenets predict``: the top-k ImageNet classes of images, with their probabilities."""
+"""``mobilenets predict``: the top-k classes of images, with their probabilities."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from ..predict import Classifier
 from ..registry import create_model
-from ..weights import PRETRAINED, load_weights
+from ..weights import PRETRAINED, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights",
         metavar="FILE|pretrained",
         help=(
-            "weights to load: 'pretrained' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or a "
-            ".pth/.pt/.safetensors file in our or torchvision's names. Without it the model is untrained and "
-            "a warning says so"
+            "weights to load: 'pretrained' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), a weights "
+            "file or checkpoint from `mobilenets train` (its classes, channels, resolution and class names come "
+            "with it), or a .pth/.pt/.safetensors state dict in our or torchvision's names. Without it the model "
+            "is untrained and a warning says so"
         ),
     )
-    parser.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to print (default 5)")
+    parser.add_argument(
+        "--topk", type=int, metavar="K", help="how many classes to print (default 5, or all when fewer)"
+    )
     parser.add_argument(
         "--json",
         action="store_true",
@@ -44,10 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.model)
-    if args.weights:
-        load_weights(model, args.weights)
-    classifier = Classifier(model, args.topk, args.device)
+    model = load_model(args.weights, args.model) if args.weights else create_model(args.model)
+    topk = args.topk or min(5, model.meta.num_classes)
+    classifier = Classifier(model, topk, args.device)
     if not args.weights:
         print(
             f"mobilenets predict: warning: no --weights: {args.model} is untrained, its predictions are random "

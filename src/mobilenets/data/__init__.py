@@ -8,7 +8,7 @@ and a zero image, so that losses and metrics skip it and the count can be report
 
 from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, ArrayImages, read_idx
 from .folder import UNREADABLE, ImageFolder
-from .sources import FASHION_MNIST, SourceInfo, inspect_source, load_dataset
+from .sources import FASHION_MNIST, SourceInfo, eval_crop_pct, inspect_source, load_dataset
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, fit_channels
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ImageFolder",
     "SourceInfo",
     "build_transform",
+    "eval_crop_pct",
     "fit_channels",
     "inspect_source",
     "load_dataset",

@@ -53,6 +53,14 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     return SourceInfo("folder", path, 3, None)
 
 
+def eval_crop_pct(info: SourceInfo, crop_pct: float | None = None) -> float:
+    """The evaluation crop's share of the image side: ``crop_pct`` when given, else 1 (the whole
+    image) for Fashion-MNIST and CIFAR, whose objects fill the frame, else Inception's 0.875."""
+    if crop_pct is not None:
+        return crop_pct
+    return 1.0 if info.kind in (FASHION_MNIST, "cifar-10", "cifar-100") else DEFAULT_CROP_PCT
+
+
 class LabelledSubset(Subset):
     """A subset that keeps its parent's ``classes``."""
 
@@ -100,8 +108,7 @@ def load_dataset(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     info = inspect_source(source, fashion_mnist_dir)
-    whole_image = info.kind in (FASHION_MNIST, "cifar-10", "cifar-100")
-    crop_pct = crop_pct if crop_pct is not None else (1.0 if whole_image else DEFAULT_CROP_PCT)
+    crop_pct = eval_crop_pct(info, crop_pct)
     check_image_args(resolution, in_chans, crop_scale, crop_pct)
     # Image folders are decoded straight to in_chans channels; the array sources store theirs.
     source_chans = in_chans if info.kind.startswith("folder") else info.channels

@@ -5,7 +5,7 @@ The run folder (``TrainConfig.out``) holds ``config.json``, ``metrics.jsonl``/``
 best weights), and at the end ``confusion.png`` and ``report.json``.
 """
 
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from ..checkpoint import load_checkpoint, read_weights, save_checkpoint, save_weights
 from .config import TrainConfig
 from .ema import ModelEma
 from .evaluate import EvalResult, evaluate
@@ -23,9 +23,9 @@ __all__ = [
     "build_scheduler",
     "evaluate",
     "load_checkpoint",
-    "load_weights",
     "lr_factor",
     "param_groups",
+    "read_weights",
     "resume_config",
     "save_checkpoint",
     "save_weights",

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
-from .checkpoint import write_json
 from .optim import SCHEDULES
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")

@@ -13,11 +13,11 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint import read_weights
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
 from ..device import resolve_device
 from ..models.base import MIN_RESOLUTION
 from ..registry import create_model, get_entry
-from .checkpoint import load_weights
 from .distributed import Dist, all_reduce
 
 
@@ -155,7 +155,7 @@ def evaluate_weights(
     """Evaluate ``weights`` (a weights file or checkpoint from ``train``, or a bare safetensors
     state_dict) on a split of ``data``; model arguments and normalisation come from the file's
     metadata when it has them, and the arguments given here override them."""
-    state, info = load_weights(weights)
+    state, info = read_weights(weights)
     data = data or info.get("data") or FASHION_MNIST
     model_args = dict(info.get("model_args", {}))
     in_chans, resolution = resolve_input(

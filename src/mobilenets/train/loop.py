@@ -28,19 +28,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..cost import CostReport, count_cost
-from ..data import UNREADABLE, inspect_source, load_dataset
-from ..registry import create_model, get_entry
-from . import distributed
-from .checkpoint import (
+from ..checkpoint import (
     load_checkpoint,
-    load_weights,
+    read_weights,
     rng_state,
     save_checkpoint,
     save_weights,
     set_rng_state,
     write_json,
 )
+from ..cost import CostReport, count_cost
+from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
+from ..registry import create_model, get_entry
+from . import distributed
 from .config import RESUMABLE, TrainConfig
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
@@ -217,6 +217,7 @@ class Trainer:
         cfg, env = self.config, self.env
         info = inspect_source(cfg.data)
         self.in_chans, self.resolution = resolve_input(cfg.model, info, cfg.in_chans, cfg.resolution)
+        self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
         common = {"crop_scale": cfg.crop_scale, "crop_pct": cfg.crop_pct, "hflip": cfg.hflip, "seed": cfg.seed}
@@ -302,7 +303,7 @@ class Trainer:
             "mean": list(self.mean),
             "std": list(self.std),
             "data": self.config.data,
-            "crop_pct": self.config.crop_pct,
+            "crop_pct": self.crop_pct,
         }
 
     # --- state -------------------------------------------------------------------------------
@@ -529,7 +530,7 @@ class Trainer:
         """Evaluate the best weights in full, write the confusion matrix and report.json."""
         if self.env.enabled:
             distributed.dist.barrier()
-        state, _ = load_weights(self.run_dir / BEST)
+        state, _ = read_weights(self.run_dir / BEST)
         model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         evaluation = self._evaluate(model)

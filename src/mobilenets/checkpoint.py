@@ -115,7 +115,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], i
     atomic_write(path, save(tensors, metadata={"format": WEIGHTS_FORMAT, "info": json.dumps(info)}))
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, info) from a weights file, a training checkpoint (its EMA weights when it has
     them) or any safetensors file of a bare state_dict (info empty)."""
     tensors, metadata = _read(path)
