@@ -58,6 +58,27 @@ def check_common(
         raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
 
 
+def check_arguments(
+    width_mult: float,
+    resolution: int | None,
+    num_classes: int,
+    in_chans: int,
+    dropout: float,
+    activation: str,
+    padding: str,
+    output_stride: int,
+) -> float:
+    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float.
+
+    ``resolution=None``: the constructor takes none (MobileNet V1, whose builders check it).
+    """
+    width_mult = check_width_mult(width_mult)
+    if resolution is not None:
+        check_resolution(resolution)
+    check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+    return width_mult
+
+
 class StrideSchedule:
     """Turns the table's strides into (stride, dilation) pairs that respect an output stride.
 
@@ -88,10 +109,31 @@ def last_per_reduction(layers: list[FeatureInfo]) -> list[FeatureInfo]:
     return [by_reduction[r] for r in sorted(by_reduction)]
 
 
+class EndPoints:
+    """Collects a backbone's layers in order, each under its end point name with the channels it
+    gives and the reduction reached after it; table strides go through ``schedule``."""
+
+    def __init__(self, in_chans: int, output_stride: int) -> None:
+        self.schedule = StrideSchedule(output_stride)
+        self.channels = in_chans  # out of the last layer added: the next layer's input
+        self.layers: OrderedDict[str, nn.Module] = OrderedDict()
+        self.infos: list[FeatureInfo] = []
+
+    def add(self, name: str, layer: nn.Module, channels: int) -> None:
+        """Append ``layer``, giving ``channels``, as end point ``name``."""
+        self.layers[name] = layer
+        self.infos.append(FeatureInfo(name, channels, self.schedule.reduction))
+        self.channels = channels
+
+    def build(self) -> tuple[nn.Sequential, list[FeatureInfo], int]:
+        """``(features, feature_info, num_features)``: feature_info keeps the last end point per reduction."""
+        return nn.Sequential(self.layers), last_per_reduction(self.infos), self.channels
+
+
 class Backbone(nn.Module):
     """Common frame: ``features`` then pool → dropout → fully connected.
 
-    Subclasses set ``features``, ``feature_info`` and ``num_features`` then call ``_make_head``.
+    Subclasses build their layers (an :class:`EndPoints`) then call ``_assemble``.
     ``forward``: (N, C, H, W) -> (N, num_classes), or (N, num_features) when ``num_classes == 0``.
     """
 
@@ -99,7 +141,16 @@ class Backbone(nn.Module):
     feature_info: list[FeatureInfo]
     num_features: int
 
-    def _make_head(self, num_classes: int, dropout: float) -> None:
+    def _assemble(
+        self,
+        features: nn.Sequential,
+        feature_info: list[FeatureInfo],
+        num_features: int,
+        num_classes: int,
+        dropout: float,
+    ) -> None:
+        """Set the body (as :meth:`EndPoints.build` returns it), then the head after it."""
+        self.features, self.feature_info, self.num_features = features, feature_info, num_features
         self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

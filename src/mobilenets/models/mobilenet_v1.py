@@ -6,22 +6,13 @@ Channels are scaled by the width multiplier α with the rule of the released Ten
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import NamedTuple
 
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, ConvBNAct, DepthwiseSeparable, Padding
 from ..registry import register_model
-from .base import (
-    Backbone,
-    FeatureInfo,
-    StrideSchedule,
-    check_common,
-    check_resolution,
-    check_width_mult,
-    last_per_reduction,
-)
+from .base import Backbone, EndPoints, check_arguments, check_resolution
 
 
 class Layer(NamedTuple):
@@ -85,27 +76,20 @@ class MobileNetV1(Backbone):
         output_stride: int = 32,
     ) -> None:
         super().__init__()
-        width_mult = check_width_mult(width_mult)
-        check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+        width_mult = check_arguments(
+            width_mult, None, num_classes, in_chans, dropout, activation, padding, output_stride
+        )
         self.width_mult = width_mult
-        schedule = StrideSchedule(output_stride)
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        infos: list[FeatureInfo] = []
-        channels = in_chans
+        body = EndPoints(in_chans, output_stride)
         for index, row in enumerate(table):
             out_channels = scale_channels(row.out_channels, width_mult)
-            stride, dilation = schedule.step(row.stride)
-            name = f"conv{index}" if row.kind == "conv" else f"block{index}"
+            stride, dilation = body.schedule.step(row.stride)
             if row.kind == "conv":
-                layers[name] = ConvBNAct(channels, out_channels, 3, stride, dilation, 1, activation, padding)
+                layer: nn.Module = ConvBNAct(body.channels, out_channels, 3, stride, dilation, 1, activation, padding)
             else:
-                layers[name] = DepthwiseSeparable(channels, out_channels, stride, dilation, activation, padding)
-            infos.append(FeatureInfo(name, out_channels, schedule.reduction))
-            channels = out_channels
-        self.features = nn.Sequential(layers)
-        self.feature_info = last_per_reduction(infos)
-        self.num_features = channels
-        self._make_head(num_classes, dropout)
+                layer = DepthwiseSeparable(body.channels, out_channels, stride, dilation, activation, padding)
+            body.add(f"conv{index}" if row.kind == "conv" else f"block{index}", layer, out_channels)
+        self._assemble(*body.build(), num_classes, dropout)
 
 
 def _builder(variant: str):

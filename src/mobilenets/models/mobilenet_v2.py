@@ -8,22 +8,13 @@ for α < 1 (the paper's section 5.1) and is scaled like the rest for α > 1.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import NamedTuple
 
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
 from ..registry import register_model
-from .base import (
-    Backbone,
-    FeatureInfo,
-    StrideSchedule,
-    check_common,
-    check_resolution,
-    check_width_mult,
-    last_per_reduction,
-)
+from .base import Backbone, EndPoints, check_arguments
 
 
 class Row(NamedTuple):
@@ -80,36 +71,29 @@ class MobileNetV2(Backbone):
         output_stride: int = 32,
     ) -> None:
         super().__init__()
-        width_mult = check_width_mult(width_mult)
-        check_resolution(resolution)
-        check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+        width_mult = check_arguments(
+            width_mult, resolution, num_classes, in_chans, dropout, activation, padding, output_stride
+        )
         self.width_mult = width_mult
-        schedule = StrideSchedule(output_stride)
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        infos: list[FeatureInfo] = []
-        channels = in_chans
+        body = EndPoints(in_chans, output_stride)
         for row in MOBILENET_V2:
             # The last 1×1 conv is only ever widened: thin models keep its 1280 features.
             scale = max(width_mult, 1.0) if row.operator == "conv2d 1×1" else width_mult
             out_channels = round_channels(row.c * scale)
             for repeat in range(row.n):
-                stride, dilation = schedule.step(row.s if repeat == 0 else 1)
-                index = len(layers)
+                stride, dilation = body.schedule.step(row.s if repeat == 0 else 1)
+                index = len(body.layers)
                 if row.operator == "bottleneck":
                     name = f"block{index}"
-                    layers[name] = InvertedResidual(
-                        channels, out_channels, stride, row.t, dilation, activation, padding
+                    layer: nn.Module = InvertedResidual(
+                        body.channels, out_channels, stride, row.t, dilation, activation, padding
                     )
                 else:
                     name = f"conv{index}"
                     kernel = 1 if row.operator == "conv2d 1×1" else 3
-                    layers[name] = ConvBNAct(channels, out_channels, kernel, stride, dilation, 1, activation, padding)
-                infos.append(FeatureInfo(name, out_channels, schedule.reduction))
-                channels = out_channels
-        self.features = nn.Sequential(layers)
-        self.feature_info = last_per_reduction(infos)
-        self.num_features = channels
-        self._make_head(num_classes, dropout)
+                    layer = ConvBNAct(body.channels, out_channels, kernel, stride, dilation, 1, activation, padding)
+                body.add(name, layer, out_channels)
+        self._assemble(*body.build(), num_classes, dropout)
 
 
 # The TF-slim checkpoint grid (tables.md section 2), normalised with the ImageNet mean and std of

@@ -16,7 +16,6 @@ multiple of g: the released models' choice, which their published complexities r
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -24,15 +23,7 @@ from torch import nn
 
 from ..layers import ConvBNAct, ShuffleUnit
 from ..registry import register_model
-from .base import (
-    Backbone,
-    FeatureInfo,
-    StrideSchedule,
-    check_common,
-    check_resolution,
-    check_width_mult,
-    last_per_reduction,
-)
+from .base import Backbone, EndPoints, FeatureInfo, check_arguments
 
 
 class Row(NamedTuple):
@@ -69,28 +60,26 @@ def walk_table(
 
     Returns ``(features, feature_info, channels out)``; end points are the table's layer names.
     """
-    schedule = StrideSchedule(output_stride)
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    infos: list[FeatureInfo] = []
-    channels, stages = in_chans, 0
+    body = EndPoints(in_chans, output_stride)
+    stages = 0
     for row, out_channels in rows:
         if row.layer == "maxpool":
-            stride, _ = schedule.step(row.stride)  # reduction 4 at most: never dilated
-            layers[row.layer] = nn.MaxPool2d(row.kernel, stride, row.kernel // 2)
+            stride, _ = body.schedule.step(row.stride)  # reduction 4 at most: never dilated
+            layer: nn.Module = nn.MaxPool2d(row.kernel, stride, row.kernel // 2)
         elif row.layer.startswith("conv"):
-            stride, dilation = schedule.step(row.stride)
-            layers[row.layer] = ConvBNAct(channels, out_channels, row.kernel, stride, dilation, 1, activation)
+            stride, dilation = body.schedule.step(row.stride)
+            layer = ConvBNAct(body.channels, out_channels, row.kernel, stride, dilation, 1, activation)
         else:
             units = []
+            channels = body.channels
             for repeat in range(row.repeat):
-                stride, dilation = schedule.step(row.stride if repeat == 0 else 1)
+                stride, dilation = body.schedule.step(row.stride if repeat == 0 else 1)
                 units.append(make_unit(channels, out_channels, stride, dilation, repeat == 0, stages == 0))
                 channels = out_channels
-            layers[row.layer] = nn.Sequential(*units)
+            layer = nn.Sequential(*units)
             stages += 1
-        infos.append(FeatureInfo(row.layer, out_channels, schedule.reduction))
-        channels = out_channels
-    return nn.Sequential(layers), last_per_reduction(infos), channels
+        body.add(row.layer, layer, out_channels)
+    return body.build()
 
 
 def nearest_multiple(value: float, step: int) -> int:
@@ -123,9 +112,9 @@ class ShuffleNet(Backbone):
         super().__init__()
         if groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
-        width_mult = check_width_mult(width_mult)
-        check_resolution(resolution)
-        check_common(num_classes, in_chans, dropout, activation, "symmetric", output_stride)
+        width_mult = check_arguments(
+            width_mult, resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride
+        )
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
         conv1_scale = 2.0 ** math.floor(math.log2(width_mult))
@@ -141,10 +130,7 @@ class ShuffleNet(Backbone):
             group_first = not (downsample and first_stage)
             return ShuffleUnit(inp, out, groups, stride, dilation, downsample, group_first, activation)
 
-        self.features, self.feature_info, self.num_features = walk_table(
-            rows, in_chans, activation, output_stride, make_unit
-        )
-        self._make_head(num_classes, dropout)
+        self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
 
 
 # Every group count of Table 1 at 1×; g = 3 and g = 8 (the paper's Table 2, 3 and 5 models) at the other scales.

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..layers import ShuffleV2Unit
 from ..registry import register_model
-from .base import Backbone, check_common, check_resolution
+from .base import Backbone, check_arguments
 from .shufflenet import Row, walk_table
 
 WIDTHS = (0.5, 1.0, 1.5, 2.0)
@@ -50,10 +50,11 @@ class ShuffleNetV2(Backbone):
         super().__init__()
         if width_mult not in WIDTHS:
             raise ValueError(f"width_mult must be one of {list(WIDTHS)} for ShuffleNet V2, got {width_mult!r}")
-        check_resolution(resolution)
-        check_common(num_classes, in_chans, dropout, activation, "symmetric", output_stride)
-        self.width_mult = float(width_mult)
         column = WIDTHS.index(width_mult)
+        # The table's value: equal to width_mult, which may be a type check_width_mult rejects (np.float32).
+        self.width_mult = check_arguments(
+            WIDTHS[column], resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride
+        )
 
         def make_unit(
             inp: int, out: int, stride: int, dilation: int, downsample: bool, _first_stage: bool
@@ -61,10 +62,7 @@ class ShuffleNetV2(Backbone):
             return ShuffleV2Unit(inp, out, stride, dilation, downsample, activation)
 
         rows = [(row, row.channels[column]) for row in SHUFFLENET_V2]
-        self.features, self.feature_info, self.num_features = walk_table(
-            rows, in_chans, activation, output_stride, make_unit
-        )
-        self._make_head(num_classes, dropout)
+        self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
 
 
 for _width in ("0.5", "1.0", "1.5", "2.0"):
