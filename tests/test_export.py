@@ -1,4 +1,8 @@
+import ctypes
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from mobilenets.deploy import (
     prepare_for_inference,
 )
 from mobilenets.deploy import export as export_module
+from mobilenets.deploy.runtimes import _SignalStack, kept_signal_stack
 
 RES = 32  # the smallest input every model accepts: keeps exports fast
 
@@ -229,3 +234,42 @@ def test_unknown_model_and_wrong_weights_via_cli(cli: Cli, tmp_path: Path) -> No
     for tensor in ("classifier.weight (10, 256) for classifier.weight (1000, 256)", "classifier.bias (10,)"):
         assert tensor in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+SIGNAL_AFTER_OPENVINO = """
+import os, signal
+from mobilenets import create_model
+from mobilenets.bench import QUICK, benchmark
+
+model = create_model("mobilenet_v1_0.25_128")
+benchmark(model, ["openvino", "openvino-int8"], [1], 1, "cpu", QUICK, resolution=32, peak=1.0)
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+os.kill(os.getpid(), signal.SIGTERM)
+print("handled", got)
+"""
+
+
+def test_python_signal_handlers_survive_openvino_models() -> None:
+    """Two OpenVINO models compiled in a process used to leave it an invalid alternate signal stack,
+    and the next signal handled by Python crashed it (segmentation fault)."""
+    pytest.importorskip("openvino")
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_OPENVINO], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and f"handled [{signal.SIGTERM.value}]" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack through ctypes: Linux only")
+def test_kept_signal_stack_restores_the_threads_alternate_stack() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def current() -> tuple[int | None, int, int]:
+        stack = _SignalStack()
+        libc.sigaltstack(None, ctypes.byref(stack))
+        return stack.ss_sp, stack.ss_flags, stack.ss_size
+
+    before = current()
+    memory = ctypes.create_string_buffer(65536)
+    with kept_signal_stack():
+        assert libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(memory), 0, 65536)), None) == 0
+        assert current()[0] == ctypes.addressof(memory)
+    assert current() == before

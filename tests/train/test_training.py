@@ -44,8 +44,7 @@ def tiny(data: Path | str, out: Path, **changes: object) -> TrainConfig:
 
 def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
     """Make the run see ``signum`` right after its ``step``-th optimiser step, as its signal handler
-    records it. (Real delivery is tested in a process of its own, below: in a process that has run
-    OpenVINO models, any Python signal handler crashes the process.)"""
+    records it (real delivery is tested on the command line, below)."""
     original = Trainer._step
     calls = {"n": 0}
 

@@ -7,9 +7,12 @@ device). ONNX Runtime and OpenVINO are imported only when asked for (the ``[depl
 
 from __future__ import annotations
 
+import ctypes
 import importlib
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -104,6 +107,34 @@ def openvino_config(threads: int | None = None) -> dict[str, object]:
     return config
 
 
+class _SignalStack(ctypes.Structure):
+    """Linux's ``stack_t``."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Undo any change the block makes to this thread's alternate signal stack (Linux; elsewhere a no-op).
+
+    Compiling a model with OpenVINO's CPU plugin (2026.4) leaves the calling thread an alternate
+    signal stack of its own; after a second model, that stack is no longer valid, and CPython runs
+    its signal handlers on the alternate stack, so the next signal that Python handles (Ctrl-C,
+    SIGTERM during training, a data-loading process's SIGCHLD) crashed the process with a
+    segmentation fault.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
 def openvino_runner(
     path: str | Path, threads: int | None = None, device: torch.device | str | None = None, batch: int | None = None
 ) -> Runner:
@@ -120,7 +151,8 @@ def openvino_runner(
         shape = model.input(0).get_partial_shape()
         shape[0] = batch
         model.reshape({model.input(0): shape})
-    compiled = core.compile_model(model, "CPU", openvino_config(threads))
+    with kept_signal_stack():
+        compiled = core.compile_model(model, "CPU", openvino_config(threads))
     request = compiled.create_infer_request()
     output = compiled.output(0)
     # The request reuses its output buffer: copy before the next call overwrites it.
