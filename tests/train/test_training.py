@@ -1,4 +1,5 @@
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,6 +79,9 @@ def test_short_run_on_real_data_learns(tmp_path: Path) -> None:
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "report.json").read_text())["evaluation"]["top1"] == result.evaluation.top1
     assert "top-1" in result.format() and str(tmp_path) in result.format()
+    # The report's deploy command works as printed: the weights file brings the model's arguments.
+    deploy = next(line for line in result.format().splitlines() if line.strip().startswith("deploy"))
+    assert main(shlex.split(deploy.split(maxsplit=1)[1])[1:]) == 0 and (tmp_path / "model.onnx").is_file()
 
 
 @pytest.mark.parametrize(("stop_step", "workers"), [(4, 1), (2, 0)], ids=["end-of-epoch", "mid-epoch"])
