@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 
-from mobilenets.cli import main
+from mobilenets.cli import COMMANDS, main
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -77,3 +77,26 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     for option in ("--width-mult", "--resolution", "--per-layer", "--json", "--grid"):
         assert option in out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_a_described_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and f"usage: mobilenets {command}" in out and "--" in out
+    assert len(out.split("\n\n")[1].split()) > len(COMMANDS[command][1].split())  # the full description
+
+
+def test_top_level_help_lists_commands_without_importing_torch() -> None:
+    script = "import sys\nfrom mobilenets.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    script += "print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().endswith("False")
+    assert all(f"{name} " in proc.stdout for name in COMMANDS)
+
+
+def test_unknown_command_is_refused(cli: Cli) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli("fly")
+    assert info.value.code == 2

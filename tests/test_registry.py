@@ -45,3 +45,13 @@ def test_bad_arguments_name_the_argument_and_range(kwargs: dict, argument: str) 
 def test_unknown_model() -> None:
     with pytest.raises(ValueError, match="model name 'mobilenet_v9' is unknown"):
         create_model("mobilenet_v9")
+
+
+def test_package_names_load_on_first_use() -> None:
+    import mobilenets
+
+    for name in mobilenets.__all__:
+        assert getattr(mobilenets, name) is not None, name
+    assert mobilenets.create_model is create_model
+    with pytest.raises(AttributeError, match="no attribute 'create_modle'"):
+        mobilenets.create_modle  # noqa: B018

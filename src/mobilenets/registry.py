@@ -7,6 +7,7 @@ builder argument may be overridden (``create_model(name, num_classes=10, in_chan
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,17 +68,24 @@ def register_model(
     _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), mean, std)
 
 
+def registry() -> dict[str, ModelEntry]:
+    """Every registered model by name; the families (``mobilenets.models``) register theirs on first use."""
+    importlib.import_module("mobilenets.models")
+    return _REGISTRY
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        close = [n for n in _REGISTRY if name.split("_")[0] in n][:5]
+    models = registry()
+    if name not in models:
+        close = [n for n in models if name.split("_")[0] in n][:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
-    return _REGISTRY[name]
+    return models[name]
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

@@ -10,12 +10,9 @@ from tabulate import tabulate
 from ..registry import get_entry, list_models
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "list",
-        help="list the registered models",
-        description="List registered model names, their family, default input size and arguments.",
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``list`` command's description and options to its parser."""
+    parser.description = "List registered model names, their family, default input size and arguments."
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'mobilenet_v1_*_224'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)

@@ -12,16 +12,13 @@ from ..registry import create_model
 from ..weights import PRETRAINED, load_model
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "predict",
-        help="classify images",
-        description=(
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``predict`` command's description and options to its parser."""
+    parser.description = (
             "Classify each image (any format PIL reads; greyscale, RGBA and large images included) and print "
             "its most likely classes with their probabilities. An image that cannot be read gets a one-line "
             "error on stderr and the others still run; the exit status is then 1."
-        ),
-    )
+        )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(

@@ -14,15 +14,12 @@ GRID_WIDTHS = ("1.0", "0.75", "0.5", "0.25")
 GRID_RESOLUTIONS = (224, 192, 160, 128)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "profile",
-        help="count mult-adds and parameters",
-        description=(
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``profile`` command's description and options to its parser."""
+    parser.description = (
             "Count a model's mult-adds and parameters by running it once at the given resolution, "
             "per layer and per layer type (the paper's Table 2). " + CONVENTIONS + "."
-        ),
-    )
+        )
     parser.add_argument("model", nargs="?", help="registered model name (see `mobilenets list`)")
     parser.add_argument("--width-mult", type=float, metavar="A", help="width multiplier α > 0 (default: the model's)")
     parser.add_argument(
