@@ -13,10 +13,10 @@ from ..train.records import plot_confusion
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` command's description and options to its parser."""
     parser.description = (
-            "Evaluate weights written by `mobilenets train` (best.safetensors, or the last.safetensors checkpoint: "
-            "its EMA weights) or a bare safetensors state_dict: top-1, top-5 and per-class accuracy, and a "
-            "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
-        )
+        "Evaluate weights written by `mobilenets train` (best.safetensors, or the last.safetensors checkpoint: "
+        "its EMA weights) or a bare safetensors state_dict: top-1, top-5 and per-class accuracy, and a "
+        "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
+    )
     parser.add_argument("model", help="registered model name the weights belong to (see `mobilenets list`)")
     parser.add_argument("--weights", required=True, metavar="FILE", help="a .safetensors weights file or checkpoint")
     parser.add_argument(

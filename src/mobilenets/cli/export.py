@@ -15,10 +15,10 @@ from ..weights import PRETRAINED, load_model
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``export`` command's description and options to its parser."""
     parser.description = (
-            "Write MODEL with BatchNorm folded and a dynamic batch dimension, then load the file back in its runtime "
-            "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
-            "top-1 agreement (and accuracy) on real images. A failed check exits with status 1."
-        )
+        "Write MODEL with BatchNorm folded and a dynamic batch dimension, then load the file back in its runtime "
+        "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
+        "top-1 agreement (and accuracy) on real images. A failed check exits with status 1."
+    )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
     parser.add_argument(
         "--format",

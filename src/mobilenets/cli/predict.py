@@ -15,10 +15,10 @@ from ..weights import PRETRAINED, load_model
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` command's description and options to its parser."""
     parser.description = (
-            "Classify each image (any format PIL reads; greyscale, RGBA and large images included) and print "
-            "its most likely classes with their probabilities. An image that cannot be read gets a one-line "
-            "error on stderr and the others still run; the exit status is then 1."
-        )
+        "Classify each image (any format PIL reads; greyscale, RGBA and large images included) and print "
+        "its most likely classes with their probabilities. An image that cannot be read gets a one-line "
+        "error on stderr and the others still run; the exit status is then 1."
+    )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(

@@ -17,9 +17,9 @@ GRID_RESOLUTIONS = (224, 192, 160, 128)
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``profile`` command's description and options to its parser."""
     parser.description = (
-            "Count a model's mult-adds and parameters by running it once at the given resolution, "
-            "per layer and per layer type (the paper's Table 2). " + CONVENTIONS + "."
-        )
+        "Count a model's mult-adds and parameters by running it once at the given resolution, "
+        "per layer and per layer type (the paper's Table 2). " + CONVENTIONS + "."
+    )
     parser.add_argument("model", nargs="?", help="registered model name (see `mobilenets list`)")
     parser.add_argument("--width-mult", type=float, metavar="A", help="width multiplier α > 0 (default: the model's)")
     parser.add_argument(

@@ -13,11 +13,11 @@ from .bench import comma_list
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``select`` command's description and options to its parser."""
     parser.description = (
-            "Among the registered models with a published ImageNet top-1 (every family, every α × resolution), "
-            "print those that fit the budget and that no other fitting model beats in both cost and accuracy. "
-            "Mult-adds and params are counted; latency is measured on this machine (batch 1) and cached per device, "
-            f"thread count and runtime. {PUBLISHED_NOTE}."
-        )
+        "Among the registered models with a published ImageNet top-1 (every family, every α × resolution), "
+        "print those that fit the budget and that no other fitting model beats in both cost and accuracy. "
+        "Mult-adds and params are counted; latency is measured on this machine (batch 1) and cached per device, "
+        f"thread count and runtime. {PUBLISHED_NOTE}."
+    )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency-ms", type=float, metavar="X", help="budget: p50 latency in ms, measured here")
     budget.add_argument("--mult-adds", type=float, metavar="M", help="budget: millions of mult-adds per image")

@@ -98,11 +98,11 @@ _BOOLEANS = {f.name for f in fields(TrainConfig) if f.type in ("bool", bool)}
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` command's description and options to its parser."""
     parser.description = (
-            "Train a model with the MobileNets recipe (RMSProp with TensorFlow's epsilon, warm-up then exponential "
-            "or cosine decay, EMA of the weights, no weight decay on depthwise filters, BN or biases). Writes a "
-            "checkpoint every epoch, tracks the best weights, and ends with a short report. Run under "
-            "`torchrun --nproc_per_node=N -m mobilenets train ...` for data-parallel training."
-        )
+        "Train a model with the MobileNets recipe (RMSProp with TensorFlow's epsilon, warm-up then exponential "
+        "or cosine decay, EMA of the weights, no weight decay on depthwise filters, BN or biases). Writes a "
+        "checkpoint every epoch, tracks the best weights, and ends with a short report. Run under "
+        "`torchrun --nproc_per_node=N -m mobilenets train ...` for data-parallel training."
+    )
     for name, kwargs, text in OPTIONS:
         flag = "--" + name.replace("_", "-")
         default = getattr(_DEFAULTS, name)
