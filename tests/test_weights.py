@@ -19,6 +19,7 @@ from mobilenets.weights import (
     PRETRAINED_WEIGHTS,
     PretrainedWeights,
     class_names,
+    init_from,
     load_state_dict,
     read_weights_file,
     torchvision_names,
@@ -255,3 +256,25 @@ def test_cli_predict_and_export_read_the_model_from_trained_weights(tmp_path: Pa
     graph = onnx.load(tmp_path / "m.onnx").graph
     dims = [[d.dim_value for d in v.type.tensor_type.shape.dim][1:] for v in (graph.input[0], graph.output[0])]
     assert dims == [[1, 40, 40], [3]]
+
+
+def test_init_from_takes_torchvision_features_and_keeps_a_fresh_classifier(tmp_path: Path) -> None:
+    theirs = randomise(torchvision.models.shufflenet_v2_x0_5(weights=None))
+    torch.save(theirs.state_dict(), tmp_path / "tv.pth")
+    model = create_model("shufflenet_v2_0.5", num_classes=5)
+    fresh = model.classifier.weight.detach().clone()
+    assert init_from(model, tmp_path / "tv.pth") is False
+    assert torch.equal(model.classifier.weight, fresh) and model.meta.labels == ()
+    assert torch.equal(model.features.conv1.conv.weight, theirs.conv1[0].weight)
+    same = create_model("shufflenet_v2_0.5")
+    assert init_from(same, tmp_path / "tv.pth") is True and torch.equal(same.classifier.weight, theirs.fc.weight)
+    with pytest.raises(ValueError, match=r"shape mismatch: fc\.weight"):
+        load_weights(create_model("shufflenet_v2_0.5", num_classes=5), tmp_path / "tv.pth")
+    assert model.meta.weights is None
+
+
+def test_init_from_leaves_the_models_own_input_and_classes(tmp_path: Path) -> None:
+    trained_weights(tmp_path / "best.safetensors")  # records resolution 40 and three class names
+    model = create_model(TRAINED, num_classes=3, in_chans=1, resolution=64)
+    assert init_from(model, tmp_path / "best.safetensors") is True
+    assert (model.meta.resolution, model.meta.labels, model.meta.std) == (64, (), create_model(TRAINED).meta.std)

@@ -212,25 +212,49 @@ def remap_state_dict(
     return {ours: state[theirs] for ours, theirs in names.items()}
 
 
-def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
-    """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`)."""
+def load_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+) -> bool:
+    """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
+
+    ``keep_head``: load the classifier too (``True``), leave the model's own (``False``: fine-tuning
+    to other classes), or load it only when its shape fits (``None``). Returns whether it was loaded.
+    """
     ours = model.state_dict()
     if set(ours) & set(state) or type(model) not in TORCHVISION_LAYOUTS:
         names, classifier = {key: key for key in ours}, "classifier."
     else:
         names, classifier = torchvision_names(model)
-    if getattr(model, "num_classes", None) == 0:
+    head = [key for key in ours if key.startswith("classifier.")]
+    if keep_head is None:
+        keep_head = all(names[key] in state and state[names[key]].shape == ours[key].shape for key in head)
+    if not keep_head or getattr(model, "num_classes", None) == 0:
         state = {key: value for key, value in state.items() if not key.startswith(classifier)}
-    model.load_state_dict(remap_state_dict(model, state, names, source))
+        names = {key: theirs for key, theirs in names.items() if key not in head}
+    model.load_state_dict(remap_state_dict(model, state, names, source), strict=not set(head) - set(names))
+    return bool(head) and set(head) <= set(names)
 
 
-def load_weights(model: nn.Module, source: str | Path) -> nn.Module:
+def load_weights(model: nn.Module, source: str | Path, keep_head: bool | None = True) -> nn.Module:
     """Load ``"pretrained"`` or a weights file into ``model`` (in place) and record them in ``model.meta``.
 
     Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names;
     so do files written by ``train`` (their resolution, evaluation crop, normalisation and classes).
+    ``keep_head`` as in :func:`load_state_dict` (class names are kept only with the classifier).
     Returns ``model``.
     """
+    _load(model, source, keep_head)
+    return model
+
+
+def init_from(model: nn.Module, source: str | Path) -> bool:
+    """Fine-tuning's start: load ``source`` into ``model`` as :func:`load_weights` does, but its
+    classifier only when it has the model's shape (the same classes), and leave ``model.meta`` as
+    it is (the model keeps its own input size and classes). Returns whether the classifier was loaded."""
+    return _load(model, source, None, record=False)
+
+
+def _load(model: nn.Module, source: str | Path, keep_head: bool | None, record: bool = True) -> bool:
     meta = getattr(model, "meta", None)
     if str(source) == PRETRAINED:
         if meta is None:
@@ -249,10 +273,12 @@ def load_weights(model: nn.Module, source: str | Path) -> nn.Module:
     else:
         path = Path(source)
         state, info = read_weights_file(path)
-    load_state_dict(model, state, repr(str(path)))
-    if meta is not None:
+    head = load_state_dict(model, state, repr(str(path)), keep_head)
+    if not head:
+        info = {key: value for key, value in info.items() if key != "classes"}
+    if meta is not None and record:
         model.meta = replace(meta, weights=str(path), **_meta_changes(info))
-    return model
+    return head
 
 
 def _meta_changes(info: Mapping[str, Any]) -> dict[str, Any]:

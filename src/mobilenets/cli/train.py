@@ -38,6 +38,13 @@ OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("width_mult", {"type": float, "metavar": "A"}, "width multiplier α (default: the model's)"),
     ("dropout", {"type": float, "metavar": "P"}, "dropout before the classifier (default: the model's)"),
     ("output_stride", {"type": int, "choices": (8, 16, 32)}, "output stride by dilation (default: 32)"),
+    (
+        "init",
+        {"metavar": "WEIGHTS"},
+        "fine-tune: start from 'pretrained' (the packaged ImageNet weights of mobilenet_v2_1.0_224), a weights file "
+        "or checkpoint from `mobilenets train`, or a state dict in our or torchvision's names; the classifier is "
+        "taken too when it has the data's class count, else it starts fresh (default: random initialisation)",
+    ),
     ("epochs", {"type": int, "metavar": "N"}, "epochs to train (with --resume: may extend the run)"),
     ("batch_size", {"type": int, "metavar": "B"}, "global batch size, split over torchrun processes"),
     ("lr", {"type": float}, "peak learning rate (reached after warm-up)"),

@@ -35,6 +35,8 @@ class TrainConfig:
     width_mult: float | None = None
     dropout: float | None = None
     output_stride: int | None = None
+    # Start from these weights ('pretrained', a file from `train`, a state dict); None: random initialisation.
+    init: str | None = None
     # Optimisation.
     epochs: int = 10
     batch_size: int = 128  # global: split over the processes of a torchrun job

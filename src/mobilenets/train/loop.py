@@ -40,6 +40,7 @@ from ..checkpoint import (
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
 from ..registry import create_model, get_entry
+from ..weights import init_from
 from . import distributed
 from .config import RESUMABLE, TrainConfig
 from .distributed import Dist, ResumableSampler, all_reduce
@@ -202,7 +203,7 @@ class Trainer:
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.manual_seed(config.seed)
         self._build_data()
-        self._build_model()
+        self._build_model(resume)
         self.step_in_epoch = 0
         self.epoch = 0
         self.best: dict[str, Any] = {"epoch": 0, "weights": "raw", "val_top1": -1.0}
@@ -258,7 +259,7 @@ class Trainer:
             worker_init_fn=_ignore_sigint if self.workers else None,
         )
 
-    def _build_model(self) -> None:
+    def _build_model(self, resume: bool) -> None:
         cfg = self.config
         self.model_args = {
             "num_classes": len(self.classes),
@@ -267,6 +268,16 @@ class Trainer:
             **cfg.model_overrides(),
         }
         net = create_model(cfg.model, **self.model_args)
+        if cfg.init and not resume:  # a resumed run takes every weight from its checkpoint
+            try:
+                head = init_from(net, cfg.init)
+            except ValueError as err:
+                raise ValueError(
+                    f"init: {err} (the model is built for {self.in_chans}-channel input: --model, --width-mult and "
+                    "--in-chans must be those of the weights)"
+                ) from None
+            fresh = f"(a fresh {len(self.classes)}-class classifier)"
+            self.log(f"init: weights from {cfg.init} {'and its classifier' if head else fresh}")
         self.cost = count_cost(net)
         if cfg.sync_bn and self.device.type == "cpu":
             raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use freeze_bn instead")
