@@ -297,18 +297,22 @@ def _meta_changes(info: Mapping[str, Any]) -> dict[str, Any]:
     return changes
 
 
-def load_model(source: str | Path, name: str | None = None, **overrides: Any) -> nn.Module:
+def load_model(
+    source: str | Path, name: str | None = None, defaults: Mapping[str, Any] | None = None, **overrides: Any
+) -> nn.Module:
     """A registered model with weights loaded (see :func:`load_weights`).
 
     A file written by ``train`` records the model's name and arguments (classes, input channels,
     resolution), so ``load_model("runs/x/best.safetensors")`` rebuilds it; ``name`` and ``overrides``
-    (``create_model``'s arguments) take precedence. Other files and ``"pretrained"`` need ``name``.
+    (``create_model``'s arguments) take precedence, ``defaults`` fill in what the file does not
+    record. Other files and ``"pretrained"`` need ``name``.
     """
     info = {} if str(source) == PRETRAINED else read_weights_file(source)[1]
     name = name or info.get("model")
     if not name:
         raise ValueError(f"weights {str(source)!r} do not record their model: give its name")
-    model = load_weights(create_model(name, **{**info.get("model_args", {}), **overrides}), source)
+    arguments = {**(defaults or {}), **info.get("model_args", {}), **overrides}
+    model = load_weights(create_model(name, **arguments), source)
     if "resolution" in overrides:  # the caller's input size wins over the recorded one
         recorded = {"model_args": {"resolution": overrides["resolution"]}, "crop_pct": info.get("crop_pct")}
         model.meta = replace(model.meta, **_meta_changes(recorded))

@@ -57,6 +57,15 @@ OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("weight_decay", {"type": float, "metavar": "L2"}, "L2 weight decay on conv and FC weights (not BN, biases)"),
     ("depthwise_weight_decay", {"type": float, "metavar": "L2"}, "L2 weight decay on depthwise filters"),
     ("label_smoothing", {"type": float, "metavar": "S"}, "label smoothing (the paper used none)"),
+    (
+        "teacher",
+        {"metavar": "WEIGHTS"},
+        "distil from this trained teacher: a weights file or checkpoint from `mobilenets train`, 'pretrained', or a "
+        "state dict (then give --teacher-model); it must classify the same classes from the same input channels",
+    ),
+    ("teacher_model", {"metavar": "NAME"}, "the teacher's registered name (default: the one its weights file records)"),
+    ("distill_alpha", {"type": float, "metavar": "A"}, "weight of the teacher's soft targets, 1 - A on the labels"),
+    ("distill_temperature", {"type": float, "metavar": "T"}, "softmax temperature of the soft targets"),
     ("ema_decay", {"type": float, "metavar": "D"}, "decay of the EMA of the weights; 0 turns the EMA off"),
     ("grad_clip", {"type": float, "metavar": "NORM"}, "clip the global gradient norm to NORM; 0: no clipping"),
     ("augment", {}, "random resized crops and flips for training (--no-augment: the evaluation transform)"),

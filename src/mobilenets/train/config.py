@@ -52,6 +52,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.9999  # 0: no EMA
     grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
+    # Distillation from a trained teacher (None: none): weights from `train`, 'pretrained' or a state dict.
+    teacher: str | None = None
+    teacher_model: str | None = None  # None: the name the teacher's weights file records
+    distill_alpha: float = 0.5  # weight of the teacher's soft targets; 1 - alpha on the labels
+    distill_temperature: float = 4.0
     # Data.
     augment: bool = True
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
@@ -92,6 +97,8 @@ class TrainConfig:
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: no EMA)"),
             ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+            ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
+            ("distill_temperature", self.distill_temperature > 0, "> 0"),
             ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 1, "an integer >= 1"),
             ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),

@@ -40,9 +40,10 @@ from ..checkpoint import (
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
 from ..registry import create_model, get_entry
-from ..weights import init_from
+from ..weights import init_from, load_model
 from . import distributed
 from .config import RESUMABLE, TrainConfig
+from .distill import soft_target_loss
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
 from .evaluate import EvalResult, autocast, evaluate, resolve_input
@@ -259,6 +260,25 @@ class Trainer:
             worker_init_fn=_ignore_sigint if self.workers else None,
         )
 
+    def _build_teacher(self) -> nn.Module:
+        """The distillation teacher: frozen, in eval mode, on this process's device."""
+        cfg = self.config
+        teacher = load_model(
+            cfg.teacher, cfg.teacher_model, defaults={"num_classes": len(self.classes), "in_chans": self.in_chans}
+        )
+        meta = teacher.meta
+        if (meta.num_classes, meta.in_chans) != (len(self.classes), self.in_chans):
+            raise ValueError(
+                f"teacher {cfg.teacher!r} classifies {meta.num_classes} classes from {meta.in_chans}-channel input; "
+                f"the data has {len(self.classes)} classes and the student takes {self.in_chans} channels"
+            )
+        cost = count_cost(teacher, self.resolution)
+        self.log(
+            f"distill: teacher {meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds at "
+            f"{self.resolution}×{self.resolution}), alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}"
+        )
+        return teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False)
+
     def _build_model(self, resume: bool) -> None:
         cfg = self.config
         self.model_args = {
@@ -279,6 +299,7 @@ class Trainer:
             fresh = f"(a fresh {len(self.classes)}-class classifier)"
             self.log(f"init: weights from {cfg.init} {'and its classifier' if head else fresh}")
         self.cost = count_cost(net)
+        self.teacher = self._build_teacher() if cfg.teacher else None
         if cfg.sync_bn and self.device.type == "cpu":
             raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); use freeze_bn instead")
         if cfg.sync_bn and self.env.enabled:
@@ -449,7 +470,13 @@ class Trainer:
         count = valid.sum()
         with autocast(self.device, self.amp):
             logits = self.model(images).float()
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images).float()
         loss_sum = self.criterion(logits, labels)
+        if self.teacher is not None:
+            soft = soft_target_loss(logits, teacher_logits, cfg.distill_temperature)
+            loss_sum = (1 - cfg.distill_alpha) * loss_sum + cfg.distill_alpha * soft[valid].sum()
         loss = loss_sum / count.clamp(min=1)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
