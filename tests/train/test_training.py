@@ -203,24 +203,21 @@ def test_sigterm_writes_a_checkpoint_then_exits(tmp_path: Path, folder: Path) ->
     assert 1 <= load_checkpoint(out / "last.safetensors")["progress"]["epoch"] < 100
 
 
-def test_init_starts_from_trained_weights(tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_starts_from_trained_weights(tmp_path: Path, folder: Path) -> None:
     train(tiny(folder, tmp_path / "a", epochs=1))
     state, _ = read_weights(tmp_path / "a" / "best.safetensors")
-    capsys.readouterr()
     trainer = Trainer(tiny(folder, tmp_path / "b", init=str(tmp_path / "a" / "best.safetensors")), False, setup("cpu"))
     assert all(torch.equal(trainer.net.state_dict()[key].cpu(), value) for key, value in state.items())
-    assert "and its classifier" in capsys.readouterr().out
+    assert trainer.notes == [f"init: weights from {tmp_path / 'a' / 'best.safetensors'} and its classifier"]
 
 
-def test_init_with_other_classes_keeps_a_fresh_classifier(
-    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_init_with_other_classes_keeps_a_fresh_classifier(tmp_path: Path, folder: Path) -> None:
     source = create_model(MODEL, num_classes=7, resolution=32)
     torch.save(source.state_dict(), tmp_path / "seven.pth")
     trainer = Trainer(tiny(folder, tmp_path / "run", init=str(tmp_path / "seven.pth")), False, setup("cpu"))
     ours, theirs = trainer.net.state_dict(), source.state_dict()
     assert all(torch.equal(ours[key].cpu(), value) for key, value in theirs.items() if not key.startswith("classifier"))
     assert ours["classifier.weight"].shape == (4, theirs["classifier.weight"].shape[1])
-    assert "(a fresh 4-class classifier)" in capsys.readouterr().out
+    assert trainer.notes == [f"init: weights from {tmp_path / 'seven.pth'} (a fresh 4-class classifier)"]
     with pytest.raises(ValueError, match=r"init: .*shape mismatch: features.conv0.conv.weight .*--in-chans"):
         Trainer(tiny(folder, tmp_path / "grey", init=str(tmp_path / "seven.pth"), in_chans=1), False, setup("cpu"))

@@ -273,7 +273,7 @@ class Trainer:
                 f"the data has {len(self.classes)} classes and the student takes {self.in_chans} channels"
             )
         cost = count_cost(teacher, self.resolution)
-        self.log(
+        self.notes.append(
             f"distill: teacher {meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds at "
             f"{self.resolution}×{self.resolution}), alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}"
         )
@@ -281,6 +281,7 @@ class Trainer:
 
     def _build_model(self, resume: bool) -> None:
         cfg = self.config
+        self.notes: list[str] = []  # what the set-up did, printed after the config when the run starts
         self.model_args = {
             "num_classes": len(self.classes),
             "in_chans": self.in_chans,
@@ -297,7 +298,7 @@ class Trainer:
                     "--in-chans must be those of the weights)"
                 ) from None
             fresh = f"(a fresh {len(self.classes)}-class classifier)"
-            self.log(f"init: weights from {cfg.init} {'and its classifier' if head else fresh}")
+            self.notes.append(f"init: weights from {cfg.init} {'and its classifier' if head else fresh}")
         self.cost = count_cost(net)
         self.teacher = self._build_teacher() if cfg.teacher else None
         if cfg.sync_bn and self.device.type == "cpu":
@@ -411,6 +412,8 @@ class Trainer:
             f"{len(self.val_set):,} val images, {len(self.classes)} classes; {self.env.world_size} process(es) on "
             f"{self.device} ({torch.get_num_threads()} threads), {self.workers} loader process(es) each, amp {self.amp}"
         )
+        for note in self.notes:
+            self.log(note)
         with _stop_on_signals() as stop:
             self.stop = stop
             while self.epoch < cfg.epochs:
