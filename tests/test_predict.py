@@ -166,3 +166,17 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     for option in ("--weights", "--topk", "--json", "--device", "pretrained", "exit status is then 1"):
         assert option in " ".join(out.split())
+
+
+def test_cli_takes_folders_of_images(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    cat = Image.fromarray(data.chelsea()).resize((64, 48))
+    for name in ("b/2.png", "a.jpg", "b/1.JPEG"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        cat.save(tmp_path / "photos" / name)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image\n")
+    (tmp_path / "empty").mkdir()
+    code, out, _ = cli("predict", MODEL, str(tmp_path / "photos"), "--json", "--topk", "1")
+    names = [Path(r["image"]).relative_to(tmp_path / "photos").as_posix() for r in json.loads(out)]
+    assert code == 0 and names == ["a.jpg", "b/1.JPEG", "b/2.png"]
+    code, out, err = cli("predict", MODEL, str(tmp_path / "empty"))
+    assert code == 2 and out == "" and "holds no image files" in err

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torchvision.transforms import v2
 
+from .data.folder import is_image_file
 from .data.transforms import build_transform
 from .device import resolve_device
 from .registry import ModelMeta
@@ -56,6 +57,23 @@ def labels_for(meta: ModelMeta) -> tuple[str, ...]:
     if meta.num_classes == 1000:
         return class_names()
     return tuple(f"class {i}" for i in range(meta.num_classes))
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the image files inside it (recursively, sorted).
+
+    Raises ``ValueError`` for a folder without images; files are kept as given (checked when read).
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if is_image_file(p))
+            if not found:
+                raise ValueError(f"folder {str(path)!r} holds no image files")
+            files += found
+        else:
+            files.append(path)
+    return files
 
 
 def read_image(path: str | Path, min_size: int = 0) -> Image.Image:

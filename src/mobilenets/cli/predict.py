@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from ..predict import Classifier
+from ..predict import Classifier, image_files
 from ..registry import create_model
 from ..weights import PRETRAINED, load_model
 
@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "error on stderr and the others still run; the exit status is then 1."
     )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (recursively)")
     parser.add_argument(
         "--weights",
         metavar="FILE|pretrained",
@@ -44,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    images = image_files(args.images)
     model = load_model(args.weights, args.model) if args.weights else create_model(args.model)
     topk = args.topk or min(5, model.meta.num_classes)
     classifier = Classifier(model, topk, args.device)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     results, failed = [], 0
-    for image in args.images:
+    for image in map(str, images):
         try:
             top = classifier(image)
         except (ValueError, FileNotFoundError) as err:

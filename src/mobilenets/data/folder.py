@@ -22,7 +22,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """A visible file with an image suffix (``IMAGE_EXTENSIONS``, any case)."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -48,7 +49,7 @@ def scan_folder(
     if unknown:
         raise ValueError(f"{name} {str(root)!r} has classes {unknown} that are not among {classes}")
     label = {cls: i for i, cls in enumerate(classes)}
-    samples = [(path, label[cls]) for cls in found for path in sorted((root / cls).rglob("*")) if _is_image(path)]
+    samples = [(path, label[cls]) for cls in found for path in sorted((root / cls).rglob("*")) if is_image_file(path)]
     if not samples:
         raise ValueError(
             f"{name} {str(root)!r} holds no images: it needs one subfolder per class with "
