@@ -221,3 +221,14 @@ def test_init_with_other_classes_keeps_a_fresh_classifier(tmp_path: Path, folder
     assert trainer.notes == [f"init: weights from {tmp_path / 'seven.pth'} (a fresh 4-class classifier)"]
     with pytest.raises(ValueError, match=r"init: .*shape mismatch: features.conv0.conv.weight .*--in-chans"):
         Trainer(tiny(folder, tmp_path / "grey", init=str(tmp_path / "seven.pth"), in_chans=1), False, setup("cpu"))
+
+
+def test_freeze_features_trains_the_classifier_only(tmp_path: Path, folder: Path) -> None:
+    train(tiny(folder, tmp_path / "a", epochs=1))
+    start, _ = read_weights(tmp_path / "a" / "best.safetensors")
+    train(tiny(folder, tmp_path / "probe", init=str(tmp_path / "a" / "best.safetensors"), freeze_features=True))
+    end = load_checkpoint(tmp_path / "probe" / "last.safetensors")["model"]
+    features = [key for key in start if key.startswith("features.")]
+    assert any(key.endswith("running_mean") for key in features)  # BatchNorm statistics are checked too
+    assert all(torch.equal(start[key], end[key]) for key in features)
+    assert not torch.equal(start["classifier.weight"], end["classifier.weight"])

@@ -45,6 +45,12 @@ OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
         "or checkpoint from `mobilenets train`, or a state dict in our or torchvision's names; the classifier is "
         "taken too when it has the data's class count, else it starts fresh (default: random initialisation)",
     ),
+    (
+        "freeze_features",
+        {},
+        "train the classifier only, on the frozen features of --init (a linear probe: fast, for few images); "
+        "their BatchNorm statistics stay as loaded",
+    ),
     ("epochs", {"type": int, "metavar": "N"}, "epochs to train (with --resume: may extend the run)"),
     ("batch_size", {"type": int, "metavar": "B"}, "global batch size, split over torchrun processes"),
     ("lr", {"type": float}, "peak learning rate (reached after warm-up)"),

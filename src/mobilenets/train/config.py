@@ -37,6 +37,7 @@ class TrainConfig:
     output_stride: int | None = None
     # Start from these weights ('pretrained', a file from `train`, a state dict); None: random initialisation.
     init: str | None = None
+    freeze_features: bool = False  # train the classifier only (a linear probe); frozen BatchNorm statistics too
     # Optimisation.
     epochs: int = 10
     batch_size: int = 128  # global: split over the processes of a torchrun job

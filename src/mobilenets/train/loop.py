@@ -299,6 +299,8 @@ class Trainer:
                 ) from None
             fresh = f"(a fresh {len(self.classes)}-class classifier)"
             self.notes.append(f"init: weights from {cfg.init} {'and its classifier' if head else fresh}")
+        if cfg.freeze_features:
+            net.features.requires_grad_(False)
         self.cost = count_cost(net)
         self.teacher = self._build_teacher() if cfg.teacher else None
         if cfg.sync_bn and self.device.type == "cpu":
@@ -434,6 +436,8 @@ class Trainer:
             for module in self.net.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if cfg.freeze_features:
+            self.net.features.eval()  # frozen layers: BatchNorm uses and keeps its running statistics
         # Running sums on the device, read back only every `sync_every` steps (each read waits for the GPU).
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, seen, skipped
         sync_every = 1 if self.device.type == "cpu" else 25
