@@ -100,3 +100,11 @@ def test_unknown_command_is_refused(cli: Cli) -> None:
     with pytest.raises(SystemExit) as info:
         cli("fly")
     assert info.value.code == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import mobilenets
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"mobilenets {mobilenets.__version__}"

@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
+
 # command: (its module in this package, one line for `mobilenets --help`), in the order listed there
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("models", "list the registered models"),
@@ -33,6 +35,7 @@ def build_parser(commands: Sequence[str] = tuple(COMMANDS)) -> argparse.Argument
         description="MobileNets and their family: build models sized to a budget and count what they cost.",
         epilog="Run `mobilenets COMMAND --help` for the options of each command.",
     )
+    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, text) in COMMANDS.items():
         command = sub.add_parser(name, help=text, description=text)
@@ -43,7 +46,7 @@ def build_parser(commands: Sequence[str] = tuple(COMMANDS)) -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The command is the first word that is not an option (the top level takes only --help).
+    # The command is the first word that is not an option (the top level takes only --help and --version).
     chosen = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser([chosen] if chosen in COMMANDS else []).parse_args(argv)
     try:
