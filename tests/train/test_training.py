@@ -164,7 +164,7 @@ def test_cli_train_then_eval(tmp_path: Path, folder: Path, capsys: pytest.Captur
         (["train", "--resume", "/nonexistent/run"], "resume: '/nonexistent/run/config.json' not found"),
         (["train", "--epochs", "0"], "epochs must be an integer >= 1"),
         (["train", "--amp", "fp16", "--device", "cpu"], "'fp16' needs CUDA"),
-        (["eval", MODEL, "--weights", "/nonexistent.safetensors"], "is not a file"),
+        (["eval", MODEL, "--weights", "/nonexistent.safetensors"], "does not exist"),
     ],
 )
 def test_cli_errors_are_one_line(

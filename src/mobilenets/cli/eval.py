@@ -14,11 +14,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` command's description and options to its parser."""
     parser.description = (
         "Evaluate weights written by `mobilenets train` (best.safetensors, or the last.safetensors checkpoint: "
-        "its EMA weights) or a bare safetensors state_dict: top-1, top-5 and per-class accuracy, and a "
+        "its EMA weights) or a state dict in our or torchvision's names: top-1, top-5 and per-class accuracy, and a "
         "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
     )
     parser.add_argument("model", help="registered model name the weights belong to (see `mobilenets list`)")
-    parser.add_argument("--weights", required=True, metavar="FILE", help="a .safetensors weights file or checkpoint")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="a weights file or checkpoint from `mobilenets train`, or a .safetensors/.pth state dict in our or "
+        "torchvision's names",
+    )
     parser.add_argument(
         "--data",
         metavar="SOURCE",

@@ -13,11 +13,11 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import read_weights
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
 from ..device import resolve_device
 from ..models.base import MIN_RESOLUTION
 from ..registry import create_model, get_entry
+from ..weights import load_state_dict, read_weights_file
 from .distributed import Dist, all_reduce
 
 
@@ -152,10 +152,10 @@ def evaluate_weights(
     device: str | None = None,
     limit: int | None = None,
 ) -> EvalResult:
-    """Evaluate ``weights`` (a weights file or checkpoint from ``train``, or a bare safetensors
-    state_dict) on a split of ``data``; model arguments and normalisation come from the file's
-    metadata when it has them, and the arguments given here override them."""
-    state, info = read_weights(weights)
+    """Evaluate ``weights`` (a weights file or checkpoint from ``train``, or a state dict in our or
+    torchvision's names) on a split of ``data``; model arguments and normalisation come from the
+    file's metadata when it has them, and the arguments given here override them."""
+    state, info = read_weights_file(weights)
     data = data or info.get("data") or FASHION_MNIST
     model_args = dict(info.get("model_args", {}))
     in_chans, resolution = resolve_input(
@@ -171,11 +171,7 @@ def evaluate_weights(
         raise ValueError(f"weights {str(weights)!r} classify {num_classes} classes, data {data!r} has {len(classes)}")
     model_args.update(num_classes=num_classes, in_chans=in_chans, resolution=resolution)
     net = create_model(model, **model_args)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"weights {str(weights)!r} do not fit model {model!r} with {model_args}: {first}") from err
+    load_state_dict(net, state, repr(str(weights)))  # our names or torchvision's; mismatches listed by name
     target = resolve_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda")
     return evaluate(net.to(target), loader, classes, target)
