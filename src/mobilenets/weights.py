@@ -256,23 +256,41 @@ def init_from(model: nn.Module, source: str | Path) -> bool:
 
 def _load(model: nn.Module, source: str | Path, keep_head: bool | None, record: bool = True) -> bool:
     meta = getattr(model, "meta", None)
-    if str(source) == PRETRAINED:
-        if meta is None:
-            raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
-        path = pretrained_path(meta.name)
-        entry = PRETRAINED_WEIGHTS[meta.name]
-        _check_sha256(path, entry.sha256_prefix)
-        state = read_weights_file(path)[0]
-        info = {
-            "model_args": {"resolution": entry.crop},
-            "crop_pct": entry.crop / entry.resize,
-            "mean": entry.mean,
-            "std": entry.std,
-            "classes": class_names(entry.labels),
-        }
-    else:
+    if str(source) == PRETRAINED and meta is None:
+        raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
+    return _apply(model, *_read(source, meta.name if meta else ""), keep_head, record)
+
+
+def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """``(path, state dict, info)`` of a weights file, or for ``"pretrained"`` of registered model
+    ``name``'s pretrained weights (checked against their SHA-256 prefix; info from their entry).
+    ``name`` is used for ``"pretrained"`` only."""
+    if str(source) != PRETRAINED:
         path = Path(source)
-        state, info = read_weights_file(path)
+        return (path, *read_weights_file(path))
+    path = pretrained_path(name)
+    entry = PRETRAINED_WEIGHTS[name]
+    _check_sha256(path, entry.sha256_prefix)
+    info = {
+        "model_args": {"resolution": entry.crop},
+        "crop_pct": entry.crop / entry.resize,
+        "mean": entry.mean,
+        "std": entry.std,
+        "classes": class_names(entry.labels),
+    }
+    return path, read_weights_file(path)[0], info
+
+
+def _apply(
+    model: nn.Module,
+    path: Path,
+    state: Mapping[str, torch.Tensor],
+    info: Mapping[str, Any],
+    keep_head: bool | None,
+    record: bool,
+) -> bool:
+    """Load ``state`` (read from ``path``) into ``model``; with ``record``, set ``model.meta`` from ``info``."""
+    meta = getattr(model, "meta", None)
     head = load_state_dict(model, state, repr(str(path)), keep_head)
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
@@ -307,15 +325,16 @@ def load_model(
     (``create_model``'s arguments) take precedence, ``defaults`` fill in what the file does not
     record. Other files and ``"pretrained"`` need ``name``.
     """
-    info = {} if str(source) == PRETRAINED else read_weights_file(source)[1]
+    recorded = str(source) != PRETRAINED
+    path, state, info = _read(source, name or "") if recorded or name else (Path(source), {}, {})
     name = name or info.get("model")
     if not name:
         raise ValueError(f"weights {str(source)!r} do not record their model: give its name")
     arguments = {**(defaults or {}), **info.get("model_args", {}), **overrides}
-    model = load_weights(create_model(name, **arguments), source)
-    if "resolution" in overrides:  # the caller's input size wins over the recorded one
-        recorded = {"model_args": {"resolution": overrides["resolution"]}, "crop_pct": info.get("crop_pct")}
-        model.meta = replace(model.meta, **_meta_changes(recorded))
+    model = create_model(name, **arguments)
+    # The file is read once; meta follows the arguments the model was built with (the caller's
+    # resolution wins over the recorded one).
+    _apply(model, path, state, {**info, "model_args": arguments}, keep_head=True, record=True)
     return model
 
 
