@@ -203,6 +203,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.manual_seed(config.seed)
+        self.notes: list[str] = []  # what the set-up did, printed after the config when the run starts
         self._build_data()
         self._build_model(resume)
         self.step_in_epoch = 0
@@ -224,7 +225,7 @@ class Trainer:
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
-        common = {"crop_scale": cfg.crop_scale, "crop_pct": cfg.crop_pct, "hflip": cfg.hflip, "seed": cfg.seed}
+        common = {"crop_scale": cfg.crop_scale, "crop_pct": self.crop_pct, "hflip": cfg.hflip, "seed": cfg.seed}
         args = (self.resolution, self.in_chans, self.mean, self.std)
         self.train_set = load_dataset(cfg.data, "train", *args, cfg.augment, limit=cfg.train_limit, **common)
         val_set = load_dataset(cfg.data, "val", *args, False, limit=cfg.val_limit, **common)
@@ -281,7 +282,6 @@ class Trainer:
 
     def _build_model(self, resume: bool) -> None:
         cfg = self.config
-        self.notes: list[str] = []  # what the set-up did, printed after the config when the run starts
         self.model_args = {
             "num_classes": len(self.classes),
             "in_chans": self.in_chans,
