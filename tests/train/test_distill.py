@@ -8,17 +8,12 @@ from torch.nn import functional as F
 from mobilenets import create_model, get_entry, load_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.data import load_dataset
-from mobilenets.data.synthetic import make_image_folder
 from mobilenets.train import TrainConfig, train
 from mobilenets.train.distill import soft_target_loss
 
-MODEL = "mobilenet_v1_0.25_128"
+from tiny_run import MODEL, tiny
+
 TEACHER = "mobilenet_v1_0.5_128"
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("synthetic"), num_classes=4, per_class=16, val_per_class=4)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +29,9 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def tiny(data: Path, out: Path, **changes: object) -> TrainConfig:
-    values = {"model": MODEL, "data": str(data), "out": str(out), "resolution": 32, "epochs": 1, "batch_size": 16}
-    return TrainConfig(**{**values, "warmup_epochs": 0.0, "workers": 0, "threads": 1, **changes})
+def one_epoch(data: Path, out: Path, **changes: object) -> TrainConfig:
+    """The tests' tiny run, shortened to one epoch without warm-up."""
+    return tiny(data, out, **{"epochs": 1, "warmup_epochs": 0.0, **changes})
 
 
 def test_soft_target_loss_is_scaled_kl_divergence() -> None:
@@ -51,8 +46,8 @@ def test_soft_target_loss_is_scaled_kl_divergence() -> None:
 
 
 def test_alpha_zero_trains_exactly_as_without_a_teacher(tmp_path: Path, folder: Path, teacher: Path) -> None:
-    train(tiny(folder, tmp_path / "plain"))
-    train(tiny(folder, tmp_path / "distilled", teacher=str(teacher), teacher_model=TEACHER, distill_alpha=0.0))
+    train(one_epoch(folder, tmp_path / "plain"))
+    train(one_epoch(folder, tmp_path / "distilled", teacher=str(teacher), teacher_model=TEACHER, distill_alpha=0.0))
     plain, distilled = (load_file(tmp_path / run / "last.safetensors") for run in ("plain", "distilled"))
     model_keys = [key for key in plain if key.startswith("model/")]
     assert model_keys and all(torch.equal(plain[key], distilled[key]) for key in model_keys)
@@ -62,9 +57,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(
     tmp_path: Path, folder: Path, teacher: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     distil = {"teacher": str(teacher), "teacher_model": TEACHER, "distill_temperature": 1.0, "ema_decay": 0.0}
-    train(tiny(folder, tmp_path / "distilled", distill_alpha=1.0, epochs=3, **distil))
+    train(one_epoch(folder, tmp_path / "distilled", distill_alpha=1.0, epochs=3, **distil))
     assert f"distill: teacher {TEACHER} from {teacher}" in capsys.readouterr().out
-    train(tiny(folder, tmp_path / "plain", distill_alpha=0.0, epochs=3, **distil))
+    train(one_epoch(folder, tmp_path / "plain", distill_alpha=0.0, epochs=3, **distil))
     entry = get_entry(MODEL)
     images = torch.stack([x for x, _ in load_dataset(folder, "train", 32, 3, entry.mean, entry.std)])
     with torch.no_grad():
@@ -81,7 +76,7 @@ def test_teacher_for_other_classes_is_refused(tmp_path: Path, folder: Path) -> N
     seven = create_model(MODEL, num_classes=7).state_dict()
     save_weights(tmp_path / "seven.safetensors", seven, {"model": MODEL, "model_args": {"num_classes": 7}})
     with pytest.raises(ValueError, match="classifies 7 classes from 3-channel input; the data has 4 classes"):
-        train(tiny(folder, tmp_path / "run", teacher=str(tmp_path / "seven.safetensors")))
+        train(one_epoch(folder, tmp_path / "run", teacher=str(tmp_path / "seven.safetensors")))
     torch.save(seven, tmp_path / "seven.pth")  # records nothing: built for the data's 4 classes, it cannot load
     with pytest.raises(ValueError, match=r"shape mismatch: classifier\.weight \(7, 256\)"):
-        train(tiny(folder, tmp_path / "run2", teacher=str(tmp_path / "seven.pth"), teacher_model=MODEL))
+        train(one_epoch(folder, tmp_path / "run2", teacher=str(tmp_path / "seven.pth"), teacher_model=MODEL))

@@ -15,35 +15,13 @@ from mobilenets.checkpoint import read_weights
 from mobilenets.cli import main
 from mobilenets.data import FASHION_MNIST_DIR
 from mobilenets.data.synthetic import make_image_folder
-from mobilenets.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, load_checkpoint, resume_config, train
+from mobilenets.train import NonFiniteLoss, TrainingInterrupted, load_checkpoint, resume_config, train
 from mobilenets.train.distributed import setup
 from mobilenets.train.loop import Trainer
 
-MODEL = "mobilenet_v1_0.25_128"
+from tiny_run import MODEL, tiny
+
 HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 classes, 16 training and 4 validation images each, 32×32 RGB."""
-    return make_image_folder(tmp_path_factory.mktemp("synthetic"), num_classes=4, per_class=16, val_per_class=4)
-
-
-def tiny(data: Path | str, out: Path, **changes: object) -> TrainConfig:
-    """A run of a few seconds: α = 0.25 at 32×32, 4 steps per epoch on the synthetic set."""
-    values = {
-        "model": MODEL,
-        "data": str(data),
-        "out": str(out),
-        "resolution": 32,
-        "epochs": 2,
-        "batch_size": 16,
-        "warmup_epochs": 0.5,
-        "workers": 0,
-        "threads": 1,
-        **changes,
-    }
-    return TrainConfig(**values)
 
 
 def signal_at_step(monkeypatch: pytest.MonkeyPatch, step: int, signum: int = signal.SIGTERM) -> None:
