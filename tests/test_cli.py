@@ -108,3 +108,57 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"mobilenets {mobilenets.__version__}"
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    # `mobilenets list --json | head -1`: the reader leaves after one line.
+    proc = subprocess.run(
+        f"{sys.executable} -m mobilenets list --json | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.stdout.strip() == "["
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            OSError(28, "No space left on device", "/data/run/last.safetensors"),
+            "No space left on device: '/data/run/last.safetensors'",
+        ),
+        (PermissionError(13, "Permission denied", "/ro/eval.png"), "Permission denied: '/ro/eval.png'"),
+        (ValueError("width_mult must be a number > 0"), "width_mult must be a number > 0"),
+        (RuntimeError("first line\nsecond line"), "first line"),
+    ],
+)
+def test_errors_are_described_in_one_line(error: BaseException, line: str) -> None:
+    from mobilenets.cli import describe_error
+
+    assert describe_error(error) == line
+
+
+def test_system_errors_are_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenets.cli import models
+
+    def full_disk(_args: object) -> int:
+        raise OSError(28, "No space left on device", "/data/out.json")
+
+    monkeypatch.setattr(models, "run", full_disk)
+    code, out, err = cli("list")
+    assert code == 2 and out == ""
+    assert err == "mobilenets list: error: No space left on device: '/data/out.json'\n"
+
+
+def test_ctrl_c_is_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenets.cli import models
+
+    def interrupted(_args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "run", interrupted)
+    code, _, err = cli("list")
+    assert code == 130 and err == "mobilenets list: interrupted\n"

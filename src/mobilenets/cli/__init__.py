@@ -2,14 +2,16 @@
 
 Each command lives in its own module exposing ``configure(parser)``, which adds its description
 and options and sets ``handler``. Only the module of the command being run is imported, so that
-``mobilenets --help`` answers at once. Errors caused by the user's input (``ValueError``, missing
-files) are printed as one line, without a traceback, and the exit status is 2.
+``mobilenets --help`` answers at once. Errors caused by the user's input or the system (``ValueError``,
+``OSError``: missing or unwritable files, a full disk) are printed as one line, without a traceback, and
+the exit status is 2. A closed output pipe (``mobilenets list | head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,15 +46,38 @@ def build_parser(commands: Sequence[str] = tuple(COMMANDS)) -> argparse.Argument
     return parser
 
 
+def describe_error(err: BaseException) -> str:
+    """One line for an error: its message, or for a bare ``OSError`` its reason and the path involved."""
+    if isinstance(err, OSError) and err.strerror and len(err.args) <= 2:
+        path = f": {err.filename!r}" if err.filename else ""
+        return f"{err.strerror}{path}"
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the reader went away, and Python's final flush must not fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The command is the first word that is not an option (the top level takes only --help and --version).
     chosen = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser([chosen] if chosen in COMMANDS else []).parse_args(argv)
     try:
-        return args.handler(args) or 0
-    except (ValueError, FileNotFoundError, PermissionError) as err:
-        print(f"mobilenets {args.command}: error: {err}", file=sys.stderr)
+        code = args.handler(args) or 0
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except KeyboardInterrupt:
+        print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        print(f"mobilenets {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
 
 
