@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..train.evaluate import evaluate_weights
 from ..train.records import plot_confusion
+from . import describe_error
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +19,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "its EMA weights) or a state dict in our or torchvision's names: top-1, top-5 and per-class accuracy, and a "
         "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
     )
-    parser.add_argument("model", help="registered model name the weights belong to (see `mobilenets list`)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="registered model name the weights belong to (default: the one the weights file records; "
+        "see `mobilenets list`)",
+    )
     parser.add_argument(
         "--weights",
         required=True,
@@ -66,9 +73,22 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     confusion = Path(args.confusion) if args.confusion else Path(args.weights).parent / "eval-confusion.png"
-    plot_confusion(result, confusion, f"{args.model}: {Path(args.weights).name}")
+    # The figures first: a confusion matrix that cannot be written must not hide them.
     if args.json:
         print(json.dumps({**result.to_dict(), "confusion_png": str(confusion)}, indent=2))
     else:
-        print(f"{result.format()}\nconfusion matrix: {confusion}")
+        print(result.format())
+    sys.stdout.flush()
+    title = f"{result.model}: {Path(args.weights).name}"
+    try:
+        plot_confusion(result, confusion, title, resolution=result.resolution, split=args.split)
+    except OSError as err:
+        print(
+            f"mobilenets eval: error: confusion matrix not written to {str(confusion)!r}: {describe_error(err)} "
+            "(choose another place with --confusion)",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.json:
+        print(f"confusion matrix: {confusion}")
     return 0

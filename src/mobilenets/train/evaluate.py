@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,8 @@ class EvalResult:
     top5_correct: int
     loss_sum: float
     skipped: int  # unreadable images, left out of every figure
+    model: str = ""  # the evaluated model's name, when known
+    resolution: int | None = None  # its input size, pixels, when known
 
     @property
     def count(self) -> int:
@@ -61,6 +63,8 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": self.model,
+            "resolution": self.resolution,
             "top1": self.top1,
             "top5": self.top5,
             "loss": self.loss,
@@ -122,7 +126,13 @@ def evaluate(
         all_reduce(confusion, env)
         all_reduce(totals, env)
     top5, loss_sum, skipped = totals.tolist()
-    return EvalResult(list(classes), confusion.view(n, n).cpu(), int(top5), loss_sum, int(skipped))
+    return EvalResult(
+        classes=list(classes),
+        confusion=confusion.view(n, n).cpu(),
+        top5_correct=int(top5),
+        loss_sum=loss_sum,
+        skipped=int(skipped),
+    )
 
 
 def resolve_input(model: str, source: SourceInfo, in_chans: int | None, resolution: int | None) -> tuple[int, int]:
@@ -138,8 +148,20 @@ def resolve_input(model: str, source: SourceInfo, in_chans: int | None, resoluti
     return in_chans, int(entry.defaults.get("resolution", default))
 
 
+def recorded_model(weights: str | os.PathLike, info: dict[str, Any], model: str | None) -> str:
+    """The model ``weights`` belong to: the name the file records, else ``model``; both and differing is an error."""
+    recorded = info.get("model")
+    if recorded and model and model != recorded:
+        raise ValueError(
+            f"weights {str(weights)!r} record model {recorded!r}, not {model!r}: give {recorded} or no name"
+        )
+    if not (recorded or model):
+        raise ValueError(f"weights {str(weights)!r} do not record their model: give its name")
+    return recorded or model
+
+
 def evaluate_weights(
-    model: str,
+    model: str | None,
     weights: str | os.PathLike,
     data: str | None = None,
     *,
@@ -153,9 +175,11 @@ def evaluate_weights(
     limit: int | None = None,
 ) -> EvalResult:
     """Evaluate ``weights`` (a weights file or checkpoint from ``train``, or a state dict in our or
-    torchvision's names) on a split of ``data``; model arguments and normalisation come from the
-    file's metadata when it has them, and the arguments given here override them."""
+    torchvision's names) on a split of ``data``; the model's name (``model=None``), arguments and
+    normalisation come from the file's metadata when it has them, and the arguments given here
+    override them. A ``model`` other than the one the file records is an error."""
     state, info = read_weights_file(weights)
+    model = recorded_model(weights, info, model)
     data = data or info.get("data") or FASHION_MNIST
     model_args = dict(info.get("model_args", {}))
     in_chans, resolution = resolve_input(
@@ -174,4 +198,4 @@ def evaluate_weights(
     load_state_dict(net, state, repr(str(weights)))  # our names or torchvision's; mismatches listed by name
     target = resolve_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda")
-    return evaluate(net.to(target), loader, classes, target)
+    return replace(evaluate(net.to(target), loader, classes, target), model=model, resolution=resolution)

@@ -1,6 +1,7 @@
 """What a run leaves behind besides checkpoints: per-epoch metrics (JSON lines and CSV) and plots.
 
-Plots use matplotlib's object API (``Figure`` + Agg), which touches no global backend state.
+Plots use matplotlib's object API (``Figure`` + Agg), which touches no global backend state; matplotlib
+is imported when the first plot is drawn.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import atomic_write
 from .evaluate import EvalResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class MetricsLog:
@@ -49,41 +49,80 @@ class MetricsLog:
 
 
 def _save(fig: Figure, path: str | Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     atomic_write(path, buffer.getvalue())
 
 
-def plot_curves(records: list[dict[str, Any]], path: str | Path) -> None:
-    """Loss, accuracy and learning rate (at the end of each epoch) per epoch, as a PNG."""
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """:func:`curves_figure` as a PNG."""
+    _save(curves_figure(records, title), path)
+
+
+def curves_figure(records: list[dict[str, Any]], title: str = "") -> Figure:
+    """Loss, top-1 accuracy and learning rate (at the end of each epoch) per epoch.
+
+    Every epoch is a tick when there are few (a one-epoch run shows one tick, not fractions); loss and
+    learning rate start at 0 and accuracy spans 0-100 %, so runs compare at a glance.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     epochs = [r["epoch"] for r in records]
-    fig = Figure(figsize=(12, 3.6))
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
-    for key, label in (("train_loss", "train"), ("val_loss", "val"), ("ema_val_loss", "val, EMA")):
-        if any(key in r for r in records):
-            loss_ax.plot(epochs, [r.get(key) for r in records], marker="o", label=label)
-    for key, label in (("train_top1", "train"), ("val_top1", "val"), ("ema_val_top1", "val, EMA")):
-        if any(key in r for r in records):
-            acc_ax.plot(epochs, [100 * r[key] if key in r else None for r in records], marker="o", label=label)
+    series = {"train": "train", "val": "val", "ema_val": "val, EMA"}
+    for prefix, label in series.items():
+        if any(f"{prefix}_loss" in r for r in records):
+            loss_ax.plot(epochs, [r.get(f"{prefix}_loss") for r in records], marker="o", label=label)
+            top1 = [100 * r[f"{prefix}_top1"] if f"{prefix}_top1" in r else None for r in records]
+            acc_ax.plot(epochs, top1, marker="o", label=label)
     lr_ax.plot(epochs, [r["lr"] for r in records], marker="o")
-    for ax, title in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "top-1 accuracy %"), (lr_ax, "learning rate")):
-        ax.set_title(title)
+    for ax, name in ((loss_ax, "loss (cross-entropy, nats)"), (acc_ax, "top-1 accuracy (%)"), (lr_ax, "learning rate")):
+        ax.set_title(name)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.grid(alpha=0.3)
-    loss_ax.legend()
-    acc_ax.legend()
-    _save(fig, path)
+    loss_ax.set_ylim(bottom=0)
+    acc_ax.set_ylim(0, 100)
+    lr_ax.set_ylim(0, max(r["lr"] for r in records) * 1.1 or 1)
+    lr_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.2g}"))
+    loss_ax.legend(fontsize=8)
+    acc_ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
-def plot_confusion(result: EvalResult, path: str | Path, title: str = "") -> None:
-    """The confusion matrix, rows normalised to 1 (true class) with counts written in, as a PNG."""
+def plot_confusion(
+    result: EvalResult, path: str | Path, title: str = "", *, resolution: int | None = None, split: str | None = None
+) -> None:
+    """:func:`confusion_figure` as a PNG."""
+    _save(confusion_figure(result, title, resolution=resolution, split=split), path)
+
+
+def confusion_figure(
+    result: EvalResult, title: str = "", *, resolution: int | None = None, split: str | None = None
+) -> Figure:
+    """The confusion matrix, rows normalised to 1 (true class) with counts written in.
+
+    Its title names the model or file (``title``), the input size and split when given, the image
+    count and the top-1 accuracy.
+    """
+    from matplotlib.figure import Figure
+
     n = len(result.classes)
     counts = result.confusion.double()
     shares = counts / counts.sum(1, keepdim=True).clamp(min=1)
     size = max(4.0, 0.45 * n + 2)
-    fig = Figure(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -98,5 +137,9 @@ def plot_confusion(result: EvalResult, path: str | Path, title: str = "") -> Non
                     ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color=color)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or f"top-1 {100 * result.top1:.2f} % on {result.count:,} images")
-    _save(fig, path)
+    where = ", ".join(
+        part for part in (f"{resolution}×{resolution}" if resolution else "", f"{split} split" if split else "") if part
+    )
+    stats = f"top-1 {100 * result.top1:.2f} % on {result.count:,} images" + (f" ({where})" if where else "")
+    ax.set_title(f"{title}\n{stats}" if title else stats, fontsize=10)
+    return fig
