@@ -108,6 +108,15 @@ def test_classifier_reproduces_torchvision_reference(tmp_path: Path) -> None:
     assert (probs - expected).abs().max() < 1e-3
 
 
+def test_draft_decoding_is_opt_in(images: dict[str, Path]) -> None:
+    model = create_model(MODEL)
+    full, draft = Classifier(model, topk=1000, device="cpu"), Classifier(model, topk=1000, device="cpu", draft=True)
+    with Image.open(images["large"]) as image:
+        expected = full(image.convert("RGB"))
+    assert full(images["large"]) == expected
+    assert draft(images["large"]) != expected  # decoded at 1/8 scale: other pixels
+
+
 def test_classifier_converts_pil_images_as_files_are() -> None:
     transparent = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
     classifier = Classifier(create_model(MODEL), topk=3, device="cpu")
@@ -165,7 +174,7 @@ def test_cli_empty_image_path_is_an_error(cli: Callable[..., tuple[int, str, str
 
 
 def test_cli_json(cli: Callable[..., tuple[int, str, str]], images: dict[str, Path]) -> None:
-    code, out, _ = cli("predict", MODEL, str(images["large"]), str(images["grey16"]), "--json")
+    code, out, _ = cli("predict", MODEL, str(images["large"]), str(images["grey16"]), "--json", "--draft")
     results = json.loads(out)
     assert code == 0 and [r["image"] for r in results] == [str(images["large"]), str(images["grey16"])]
     for result in results:
@@ -214,7 +223,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         main(["predict", "--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0
-    for option in ("--weights", "--topk", "--json", "--device", "pretrained", "exit status is then 1"):
+    for option in ("--weights", "--topk", "--draft", "--json", "--device", "pretrained", "exit status is then 1"):
         assert option in " ".join(out.split())
 
 
