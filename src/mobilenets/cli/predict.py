@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from ..data.decode import MAX_ASPECT_RATIO
 from ..predict import Classifier, image_files
 from ..registry import create_model
 from ..weights import PRETRAINED, load_model
@@ -17,7 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Classify each image (any format PIL reads; greyscale, RGBA and large images included) and print "
         "its most likely classes with their probabilities. An image that cannot be read gets a one-line "
-        "error on stderr and the others still run; the exit status is then 1."
+        "error on stderr, the others still run, a last line counts them, and the exit status is then 1. Images "
+        "are decoded upright (EXIF orientation) and refused when larger than PIL's decompression-bomb limit "
+        f"or more than {MAX_ASPECT_RATIO}:1 between their sides."
     )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (recursively)")
@@ -32,7 +35,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
-        "--topk", type=int, metavar="K", help="how many classes to print (default 5, or all when fewer)"
+        "--topk",
+        type=int,
+        metavar="K",
+        help="how many classes to print, 1 to the class count (default 5, or all when fewer)",
+    )
+    parser.add_argument(
+        "--draft",
+        action="store_true",
+        help=(
+            "decode JPEGs at a reduced scale (1/2 to 1/8, never below the resize size): faster for large photos, "
+            "but probabilities differ from the reference preprocessing (see docs/benchmarks.md)"
+        ),
     )
     parser.add_argument(
         "--json",
@@ -46,8 +60,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     images = image_files(args.images)
     model = load_model(args.weights, args.model) if args.weights else create_model(args.model)
-    topk = args.topk or min(5, model.meta.num_classes)
-    classifier = Classifier(model, topk, args.device)
+    num_classes = model.meta.num_classes
+    if args.topk is not None and not 1 <= args.topk <= num_classes:
+        raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
+    topk = args.topk or min(5, num_classes)
+    classifier = Classifier(model, topk, args.device, draft=args.draft)
     if not args.weights:
         print(
             f"mobilenets predict: warning: no --weights: {args.model} is untrained, its predictions are random "
@@ -69,4 +86,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {rank}. {100 * p.prob:6.2f} %  {p.label} ({p.index})")
     if args.json:
         print(json.dumps(results, indent=2))
+    if failed:
+        print(f"mobilenets predict: {failed} of {len(images)} images could not be classified", file=sys.stderr)
     return 1 if failed else 0

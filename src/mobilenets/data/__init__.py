@@ -3,10 +3,12 @@
 :func:`load_dataset` gives one split of a source as a ``Dataset`` of ``(image, label)``: ``image``
 a float tensor (in_chans, resolution, resolution) normalised for the model, ``label`` an int, and
 ``classes`` the class names. A file that cannot be decoded yields label :data:`UNREADABLE` (-1)
-and a zero image, so that losses and metrics skip it and the count can be reported.
+and a zero image, so that losses and metrics skip it and the count can be reported. Image files are
+decoded by :func:`decode_image`, the same way for training, evaluation, calibration and predict.
 """
 
 from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, ArrayImages, read_idx
+from .decode import MAX_ASPECT_RATIO, convert_image, decode_image
 from .folder import UNREADABLE, ImageFolder
 from .sources import FASHION_MNIST, SourceInfo, eval_crop_pct, inspect_source, load_dataset
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, fit_channels
@@ -18,11 +20,14 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_ENV",
+    "MAX_ASPECT_RATIO",
     "UNREADABLE",
     "ArrayImages",
     "ImageFolder",
     "SourceInfo",
     "build_transform",
+    "convert_image",
+    "decode_image",
     "eval_crop_pct",
     "fit_channels",
     "inspect_source",

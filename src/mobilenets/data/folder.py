@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as F
+
+from .decode import decode_image, mode_for
 
 UNREADABLE = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def is_image_file(path: Path) -> bool:
@@ -75,10 +75,11 @@ def split_samples(samples: list[tuple[Path, int]], val_fraction: float, seed: in
 
 
 class ImageFolder(Dataset):
-    """Images listed as (path, label), decoded on read to uint8 (C, H, W) with C = ``in_chans``.
+    """Images listed as (path, label), decoded on read by :func:`~mobilenets.data.decode.decode_image`
+    to a PIL image, "L" for ``in_chans`` 1 else "RGB".
 
     ``__getitem__`` returns ``(transform(image), label)``, or ``(zeros(blank_shape), UNREADABLE)``
-    for a file that cannot be decoded (a warning names it).
+    for a file that cannot be decoded or is refused as too large (a warning names it).
     """
 
     def __init__(
@@ -86,12 +87,12 @@ class ImageFolder(Dataset):
         samples: list[tuple[Path, int]],
         classes: list[str],
         in_chans: int,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[[Image.Image], torch.Tensor],
         blank_shape: tuple[int, ...],
     ) -> None:
         self.samples = samples
         self.classes = classes
-        self.mode = "L" if in_chans == 1 else "RGB"
+        self.mode = mode_for(in_chans)
         self.transform = transform
         self.blank_shape = blank_shape
 
@@ -101,25 +102,8 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
-            with Image.open(path) as img:
-                image = F.pil_to_tensor(_convert(img, self.mode))
-        except _DECODE_ERRORS as err:
-            warnings.warn(f"skipping unreadable image {path}: {err}", stacklevel=2)
+            image = decode_image(path, mode=self.mode)
+        except (ValueError, OSError) as err:  # OSError: a file removed since the folder was scanned
+            warnings.warn(f"skipping unreadable image: {err}", stacklevel=2)
             return torch.zeros(self.blank_shape), UNREADABLE
         return self.transform(image), label
-
-
-def _convert(img: Image.Image, mode: str) -> Image.Image:
-    """Decode ``img`` fully and convert it to ``mode`` ("L" or "RGB")."""
-    img.load()
-    if img.mode == mode:
-        return img
-    if img.mode.startswith("I"):
-        # 16-bit grey: scale to 8 bits; Pillow's direct conversion clips at 255 instead.
-        img = img.convert("I").point(lambda v: v / 256).convert("L")
-    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent pixels over white, as viewers show them.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert(mode)
