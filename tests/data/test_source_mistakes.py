@@ -4,13 +4,17 @@ silently wrong data set."""
 import gzip
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_data_sources import MEAN, STD, fake_fashion_mnist, write_cifar, write_idx
 
-from mobilenets.data import load_dataset
+from mobilenets.cli import main
+from mobilenets.data import inspect_source, load_dataset
+from mobilenets.data.sources import canonical_source
+from mobilenets.data.synthetic import make_image_folder
 
 
 def load(source: Path | str, split: str = "train", **kwargs):
@@ -25,6 +29,138 @@ def one_line_error(error: type[Exception], call, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message
     return message
+
+
+# --- folder layouts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eval_name", ["val", "valid", "validation", "test", "Test"])
+def test_train_beside_an_evaluation_folder(tmp_path: Path, eval_name: str) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=3, val_per_class=1)
+    (tmp_path / "val").rename(tmp_path / eval_name)
+    info = inspect_source(tmp_path)
+    assert info.kind == "folders" and info.train_dir == tmp_path / "train" and info.val_dir == tmp_path / eval_name
+    train, val = load(tmp_path), load(tmp_path, "val")
+    assert train.classes == val.classes == ["class_0", "class_1"]
+    assert (len(train), len(val)) == (6, 2)
+    assert {path.parent.parent.name for path, _ in val.samples} == {eval_name}
+
+
+def test_val_is_preferred_to_test(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=2, val_per_class=1)
+    shutil.copytree(tmp_path / "val", tmp_path / "test")
+    assert inspect_source(tmp_path).val_dir == tmp_path / "val"
+
+
+def test_train_alone_is_split_by_val_fraction(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "train", num_classes=2, per_class=5)
+    info = inspect_source(tmp_path)
+    assert info.kind == "folder" and info.train_dir == tmp_path / "train" and info.val_dir is None
+    train, val = load(tmp_path, val_fraction=0.4), load(tmp_path, "val", val_fraction=0.4)
+    assert train.classes == val.classes == ["class_0", "class_1"] and (len(train), len(val)) == (6, 4)
+
+
+def test_a_class_may_be_called_train(tmp_path: Path) -> None:
+    for name in ("bus", "car", "train"):
+        make_image_folder(tmp_path / name, num_classes=1, per_class=1)
+        for png in (tmp_path / name / "class_0").iterdir():
+            png.rename(tmp_path / name / png.name)
+        (tmp_path / name / "class_0").rmdir()
+    assert inspect_source(tmp_path).kind == "folder"
+    assert load(tmp_path, val_fraction=0.01).classes == ["bus", "car", "train"]
+
+
+def test_split_folders_mixed_with_others_or_without_train(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=1, val_per_class=1)
+    (tmp_path / "annotations").mkdir()
+    one_line_error(ValueError, lambda: inspect_source(tmp_path), "with other folders ['annotations']", "train/")
+    (tmp_path / "annotations").rmdir()
+    (tmp_path / "train").rename(tmp_path / "training")
+    message = one_line_error(ValueError, lambda: inspect_source(tmp_path), str(tmp_path))
+    assert "has split folders ['val'] with no train/ and other folders ['training']" in message
+
+
+def test_train_and_test_holding_images_directly_are_not_two_classes(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    (tmp_path / "class_0").rename(tmp_path / "train")
+    (tmp_path / "class_1").rename(tmp_path / "test")
+    one_line_error(ValueError, lambda: load(tmp_path), "holds no images", str(tmp_path / "train"))
+
+
+def test_empty_class_folders_are_named(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    (tmp_path / "zebra").mkdir()
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "._0000.png").write_bytes(b"resource fork")
+    one_line_error(ValueError, lambda: load(tmp_path), "without images ['__MACOSX', 'zebra']", str(tmp_path))
+
+
+def test_empty_class_folder_in_train_of_a_split_layout(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=2, val_per_class=1)
+    (tmp_path / "train" / "class_2").mkdir()
+    one_line_error(ValueError, lambda: load(tmp_path), "without images ['class_2']", str(tmp_path / "train"))
+
+
+@pytest.mark.parametrize("layout", ["flat", "train_only", "split"])
+def test_a_single_class_is_refused(tmp_path: Path, layout: str) -> None:
+    root = tmp_path / "train" if layout == "train_only" else tmp_path
+    make_image_folder(root, num_classes=1, per_class=3, val_per_class=1 if layout == "split" else 0)
+    one_line_error(ValueError, lambda: load(tmp_path), "single class folder 'class_0'", "at least 2")
+
+
+def test_val_classes_unknown_to_train_are_refused(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=1, val_per_class=1)
+    (tmp_path / "val" / "class_1").rename(tmp_path / "val" / "Class_1")
+    one_line_error(ValueError, lambda: load(tmp_path, "val"), "['Class_1']", str(tmp_path / "val"))
+
+
+def test_every_class_keeps_a_training_image(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=4)
+    for png in sorted((tmp_path / "class_0").iterdir())[1:]:
+        png.unlink()  # class_0 has one image: round(1 × 0.9) would put it in val
+    train = load(tmp_path, val_fraction=0.9)
+    val = load(tmp_path, "val", val_fraction=0.9)
+    assert sorted(label for _, label in train.samples) == [0, 1]
+    assert sorted(label for _, label in val.samples) == [1, 1, 1]
+
+
+def test_a_val_fraction_that_leaves_val_empty_is_refused(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=3)
+    assert len(load(tmp_path, val_fraction=0.1)) == 6  # train alone is fine
+    one_line_error(ValueError, lambda: load(tmp_path, "val", val_fraction=0.1), "val_fraction 0.1", "no image")
+
+
+# --- the source's name or path ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["", "  ", "\t"])
+def test_blank_data_is_refused(source: str) -> None:
+    for call in (lambda: inspect_source(source), lambda: canonical_source(source)):
+        one_line_error(ValueError, call, "data must be 'fashion-mnist', an image folder", "CIFAR")
+
+
+def test_a_file_or_a_missing_path_is_named(tmp_path: Path) -> None:
+    (tmp_path / "photos.zip").write_bytes(b"PK")
+    one_line_error(ValueError, lambda: inspect_source(tmp_path / "photos.zip"), "is a file, not a folder", "photos.zip")
+    missing = str(tmp_path / "nope")
+    one_line_error(FileNotFoundError, lambda: inspect_source(missing), repr(missing), "nor an existing folder")
+
+
+def test_blank_data_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--data", "", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data must be 'fashion-mnist'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_canonical_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_image_folder(tmp_path / "photos", num_classes=2, per_class=1)
+    monkeypatch.chdir(tmp_path)
+    assert canonical_source("fashion-mnist") == "fashion-mnist"
+    stored = canonical_source("photos")
+    assert stored == str(tmp_path / "photos") and canonical_source(Path("photos")) == stored
+    assert canonical_source(f"../{tmp_path.name}/photos/") == stored
+    monkeypatch.chdir(tmp_path.parent)
+    assert inspect_source(stored).train_dir == tmp_path / "photos"
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
