@@ -80,9 +80,10 @@ def split_samples(samples: list[tuple[Path, int]], val_fraction: float, seed: in
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
-    labels = sorted({label for _, label in samples})
-    for label in labels:
-        members = [s for s in samples if s[1] == label]
+    by_label: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_label.setdefault(sample[1], []).append(sample)
+    for _, members in sorted(by_label.items()):
         order = torch.randperm(len(members), generator=generator).tolist()
         # At least one image stays in train: a class seen only in val could never be learnt.
         n_val = min(round(len(members) * val_fraction), len(members) - 1)

@@ -79,20 +79,16 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     return SourceInfo("folders" if val_dir else "folder", path, 3, None, train_dir, val_dir)
 
 
-def _subfolders(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def _image_splits(path: Path) -> tuple[Path, Path | None]:
     """(training folder, evaluation folder or None) of an image folder: its train/ and val/ (or
     valid/, validation/, test/), or train/ alone, or the folder itself when it holds classes only."""
-    subfolders = _subfolders(path)
-    named = {p.name.lower(): p for p in subfolders if p.name.lower() in ("train", *EVAL_FOLDERS)}
+    subfolders = class_names(path, "data")
+    named = {name.lower(): path / name for name in subfolders if name.lower() in ("train", *EVAL_FOLDERS)}
     # Split folders hold class subfolders, or are all there is: a class may be called "train" or
     # "test" among others, but classes "train" and "test" alone are a layout mistake.
-    if not named or (len(named) < len(subfolders) and not any(_subfolders(p) for p in named.values())):
+    if not named or (len(named) < len(subfolders) and not any(class_names(p) for p in named.values())):
         return path, None
-    others = [p.name for p in subfolders if p.name.lower() not in named]
+    others = [name for name in subfolders if name.lower() not in named]
     problems = (["no train/"] if "train" not in named else []) + ([f"other folders {others}"] if others else [])
     if problems:
         raise ValueError(
