@@ -124,6 +124,15 @@ def test_every_class_keeps_a_training_image(tmp_path: Path) -> None:
     assert sorted(label for _, label in val.samples) == [1, 1, 1]
 
 
+def test_the_split_does_not_follow_the_run_seed(tmp_path: Path) -> None:
+    """Weights trained with --seed 5 and evaluated later (seed 0) must meet only held-out images."""
+    make_image_folder(tmp_path, num_classes=2, per_class=20)
+    trained_on = {path for path, _ in load(tmp_path, seed=5).samples}
+    evaluated_on = {path for path, _ in load(tmp_path, "val", seed=0).samples}
+    assert len(evaluated_on) == 4 and not trained_on & evaluated_on
+    assert len(trained_on | evaluated_on) == 40
+
+
 def test_a_val_fraction_that_leaves_val_empty_is_refused(tmp_path: Path) -> None:
     make_image_folder(tmp_path, num_classes=2, per_class=3)
     assert len(load(tmp_path, val_fraction=0.1)) == 6  # train alone is fine

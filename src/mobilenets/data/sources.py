@@ -139,7 +139,8 @@ def load_dataset(
             files, or ``fashion_mnist_dir`` / $MOBILENETS_FASHION_MNIST); a folder with ``train/``
             and ``val/`` (or ``valid/``, ``validation/``, ``test/``) class subfolders; one folder of
             class subfolders (at least 2, none without images), or ``train/`` alone, split per
-            class with ``val_fraction`` (seeded by ``seed``); or a CIFAR-10/100 python-format folder.
+            class with ``val_fraction`` (the same split for every ``seed``); or a CIFAR-10/100
+            python-format folder.
         split: "train" or "val" (for Fashion-MNIST and CIFAR, their test sets; for image folders,
             the evaluation folder beside train/).
         resolution, in_chans, mean, std: the model's input size, channels (1 or 3; grey images are
@@ -172,7 +173,7 @@ def load_dataset(
             samples, classes = scan_folder(info.train_dir if split == "train" else info.val_dir, "data", train_classes)
         else:
             all_samples, classes = scan_folder(info.train_dir, "data")
-            samples = split_samples(all_samples, val_fraction, seed)[split]
+            samples = split_samples(all_samples, val_fraction)[split]
             if not samples:  # only val can be empty: every class keeps an image in train
                 raise ValueError(
                     f"val_fraction {val_fraction} puts no image of data {str(info.train_dir)!r} in val "
