@@ -12,7 +12,7 @@ import pytest
 from test_data_sources import MEAN, STD, fake_fashion_mnist, write_cifar, write_idx
 
 from mobilenets.cli import main
-from mobilenets.data import inspect_source, load_dataset
+from mobilenets.data import inspect_source, load_dataset, read_idx
 from mobilenets.data.sources import canonical_source
 from mobilenets.data.synthetic import make_image_folder
 
@@ -80,6 +80,17 @@ def test_split_folders_mixed_with_others_or_without_train(tmp_path: Path) -> Non
     assert "has split folders ['val'] with no train/ and other folders ['training']" in message
 
 
+def test_val_linked_to_train_is_refused(tmp_path: Path) -> None:
+    make_image_folder(tmp_path, num_classes=2, per_class=2)
+    (tmp_path / "class_0").rename(tmp_path / "c0")
+    (tmp_path / "class_1").rename(tmp_path / "c1")
+    (tmp_path / "train").mkdir()
+    for name in ("c0", "c1"):
+        (tmp_path / name).rename(tmp_path / "train" / name)
+    (tmp_path / "val").symlink_to(tmp_path / "train", target_is_directory=True)
+    one_line_error(ValueError, lambda: inspect_source(tmp_path), "val/ is train/ (a link to it)", str(tmp_path))
+
+
 def test_train_and_test_holding_images_directly_are_not_two_classes(tmp_path: Path) -> None:
     make_image_folder(tmp_path, num_classes=2, per_class=2)
     (tmp_path / "class_0").rename(tmp_path / "train")
@@ -92,13 +103,13 @@ def test_empty_class_folders_are_named(tmp_path: Path) -> None:
     (tmp_path / "zebra").mkdir()
     (tmp_path / "__MACOSX").mkdir()
     (tmp_path / "__MACOSX" / "._0000.png").write_bytes(b"resource fork")
-    one_line_error(ValueError, lambda: load(tmp_path), "without images ['__MACOSX', 'zebra']", str(tmp_path))
+    one_line_error(ValueError, lambda: load(tmp_path), ".tiff, .ppm, .pgm, .pbm) ['__MACOSX', 'zebra']", str(tmp_path))
 
 
 def test_empty_class_folder_in_train_of_a_split_layout(tmp_path: Path) -> None:
     make_image_folder(tmp_path, num_classes=2, per_class=2, val_per_class=1)
     (tmp_path / "train" / "class_2").mkdir()
-    one_line_error(ValueError, lambda: load(tmp_path), "without images ['class_2']", str(tmp_path / "train"))
+    one_line_error(ValueError, lambda: load(tmp_path), "without images (.jpg,", str(tmp_path / "train"))
 
 
 @pytest.mark.parametrize("layout", ["flat", "train_only", "split"])
@@ -258,6 +269,12 @@ def test_fashion_mnist_damaged_gzip(tmp_path: Path, damage: str) -> None:
     images.write_bytes(raw[: len(raw) // 2] if damage == "cut" else gzip.decompress(raw))
     call = lambda: load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, fashion_mnist_dir=tmp_path)  # noqa: E731
     one_line_error(ValueError, call, str(images), "not a complete gzip file")
+
+
+def test_idx_header_whose_size_overflows_64_bits(tmp_path: Path) -> None:
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4)))
+    one_line_error(ValueError, lambda: read_idx(path), str(path), "truncated or padded")
 
 
 def test_fashion_mnist_images_of_another_type(tmp_path: Path) -> None:

@@ -62,8 +62,8 @@ def scan_folder(
         empty = [cls for i, cls in enumerate(classes) if i not in filled]
         if empty:
             raise ValueError(
-                f"{name} {str(root)!r} has class folders without images {empty}: a class without images "
-                "is one the model can never learn (add images or remove those folders)"
+                f"{name} {str(root)!r} has class folders without images ({', '.join(IMAGE_EXTENSIONS)}) {empty}: "
+                "a class without images is one the model can never learn (add images or remove those folders)"
             )
         if len(classes) < 2:
             raise ValueError(

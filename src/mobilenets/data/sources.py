@@ -96,7 +96,14 @@ def _image_splits(path: Path) -> tuple[Path, Path | None]:
             f"{' and '.join(problems)}: give train/ (with val/, valid/, validation/ or test/ beside it, or alone "
             "to split it by val_fraction) or class subfolders only"
         )
-    return named["train"], next((named[name] for name in EVAL_FOLDERS if name in named), None)
+    train_dir = named["train"]
+    val_dir = next((named[name] for name in EVAL_FOLDERS if name in named), None)
+    if val_dir is not None and val_dir.resolve() == train_dir.resolve():
+        raise ValueError(
+            f"data {str(path)!r}: {val_dir.name}/ is train/ (a link to it): evaluating on the training "
+            "images would overstate accuracy (give held-out images, or train/ alone to split it by val_fraction)"
+        )
+    return train_dir, val_dir
 
 
 def eval_crop_pct(info: SourceInfo, crop_pct: float | None = None) -> float:
