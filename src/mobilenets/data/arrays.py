@@ -6,8 +6,10 @@ Neither format is downloaded here: the files must already be on disk.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,14 +78,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        data = f.read()
+        try:
+            data = f.read()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise ValueError(f"{path} is not a complete gzip file: {err}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise ValueError(f"{path} is truncated or padded: {len(data)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
@@ -111,10 +116,15 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> Arr
     """Fashion-MNIST without a transform: "train" the 60 000 training images, "val" the 10 000 test ones."""
     folder = fashion_mnist_dir(root)
     images_stem, labels_stem = _FASHION_FILES[split]
-    images = read_idx(_find_idx(folder, images_stem))
-    labels = read_idx(_find_idx(folder, labels_stem))
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{folder}: {images_stem} and {labels_stem} do not hold N×H×W images with N labels")
+    images_path, labels_path = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    images_ok = images.dtype == np.uint8 and images.ndim == 3
+    if not images_ok or labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{folder}: {images_stem} and {labels_stem} do not hold N×H×W uint8 images with N integer labels, "
+            f"got {images.dtype} {images.shape} and {labels.dtype} {labels.shape}"
+        )
+    _check_labels(labels, len(FASHION_MNIST_CLASSES), labels_path)
     return ArrayImages(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), list(FASHION_MNIST_CLASSES))
 
 
@@ -143,12 +153,45 @@ class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR file")
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (CIFAR files hold numpy arrays only)")
 
 
-def _read_cifar_file(path: Path) -> dict:
+def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
+    """Refuse a label outside 0..num_classes-1 (naming ``path``): it would be no class, or read as
+    an unreadable image (-1), instead of stopping the run."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(
+            f"{path} has label {int(labels[bad[0]])} (sample {int(bad[0])}, one of {len(bad)} such) "
+            f"outside the {num_classes} classes 0..{num_classes - 1}"
+        )
+
+
+def _read_cifar_file(path: Path, keys: tuple[bytes, ...]) -> dict:
+    """The dict in a CIFAR pickle, holding ``keys``; a damaged or tampered file is a ValueError naming it."""
     with open(path, "rb") as f:
-        return _ArraysOnly(f, encoding="bytes").load()
+        try:
+            content = _ArraysOnly(f, encoding="bytes").load()
+        except Exception as err:  # the pickle module raises almost any error on a damaged file
+            raise ValueError(f"CIFAR file {path} cannot be read: {err or type(err).__name__}") from None
+    if not isinstance(content, dict) or not all(key in content for key in keys):
+        wanted = [key.decode() for key in keys]
+        raise ValueError(f"CIFAR file {path} is not a dict with keys {wanted}, got {type(content).__name__}")
+    return content
+
+
+def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 3, 32, 32) and labels (N,) of one CIFAR batch file."""
+    batch = _read_cifar_file(path, (b"data", label_key))
+    data, labels = batch[b"data"], batch[label_key]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"CIFAR file {path}: data must be a uint8 array (N, 3072), got {got}")
+    if isinstance(labels, list) and all(type(v) is int for v in labels):
+        labels = np.array(labels, dtype=np.int64)
+    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.shape == data.shape[:1]):
+        raise ValueError(f"CIFAR file {path}: {label_key.decode()} must be {len(data)} integers, one per image")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar(folder: str | os.PathLike, split: str) -> ArrayImages:
@@ -158,11 +201,15 @@ def load_cifar(folder: str | os.PathLike, split: str) -> ArrayImages:
     if kind is None:
         raise FileNotFoundError(f"source {str(folder)!r} is not a CIFAR-10/100 python-format folder")
     label_key, names_key = _CIFAR_LABELS[kind]
+    meta_path = folder / CIFAR_FILES[kind]["meta"]
+    names = _read_cifar_file(meta_path, (names_key,))[names_key]
+    if not (isinstance(names, list) and names and all(isinstance(n, (bytes, str)) for n in names)):
+        raise ValueError(f"CIFAR file {meta_path}: {names_key.decode()} must be a list of class names")
+    classes = [n.decode() if isinstance(n, bytes) else n for n in names]
     images, labels = [], []
     for name in CIFAR_FILES[kind][split]:
-        batch = _read_cifar_file(folder / name)
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch[label_key])
-    meta = _read_cifar_file(folder / CIFAR_FILES[kind]["meta"])
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    return ArrayImages(torch.from_numpy(np.concatenate(images)), torch.tensor(labels), classes)
+        batch_images, batch_labels = _cifar_batch(folder / name, label_key)
+        _check_labels(batch_labels, len(classes), folder / name)
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return ArrayImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)

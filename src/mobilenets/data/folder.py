@@ -40,10 +40,12 @@ def scan_folder(
 ) -> tuple[list[tuple[Path, int]], list[str]]:
     """(path, label) for every image in the class subfolders of ``root``, sorted, and the class names.
 
-    ``classes`` fixes the names (and so the labels), e.g. a val/ folder takes those of train/.
+    ``classes`` fixes the names (and so the labels), e.g. a val/ folder takes those of train/;
+    without it the subfolders define the classes, and there must be at least 2, none without images.
     """
     root = Path(root)
     found = class_names(root, name)
+    defines = classes is None
     classes = found if classes is None else classes
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -55,20 +57,40 @@ def scan_folder(
             f"{name} {str(root)!r} holds no images: it needs one subfolder per class with "
             f"{', '.join(IMAGE_EXTENSIONS)} files inside"
         )
+    if defines:
+        filled = {label for _, label in samples}
+        empty = [cls for i, cls in enumerate(classes) if i not in filled]
+        if empty:
+            raise ValueError(
+                f"{name} {str(root)!r} has class folders without images ({', '.join(IMAGE_EXTENSIONS)}) {empty}: "
+                "a class without images is one the model can never learn (add images or remove those folders)"
+            )
+        if len(classes) < 2:
+            raise ValueError(
+                f"{name} {str(root)!r} has a single class folder {classes[0]!r}: a classifier needs at least 2 "
+                "(one subfolder per class)"
+            )
     return samples, classes
 
 
-def split_samples(samples: list[tuple[Path, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[Path, int]]]:
-    """Split each class at random (seeded) into ``val_fraction`` for "val" and the rest for "train"."""
+def split_samples(samples: list[tuple[Path, int]], val_fraction: float) -> dict[str, list[tuple[Path, int]]]:
+    """Split each class at random into ``val_fraction`` for "val" and the rest for "train"; each
+    class keeps at least one image in "train".
+
+    The split is fixed (not drawn from a run's seed): weights trained with one seed and evaluated
+    later are evaluated on the images held out from their training, not on some they learnt.
+    """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(0)
     out: dict[str, list[tuple[Path, int]]] = {"train": [], "val": []}
-    labels = sorted({label for _, label in samples})
-    for label in labels:
-        members = [s for s in samples if s[1] == label]
+    by_label: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_label.setdefault(sample[1], []).append(sample)
+    for _, members in sorted(by_label.items()):
         order = torch.randperm(len(members), generator=generator).tolist()
-        n_val = round(len(members) * val_fraction)
+        # At least one image stays in train: a class seen only in val could never be learnt.
+        n_val = min(round(len(members) * val_fraction), len(members) - 1)
         out["val"].extend(members[i] for i in sorted(order[:n_val]))
         out["train"].extend(members[i] for i in sorted(order[n_val:]))
     return out

@@ -17,40 +17,93 @@ from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, c
 FASHION_MNIST = "fashion-mnist"
 SPLITS = ("train", "val")
 CIFAR_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")
+# Beside train/, the first of these present is the evaluation split (any case).
+EVAL_FOLDERS = ("val", "valid", "validation", "test")
+_WHAT_DATA_IS = (
+    f"{FASHION_MNIST!r}, an image folder (class subfolders, or train/ and val/ holding them) "
+    "or a CIFAR-10/100 python-format folder"
+)
 
 
 @dataclass(frozen=True)
 class SourceInfo:
     """What a source holds before it is loaded.
 
-    ``kind``: "fashion-mnist", "cifar-10", "cifar-100", "folders" (train/ and val/ subfolders) or
-    "folder" (one folder, split by a fraction); ``path`` its folder; ``channels`` of the stored
-    images; ``image_size`` their side when they all share one (28 or 32), else None.
+    ``kind``: "fashion-mnist", "cifar-10", "cifar-100", "folders" (train/ and an evaluation folder)
+    or "folder" (class subfolders split by a fraction); ``path`` its folder; ``channels`` of the
+    stored images; ``image_size`` their side when they all share one (28 or 32), else None.
+    Image folders only: ``train_dir`` holds the training class subfolders (the source itself or
+    its train/), ``val_dir`` the evaluation ones (its val/, valid/, validation/ or test/), None
+    when ``train_dir`` is split by a fraction.
     """
 
     kind: str
     path: Path | None
     channels: int
     image_size: int | None
+    train_dir: Path | None = None
+    val_dir: Path | None = None
+
+
+def _source_text(source: str | os.PathLike) -> str:
+    text = os.fspath(source)
+    if not text.strip():
+        raise ValueError(f"data must be {_WHAT_DATA_IS}, got {text!r}")
+    return text
+
+
+def canonical_source(source: str | os.PathLike) -> str:
+    """``source`` as a run records it: "fashion-mnist" unchanged, a folder as an absolute path, so
+    that a saved config or weights file finds its data from any working folder."""
+    text = _source_text(source)
+    return text if text == FASHION_MNIST else os.path.abspath(text)
 
 
 def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLike | None = None) -> SourceInfo:
     """Recognise ``source``: the name "fashion-mnist", a CIFAR python-format folder, or an image folder."""
-    if str(source) == FASHION_MNIST:
+    text = _source_text(source)
+    if text == FASHION_MNIST:
         return SourceInfo(FASHION_MNIST, Path(fashion_mnist_dir) if fashion_mnist_dir else None, 1, 28)
-    path = Path(source)
-    if not path.is_dir():
+    path = Path(text)
+    if not path.exists():
         raise FileNotFoundError(
-            f"source {str(source)!r} is neither {FASHION_MNIST!r} nor an existing folder "
-            "(give a folder of class subfolders, with or without train/ and val/, or a CIFAR python-format folder)"
+            f"data {text!r} is neither {FASHION_MNIST!r} nor an existing folder (give {_WHAT_DATA_IS})"
         )
+    if not path.is_dir():
+        raise ValueError(f"data {text!r} is a file, not a folder (give {_WHAT_DATA_IS})")
     for candidate in (path, *(path / sub for sub in CIFAR_SUBFOLDERS)):
         kind = cifar_kind(candidate)
         if kind:
             return SourceInfo(kind, candidate, 3, 32)
-    if (path / "train").is_dir() and (path / "val").is_dir():
-        return SourceInfo("folders", path, 3, None)
-    return SourceInfo("folder", path, 3, None)
+    train_dir, val_dir = _image_splits(path)
+    return SourceInfo("folders" if val_dir else "folder", path, 3, None, train_dir, val_dir)
+
+
+def _image_splits(path: Path) -> tuple[Path, Path | None]:
+    """(training folder, evaluation folder or None) of an image folder: its train/ and val/ (or
+    valid/, validation/, test/), or train/ alone, or the folder itself when it holds classes only."""
+    subfolders = class_names(path, "data")
+    named = {name.lower(): path / name for name in subfolders if name.lower() in ("train", *EVAL_FOLDERS)}
+    # Split folders hold class subfolders, or are all there is: a class may be called "train" or
+    # "test" among others, but classes "train" and "test" alone are a layout mistake.
+    if not named or (len(named) < len(subfolders) and not any(class_names(p) for p in named.values())):
+        return path, None
+    others = [name for name in subfolders if name.lower() not in named]
+    problems = (["no train/"] if "train" not in named else []) + ([f"other folders {others}"] if others else [])
+    if problems:
+        raise ValueError(
+            f"data {str(path)!r} has split folders {sorted(p.name for p in named.values())} with "
+            f"{' and '.join(problems)}: give train/ (with val/, valid/, validation/ or test/ beside it, or alone "
+            "to split it by val_fraction) or class subfolders only"
+        )
+    train_dir = named["train"]
+    val_dir = next((named[name] for name in EVAL_FOLDERS if name in named), None)
+    if val_dir is not None and val_dir.resolve() == train_dir.resolve():
+        raise ValueError(
+            f"data {str(path)!r}: {val_dir.name}/ is train/ (a link to it): evaluating on the training "
+            "images would overstate accuracy (give held-out images, or train/ alone to split it by val_fraction)"
+        )
+    return train_dir, val_dir
 
 
 def eval_crop_pct(info: SourceInfo, crop_pct: float | None = None) -> float:
@@ -91,9 +144,12 @@ def load_dataset(
     Args:
         source: "fashion-mnist" (the built-in default, read from Debian's ``dataset-fashion-mnist``
             files, or ``fashion_mnist_dir`` / $MOBILENETS_FASHION_MNIST); a folder with ``train/``
-            and ``val/`` class subfolders; one folder of class subfolders, split per class with
-            ``val_fraction`` (seeded by ``seed``); or a CIFAR-10/100 python-format folder.
-        split: "train" or "val" (for Fashion-MNIST and CIFAR, their test sets).
+            and ``val/`` (or ``valid/``, ``validation/``, ``test/``) class subfolders; one folder of
+            class subfolders (at least 2, none without images), or ``train/`` alone, split per
+            class with ``val_fraction`` (the same split for every ``seed``); or a CIFAR-10/100
+            python-format folder.
+        split: "train" or "val" (for Fashion-MNIST and CIFAR, their test sets; for image folders,
+            the evaluation folder beside train/).
         resolution, in_chans, mean, std: the model's input size, channels (1 or 3; grey images are
             replicated, colour ones averaged) and normalisation (RGB values are averaged for grey).
         train: augment (random resized crop with area in ``crop_scale``, flips when ``hflip``);
@@ -119,12 +175,17 @@ def load_dataset(
     elif info.kind.startswith("cifar"):
         dataset = load_cifar(info.path, split)
     else:
-        if info.kind == "folders":
-            train_classes = class_names(info.path / "train", "source train/ folder")
-            samples, classes = scan_folder(info.path / split, f"source {split}/ folder", train_classes)
+        if info.val_dir is not None:
+            train_classes = None if split == "train" else class_names(info.train_dir, "data")
+            samples, classes = scan_folder(info.train_dir if split == "train" else info.val_dir, "data", train_classes)
         else:
-            all_samples, classes = scan_folder(info.path)
-            samples = split_samples(all_samples, val_fraction, seed)[split]
+            all_samples, classes = scan_folder(info.train_dir, "data")
+            samples = split_samples(all_samples, val_fraction)[split]
+            if not samples:  # only val can be empty: every class keeps an image in train
+                raise ValueError(
+                    f"val_fraction {val_fraction} puts no image of data {str(info.train_dir)!r} in val "
+                    "(each class gives round(images × val_fraction)): raise it, or give train/ and val/ folders"
+                )
         dataset = ImageFolder(samples, classes, in_chans, transform, (in_chans, resolution, resolution))
     if isinstance(dataset, ArrayImages):
         dataset.transform = transform
