@@ -51,3 +51,9 @@ def test_unwritable_confusion_matrix_after_the_figures_any_user(
     out, err = capsys.readouterr()
     assert json.loads(out)["images"] == 9
     assert code == 1 and f"not written to {str(blocker / 'c.png')!r}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_empty_data_is_an_error_not_the_recorded_source(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["eval", "--weights", str(trained), "--data", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and "data" in err and len(err.strip().splitlines()) == 1

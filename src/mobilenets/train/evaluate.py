@@ -180,7 +180,7 @@ def evaluate_weights(
     override them. A ``model`` other than the one the file records is an error."""
     state, info = read_weights_file(weights)
     model = recorded_model(weights, info, model)
-    data = data or info.get("data") or FASHION_MNIST
+    data = data if data is not None else info.get("data") or FASHION_MNIST  # "" is an error, not a default
     model_args = dict(info.get("model_args", {}))
     in_chans, resolution = resolve_input(
         model, inspect_source(data), in_chans or model_args.get("in_chans"), resolution or model_args.get("resolution")
