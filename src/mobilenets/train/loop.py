@@ -9,14 +9,16 @@ already trained on; it is exact too with ``workers=0``, since loader processes s
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
 from ..registry import create_model, get_entry
 from ..weights import init_from, load_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, cpu_count
 from .distill import soft_target_loss
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
@@ -51,12 +53,17 @@ from .optim import RMSpropTF, build_scheduler, param_groups
 from .records import MetricsLog, plot_confusion, plot_curves
 
 CHECKPOINT = "last.safetensors"
+PREVIOUS = "previous.safetensors"  # the checkpoint before the last, in case the last cannot be read
 BEST = "best.safetensors"
+LOCK = ".lock"  # held (flock) by the run writing into the folder
+# What a run writes into its folder: a fresh run refuses a folder holding any of them.
+RUN_FILES = (CHECKPOINT, PREVIOUS, BEST, "config.json", "metrics.jsonl", "metrics.csv", "curves.png", "report.json")
 SUMS = ("loss_sum", "correct", "seen", "skipped")  # per-epoch training totals, over all processes
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+    """The loss, the validation loss, a weight or a BatchNorm statistic became NaN or infinite;
+    nothing was saved after the last good checkpoint."""
 
 
 class TrainingInterrupted(Exception):
@@ -117,11 +124,6 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers(env: Dist) -> int:
     """Loader processes per training process: up to 4 with CUDA, 1 on the CPU, none on one core."""
     cores = cpu_count() // env.world_size
@@ -180,6 +182,36 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Raise ``ValueError`` unless ``run_dir`` is a folder or can be made one (nothing above it is a file)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == run_dir else f"is below the file {str(path)!r}"
+                raise ValueError(f"out {str(run_dir)!r} {where}; it must be a folder")
+            return
+
+
+@contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``run_dir`` (made if missing) while the block runs;
+    raise ``ValueError`` at once if another process holds it. The lock goes with the process."""
+    check_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"a run is in progress in {str(run_dir)!r} (another process holds {LOCK}); "
+                "wait for it to end or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class Trainer:
     """One training run; see :func:`train`."""
 
@@ -189,15 +221,18 @@ class Trainer:
         self.device = env.device
         self.run_dir = Path(config.out)
         self.checkpoint_path = self.run_dir / CHECKPOINT
+        self.previous_path = self.run_dir / PREVIOUS
+        self.keep_previous = True  # whether the next checkpoint keeps the one it replaces
         self.amp = amp_dtype(config.amp, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        if resume and not self.checkpoint_path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint {str(self.checkpoint_path)!r} to continue from")
-        if not resume and self.checkpoint_path.is_file():
+        check_run_dir(self.run_dir)
+        existing = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        if not resume and existing:
             raise ValueError(
-                f"out {str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir} "
-                "or choose another --out"
+                f"out {str(self.run_dir)!r} already holds a run ({', '.join(existing)}); continue it with "
+                f"--resume {self.run_dir} or choose another --out"
             )
+        checkpoint = self._read_checkpoint() if resume else None
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -213,8 +248,8 @@ class Trainer:
         self.saved_epoch: int | None = None
         self.elapsed = 0.0
         self.images_per_s: list[float] = []
-        if resume:
-            self._load(load_checkpoint(self.checkpoint_path))
+        if checkpoint:
+            self._load(checkpoint)
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -233,7 +268,18 @@ class Trainer:
         self.val_set = val_set
         if cfg.batch_size % env.world_size:
             raise ValueError(f"batch_size must be a multiple of the {env.world_size} processes, got {cfg.batch_size}")
-        self.local_batch = cfg.batch_size // env.world_size
+        batch_size = min(cfg.batch_size, len(self.train_set) // env.world_size * env.world_size)
+        if batch_size == 0:
+            raise ValueError(
+                f"data {cfg.data!r}: its {len(self.train_set)} training images are fewer than the "
+                f"{env.world_size} processes"
+            )
+        if batch_size < cfg.batch_size:
+            self.notes.append(
+                f"batch_size: {cfg.batch_size} is more than the {len(self.train_set)} training images; "
+                f"batches of {batch_size} instead"
+            )
+        self.local_batch = batch_size // env.world_size
         self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
         if env.device.type == "cpu":
             threads = cfg.threads or (None if "OMP_NUM_THREADS" in os.environ else default_threads(env, self.workers))
@@ -244,10 +290,6 @@ class Trainer:
         self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
         self.val_loader = self._loader(Subset(val_set, distributed.shard(len(val_set), env)), None, drop_last=False)
         self.steps_per_epoch = self.sampler.num_samples // self.local_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"batch_size must be at most the training set's {len(self.train_set)} images, got {cfg.batch_size}"
-            )
 
     def _loader(self, dataset: Dataset, sampler: ResumableSampler | None, drop_last: bool) -> DataLoader:
         return DataLoader(
@@ -365,6 +407,27 @@ class Trainer:
             },
         }
 
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """The last checkpoint, or the one before it (with a warning) when the last cannot be read."""
+        if not self.checkpoint_path.is_file() and not self.previous_path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint {str(self.checkpoint_path)!r} to continue from")
+        errors = []
+        for path in (self.checkpoint_path, self.previous_path):
+            try:
+                state = load_checkpoint(path)
+            except (ValueError, FileNotFoundError) as err:
+                errors.append(str(err))
+                continue
+            if errors:
+                warnings.warn(
+                    f"resume: {errors[0]}; continuing from the checkpoint before it, {str(path)!r} "
+                    f"(epoch {state['progress']['epoch']}, step {state['progress']['step_in_epoch']})",
+                    stacklevel=2,
+                )
+                self.keep_previous = False  # the next checkpoint replaces the unreadable one
+            return state
+        raise ValueError(f"resume: no readable checkpoint in {str(self.run_dir)!r}: {'; '.join(errors)}")
+
     def _load(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["model"])
         if self.ema:
@@ -384,8 +447,34 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.env.is_main:
-            save_checkpoint(self.checkpoint_path, self._state())
+            previous = self.previous_path if self.keep_previous else None
+            save_checkpoint(self.checkpoint_path, self._state(), previous=previous)
+        self.keep_previous = True
         self.saved_epoch = self.epoch
+
+    def _non_finite(self, what: str, where: str) -> NonFiniteLoss:
+        kept = (
+            f"the last good checkpoint, {self.checkpoint_path} (epoch {self.saved_epoch}), is kept"
+            if self.saved_epoch is not None
+            else "no checkpoint had been written yet"
+        )
+        return NonFiniteLoss(
+            f"{what} became NaN or infinite {where}; training stopped and {kept}. "
+            "Try a lower --lr, --grad-clip or --amp none."
+        )
+
+    def _check_finite(self, losses: dict[str, float], where: str) -> None:
+        """Raise :class:`NonFiniteLoss` if any of ``losses`` or of the model's (or EMA's) weights and
+        BatchNorm statistics is NaN or infinite on any process; call before writing any checkpoint."""
+        models = {"weights or BatchNorm statistics": self.net} | ({"EMA weights": self.ema.module} if self.ema else {})
+        flags = [torch.tensor(not math.isfinite(value), device=self.device) for value in losses.values()]
+        for model in models.values():
+            tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+            flags.append(~torch.stack([t.isfinite().all() for t in tensors]).all())
+        bad = all_reduce(torch.stack(flags).float(), self.env, distributed.dist.ReduceOp.MAX).tolist()
+        names = [name for name, flag in zip([*losses, *models], bad, strict=True) if flag]
+        if names:
+            raise self._non_finite(" and ".join(names), where)
 
     def _add_to_partial(self, sums: torch.Tensor) -> None:
         """Sum this process's running totals over the job into the epoch's totals."""
@@ -503,17 +592,11 @@ class Trainer:
         flags = torch.tensor([float(not math.isfinite(sums[0].item())), float(self.stop["signum"])], device=self.device)
         all_reduce(flags, self.env, distributed.dist.ReduceOp.MAX)
         nonfinite, signum = bool(flags[0]), int(flags[1])
+        where = f"at epoch {self.epoch + 1}, step {self.step_in_epoch}"
         if nonfinite:
-            kept = (
-                f"the last good checkpoint, {self.checkpoint_path} (epoch {self.saved_epoch}), is kept"
-                if self.saved_epoch is not None
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLoss(
-                f"loss became NaN or infinite at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
-                f"training stopped and {kept}. Try a lower --lr, --grad-clip or --amp none."
-            )
+            raise self._non_finite("loss", where)
         if signum and not last:
+            self._check_finite({}, where)
             self._add_to_partial(sums)
             self.partial["seconds"] += seconds
             self._save_checkpoint()
@@ -535,6 +618,13 @@ class Trainer:
         cfg, p = self.config, self.partial
         raw = self._evaluate(self.net)
         ema = self._evaluate(self.ema.module) if self.ema else None
+        if raw.count == 0:
+            raise ValueError(
+                f"data {cfg.data!r}: none of its {len(self.val_set)} validation images could be read (see the "
+                "warnings above); a run needs readable validation images to judge its epochs"
+            )
+        losses = {"validation loss": raw.loss} | ({"EMA validation loss": ema.loss} if ema else {})
+        self._check_finite(losses, f"at the end of epoch {self.epoch + 1}")
         self.epoch += 1
         self.step_in_epoch = 0
         rate = p["seen"] / max(p["seconds"], 1e-9)
@@ -583,6 +673,8 @@ class Trainer:
         evaluation = self._evaluate(model)
         skipped = self.metrics.records[-1]["skipped"] if self.metrics and self.metrics.records else 0
         files = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl", "curves.png", "confusion.png"]
+        if (self.run_dir / PREVIOUS).is_file():
+            files.insert(2, PREVIOUS)
         result = TrainResult(
             self.config,
             self.run_dir,
@@ -607,10 +699,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files).
     Raises :class:`NonFiniteLoss` or :class:`TrainingInterrupted` (after writing a checkpoint).
     """
+    config.validate()
     env = distributed.setup(config.device)
     threads = torch.get_num_threads()
     try:
-        return Trainer(config, resume, env).run()
+        with lock_run_dir(Path(config.out)) if env.is_main else nullcontext():
+            return Trainer(config, resume, env).run()
     finally:
         torch.set_num_threads(threads)
         sys.stdout.flush()
