@@ -1,16 +1,19 @@
 """A run never overwrites another, never saves a bad epoch, resumes from a damaged folder, and
 refuses bad values in one line."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
 from torch import nn
 
+from mobilenets import checkpoint
 from mobilenets.cli import main
 from mobilenets.data.synthetic import make_image_folder
 from mobilenets.train import NonFiniteLoss, TrainConfig, load_checkpoint, resume_config, train
@@ -121,6 +124,31 @@ def test_resume_falls_back_to_the_previous_checkpoint(
     previous.write_bytes(b"")
     err = one_line_error(["train", "--resume", str(tmp_path), "--epochs", "4"], capsys)
     assert "resume: no readable checkpoint in" in err and str(last) in err and str(previous) in err
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_ones(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: dict[str, bytes] = {}
+    original, end_epoch = checkpoint._write_chunks, Trainer._end_epoch
+
+    def write(f: BinaryIO, data: bytes) -> None:
+        if saved:
+            f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(f, data)
+
+    def end_epoch_then_fill_the_disk(self: Trainer) -> None:
+        if self.epoch == 1:  # epoch 1's files are written
+            saved.update(snapshot(tmp_path))
+        return end_epoch(self)
+
+    monkeypatch.setattr(checkpoint, "_write_chunks", write)
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        train(tiny(folder, tmp_path))
+    assert info.value.errno == errno.ENOSPC and str(tmp_path) in str(info.value) and ".tmp" not in str(info.value)
+    assert snapshot(tmp_path) == saved and "last.safetensors" in saved
 
 
 def test_a_batch_larger_than_the_training_set_is_clipped(
