@@ -696,8 +696,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``config.model`` on ``config.data``, writing the run to ``config.out``.
 
     With ``resume``, continue the run whose checkpoint is in ``config.out`` (see :func:`resume_config`).
-    Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files).
-    Raises :class:`NonFiniteLoss` or :class:`TrainingInterrupted` (after writing a checkpoint).
+    Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files, and
+    holds the run folder's lock for the whole run). Raises :class:`NonFiniteLoss` or
+    :class:`TrainingInterrupted` (after writing a checkpoint); ``ValueError`` for a bad value or a
+    folder in use; ``OSError`` naming the file when one cannot be written.
     """
     config.validate()
     env = distributed.setup(config.device)
