@@ -409,13 +409,14 @@ class Trainer:
 
     def _read_checkpoint(self) -> dict[str, Any]:
         """The last checkpoint, or the one before it (with a warning) when the last cannot be read."""
-        if not self.checkpoint_path.is_file() and not self.previous_path.is_file():
+        paths = [path for path in (self.checkpoint_path, self.previous_path) if path.is_file()]
+        if not paths:
             raise FileNotFoundError(f"resume: no checkpoint {str(self.checkpoint_path)!r} to continue from")
         errors = []
-        for path in (self.checkpoint_path, self.previous_path):
+        for path in paths:
             try:
                 state = load_checkpoint(path)
-            except (ValueError, FileNotFoundError) as err:
+            except ValueError as err:
                 errors.append(str(err))
                 continue
             if errors:
