@@ -19,7 +19,8 @@ from mobilenets.data.synthetic import make_image_folder
 from mobilenets.train import NonFiniteLoss, TrainConfig, load_checkpoint, resume_config, train
 from mobilenets.train.config import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_WIDTH_MULT, cpu_count
 from mobilenets.train.evaluate import EvalResult
-from mobilenets.train.loop import LOCK, Trainer, lock_run_dir
+from mobilenets.train.loop import Trainer
+from mobilenets.train.run_files import LOCK, lock_run_dir
 
 from tiny_run import MODEL, tiny
 
@@ -139,7 +140,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_ones(
         original(f, data)
 
     def end_epoch_then_fill_the_disk(self: Trainer) -> None:
-        if self.epoch == 1:  # epoch 1's files are written
+        if self.progress.epoch == 1:  # epoch 1's files are written
             saved.update(snapshot(tmp_path))
         return end_epoch(self)
 
