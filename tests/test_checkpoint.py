@@ -1,3 +1,5 @@
+import errno
+import os
 import pickle
 from pathlib import Path
 
@@ -7,6 +9,7 @@ from safetensors.torch import save_file
 
 from mobilenets import checkpoint
 from mobilenets.checkpoint import (
+    atomic_write,
     flatten,
     load_checkpoint,
     read_weights,
@@ -93,8 +96,10 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_write_chunks", fail_half_way)
-    with pytest.raises(OSError, match="No space left"):
-        save_checkpoint(path, {"progress": {"epoch": 2}, "w": torch.ones(1000)})
+    with pytest.raises(OSError, match="No space left") as info:
+        save_checkpoint(path, {"progress": {"epoch": 2}, "w": torch.ones(1000)}, previous=tmp_path / "prev")
+    # The message names the file the user knows, not the temporary file it was written to.
+    assert info.value.errno == errno.ENOSPC and repr(str(path)) in str(info.value) and ".tmp" not in str(info.value)
     assert path.read_bytes() == before
     assert load_checkpoint(path)["progress"]["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temporary file left behind
@@ -112,3 +117,32 @@ def test_rng_state_round_trip() -> None:
     set_rng_state(restored)
     second = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], second[0]) and (first[1] == second[1]).all() and first[2] == second[2]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_checkpoint_keeps_the_one_it_replaces(tmp_path: Path) -> None:
+    path, previous = tmp_path / "last.safetensors", tmp_path / "previous.safetensors"
+    save_checkpoint(path, {"epoch": 1}, previous=previous)
+    assert not previous.exists()
+    save_checkpoint(path, {"epoch": 2}, previous=previous)
+    save_checkpoint(path, {"epoch": 3}, previous=previous)
+    assert load_checkpoint(path)["epoch"] == 3 and load_checkpoint(previous)["epoch"] == 2
+
+
+@pytest.mark.parametrize("keep", [0, 100], ids=["empty", "truncated"])
+def test_unreadable_checkpoint_is_a_one_line_error(tmp_path: Path, keep: int) -> None:
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(1000)})
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(ValueError, match="cannot be read") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 CHECKPOINT_FORMAT = "mobilenets-checkpoint-v1"
@@ -34,24 +34,43 @@ def _write_chunks(f: Any, data: bytes) -> None:
     f.write(data)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, backup: str | os.PathLike | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask). With ``backup``, the
+    old file (if any) is renamed to ``backup`` once the new data is safely on disk. A failure
+    (a full disk, no permission) raises ``OSError`` naming ``path`` and leaves the old files intact.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600 whatever the umask
             _write_chunks(f, data)
             f.flush()
             os.fsync(f.fileno())
+        if backup is not None and path.is_file():
+            os.replace(path, backup)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            # The temporary file's name means nothing to the user: name the file being written.
+            raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -85,20 +104,27 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Atomically write a nested training ``state`` (tensors, numbers, strings, lists, dicts)."""
+def save_checkpoint(
+    path: str | os.PathLike, state: dict[str, Any], *, previous: str | os.PathLike | None = None
+) -> None:
+    """Atomically write a nested training ``state`` (tensors, numbers, strings, lists, dicts); with
+    ``previous``, the checkpoint it replaces is kept there."""
     tensors: dict[str, torch.Tensor] = {}
     rest = flatten(state, tensors)
-    atomic_write(path, save(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(rest)}))
+    data = save(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(rest)})
+    atomic_write(path, data, backup=previous)
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(path)!r} is not a file")
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
-    return load_file(path), metadata
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(path), metadata
+    except SafetensorError as err:
+        raise ValueError(f"{str(path)!r} cannot be read (truncated or not a safetensors file): {err}") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -106,7 +132,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     tensors, metadata = _read(path)
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a mobilenets training checkpoint")
-    return unflatten(json.loads(metadata["state"]), tensors)
+    try:
+        return unflatten(json.loads(metadata["state"]), tensors)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is a damaged checkpoint: {err!r}") from None
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> None:

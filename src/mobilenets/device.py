@@ -6,16 +6,26 @@ import torch
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """``device`` if given (a torch device string), else CUDA (this process's GPU) when available, else CPU."""
+    """``device`` if given (``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present here), else CUDA
+    (this process's GPU) when available, else CPU; raise ``ValueError`` for any other device."""
     if device is None:
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    allowed = "'cpu', 'cuda', 'cuda:N' or 'mps'"  # devices that run models on data ('meta' has no data)
     try:
         resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from err
+    except RuntimeError:
+        raise ValueError(f"device must be {allowed}, got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be {allowed}, got {device!r}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
         if resolved.index is None:
             resolved = torch.device("cuda", local_rank)
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 and up"
+            )
     return resolved

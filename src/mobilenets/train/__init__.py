@@ -1,8 +1,9 @@
 """Training and evaluation with the paper's recipe: :func:`train`, :func:`evaluate_weights`, their parts.
 
 The run folder (``TrainConfig.out``) holds ``config.json``, ``metrics.jsonl``/``metrics.csv``,
-``curves.png``, ``last.safetensors`` (the checkpoint to resume from), ``best.safetensors`` (the
-best weights), and at the end ``confusion.png`` and ``report.json``.
+``curves.png``, ``last.safetensors`` (the checkpoint to resume from), ``previous.safetensors``
+(the one before it), ``best.safetensors`` (the best weights), and at the end ``confusion.png`` and
+``report.json``; ``.lock`` is locked by the run writing into the folder.
 """
 
 from ..checkpoint import load_checkpoint, read_weights, save_checkpoint, save_weights

@@ -1,20 +1,49 @@
-"""The one object a training run depends on: :class:`TrainConfig`, saved as ``config.json``."""
+"""The one object a training run depends on: :class:`TrainConfig`, saved as ``config.json``.
+
+Each field carries its command-line help in its metadata (``help``, and ``metavar`` or ``choices``
+where they apply), so ``mobilenets train`` builds its options from the dataclass and restates
+nothing. Every value is checked by :meth:`TrainConfig.validate` (types, then ranges).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import textwrap
-from dataclasses import asdict, dataclass, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
+from ..models.base import MIN_RESOLUTION, OUTPUT_STRIDES
 from .optim import SCHEDULES
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # What --resume may change: how the run is executed, and how long it goes on.
 RESUMABLE = ("epochs", "workers", "threads", "device")
+# The largest input side accepted: the papers train at 128-224 and evaluate at up to 600; one
+# MobileNet V1 α = 1 image at 2048² already needs 0.5 GiB of first-layer activations in fp32.
+MAX_RESOLUTION = 2048
+# The widest width multiplier accepted: the papers go up to 1.4 (V2) and 2 (ShuffleNet); mult-adds
+# grow as α², so α = 4 is already 16× the base model's cost.
+MAX_WIDTH_MULT = 4.0
+# The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
+# (with LARS); more only exhausts memory.
+MAX_BATCH_SIZE = 65536
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A config field with its command-line ``help`` and argparse ``metavar``/``choices``."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
@@ -27,68 +56,141 @@ class TrainConfig:
     """
 
     # What to train, on what, where the run's files go.
-    model: str = "mobilenet_v1_0.25_128"
-    data: str = "fashion-mnist"
-    out: str = "runs/train"
-    resolution: int | None = None  # None: the images' own size (>= 32) for Fashion-MNIST/CIFAR, else the model's
-    in_chans: int | None = None  # None: 1 for grey sources, 3 otherwise
-    width_mult: float | None = None
-    dropout: float | None = None
-    output_stride: int | None = None
-    # Start from these weights ('pretrained', a file from `train`, a state dict); None: random initialisation.
-    init: str | None = None
-    freeze_features: bool = False  # train the classifier only (a linear probe); frozen BatchNorm statistics too
+    model: str = option("mobilenet_v1_0.25_128", "registered model name (see `mobilenets list`)", metavar="NAME")
+    data: str = option(
+        "fashion-mnist",
+        "'fashion-mnist', an image folder (train/ and val/ class subfolders, or class subfolders split by "
+        "--val-fraction) or a CIFAR-10/100 python-format folder",
+        metavar="SOURCE",
+    )
+    out: str = option("runs/train", "folder for the run's checkpoints, metrics, plots and report", metavar="RUN_DIR")
+    resolution: int | None = option(
+        None,
+        f"input size in pixels, {MIN_RESOLUTION} to {MAX_RESOLUTION} (default: the images' own size, at least "
+        f"{MIN_RESOLUTION}, for Fashion-MNIST and CIFAR; the model's for image folders)",
+        metavar="R",
+    )
+    in_chans: int | None = option(None, "input channels (default: 1 for Fashion-MNIST, else 3)", choices=(1, 3))
+    width_mult: float | None = option(
+        None, f"width multiplier α, at most {MAX_WIDTH_MULT:g} (default: the model's)", metavar="A"
+    )
+    dropout: float | None = option(None, "dropout before the classifier (default: the model's)", metavar="P")
+    output_stride: int | None = option(None, "output stride by dilation (default: 32)", choices=OUTPUT_STRIDES)
+    init: str | None = option(
+        None,
+        "fine-tune: start from 'pretrained' (the packaged ImageNet weights of mobilenet_v2_1.0_224), a weights file "
+        "or checkpoint from `mobilenets train`, or a state dict in our or torchvision's names; the classifier is "
+        "taken too when it has the data's class count, else it starts fresh (default: random initialisation)",
+        metavar="WEIGHTS",
+    )
+    freeze_features: bool = option(
+        False,
+        "train the classifier only, on the frozen features of --init (a linear probe: fast, for few images); "
+        "their BatchNorm statistics stay as loaded",
+    )
     # Optimisation.
-    epochs: int = 10
-    batch_size: int = 128  # global: split over the processes of a torchrun job
-    lr: float = 0.01
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"
-    lr_decay: float = 0.98  # per epoch, for schedule="exponential"
-    rms_decay: float = 0.9
-    momentum: float = 0.9
-    eps: float = 1e-3
-    weight_decay: float = 4e-5
-    depthwise_weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.9999  # 0: no EMA
-    grad_clip: float = 0.0  # max global gradient norm; 0: no clipping
-    # Distillation from a trained teacher (None: none): weights from `train`, 'pretrained' or a state dict.
-    teacher: str | None = None
-    teacher_model: str | None = None  # None: the name the teacher's weights file records
-    distill_alpha: float = 0.5  # weight of the teacher's soft targets; 1 - alpha on the labels
-    distill_temperature: float = 4.0
+    epochs: int = option(10, "epochs to train (with --resume: may extend the run)", metavar="N")
+    batch_size: int = option(
+        128,
+        f"global batch size, split over torchrun processes, at most {MAX_BATCH_SIZE} (clipped to the training "
+        "set's size)",
+        metavar="B",
+    )
+    lr: float = option(0.01, "peak learning rate (reached after warm-up)")
+    warmup_epochs: float = option(1.0, "linear learning-rate warm-up, in epochs", metavar="E")
+    schedule: str = option("cosine", "after warm-up: ×--lr-decay per epoch, or cosine to 0", choices=SCHEDULES)
+    lr_decay: float = option(0.98, "per-epoch factor of the exponential schedule (papers: 0.98)", metavar="F")
+    rms_decay: float = option(0.9, "RMSProp decay of the mean square", metavar="D")
+    momentum: float = option(0.9, "RMSProp momentum")
+    eps: float = option(1e-3, "RMSProp epsilon, inside the square root as in TensorFlow")
+    weight_decay: float = option(4e-5, "L2 weight decay on conv and FC weights (not BN, biases)", metavar="L2")
+    depthwise_weight_decay: float = option(0.0, "L2 weight decay on depthwise filters", metavar="L2")
+    label_smoothing: float = option(0.0, "label smoothing (the paper used none)", metavar="S")
+    ema_decay: float = option(0.9999, "decay of the EMA of the weights; 0 turns the EMA off", metavar="D")
+    grad_clip: float = option(0.0, "clip the global gradient norm to NORM; 0: no clipping", metavar="NORM")
+    # Distillation from a trained teacher (None: none).
+    teacher: str | None = option(
+        None,
+        "distil from this trained teacher: a weights file or checkpoint from `mobilenets train`, 'pretrained', or a "
+        "state dict (then give --teacher-model); it must classify the same classes from the same input channels",
+        metavar="WEIGHTS",
+    )
+    teacher_model: str | None = option(
+        None, "the teacher's registered name (default: the one its weights file records)", metavar="NAME"
+    )
+    distill_alpha: float = option(0.5, "weight of the teacher's soft targets, 1 - A on the labels", metavar="A")
+    distill_temperature: float = option(4.0, "softmax temperature of the soft targets", metavar="T")
     # Data.
-    augment: bool = True
-    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
-    crop_pct: float | None = None
-    hflip: bool = True
-    val_fraction: float = 0.1
-    train_limit: int | None = None
-    val_limit: int | None = None
-    workers: int | None = None  # None: 1 loader process per training process when the CPU has spare cores
-    threads: int | None = None  # CPU compute threads; None: $OMP_NUM_THREADS, else the cores minus the loaders
+    augment: bool = option(True, "random resized crops and flips for training (--no-augment: the evaluation transform)")
+    crop_scale: tuple[float, float] = option(
+        DEFAULT_CROP_SCALE,
+        "area fraction range of the random resized crop (the paper's 'reduced distortion')",
+        metavar=("LOW", "HIGH"),
+    )
+    crop_pct: float | None = option(
+        None,
+        "evaluation: central crop fraction (default: 1 for Fashion-MNIST and CIFAR, 0.875 for image folders)",
+        metavar="F",
+    )
+    hflip: bool = option(True, "random horizontal flips for training")
+    val_fraction: float = option(0.1, "share of each class held out when --data is one folder", metavar="F")
+    train_limit: int | None = option(None, "train on a random (seeded) subset of N images", metavar="N")
+    val_limit: int | None = option(None, "validate on a random (seeded) subset of N images", metavar="N")
+    workers: int | None = option(
+        None,
+        "data-loading processes per training process (default: 1 on the CPU, none on a single core; up to 4 with CUDA)",
+        metavar="N",
+    )
+    threads: int | None = option(
+        None,
+        "CPU compute threads per process, at most the cores (default: $OMP_NUM_THREADS if set, else the cores per "
+        "process minus the loader processes; more threads than free cores slows training down many times)",
+        metavar="N",
+    )
     # Execution.
-    device: str | None = None  # None: CUDA when available
-    amp: str = "auto"  # auto: bf16 on CUDA when supported, none on CPU
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False
-    freeze_bn: bool = False
-    seed: int = 0
-    deterministic: bool = False
+    device: str | None = option(
+        None, "torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)", metavar="DEVICE"
+    )
+    amp: str = option(
+        "auto",
+        "mixed precision (auto: bf16 on CUDA when supported, none on the CPU; fp16 uses a gradient scaler and "
+        "needs CUDA)",
+        choices=AMP_MODES,
+    )
+    channels_last: bool = option(True, "channels-last memory format (faster depthwise convolutions on CPU and GPU)")
+    compile: bool = option(False, "torch.compile the model for training")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics over torchrun processes (CUDA)")
+    freeze_bn: bool = option(
+        False, "keep BatchNorm in inference mode: running statistics used and not updated (fine-tuning)"
+    )
+    seed: int = option(0, "seed of the initialisation, data order and augmentation")
+    deterministic: bool = option(False, "deterministic algorithms only (slower on CUDA)")
 
     def __post_init__(self) -> None:
-        self.crop_scale = tuple(self.crop_scale)
+        if isinstance(self.crop_scale, list):
+            self.crop_scale = tuple(self.crop_scale)
 
     def validate(self) -> TrainConfig:
-        """Raise ``ValueError`` naming the first field out of its range; return self."""
+        """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
+        check_types(vars(self))
+        cores = cpu_count()
         checks: list[tuple[str, bool, str]] = [
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
+            ("out", self.out.strip() != "", "a folder path, not empty"),
+            (
+                "resolution",
+                self.resolution is None or MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
+                f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
+            ),
+            (
+                "width_mult",
+                self.width_mult is None or 0 < self.width_mult <= MAX_WIDTH_MULT,
+                f"in (0, {MAX_WIDTH_MULT:g}]",
+            ),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "in [0, 1)"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", 1 <= self.batch_size <= MAX_BATCH_SIZE, f"an integer in [1, {MAX_BATCH_SIZE}]"),
             ("lr", self.lr > 0, "> 0"),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
-            ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
             ("lr_decay", 0 < self.lr_decay <= 1, "in (0, 1]"),
             ("rms_decay", 0 <= self.rms_decay < 1, "in [0, 1)"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
@@ -100,17 +202,24 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
             ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
             ("distill_temperature", self.distill_temperature > 0, "> 0"),
+            ("crop_pct", self.crop_pct is None or 0 < self.crop_pct <= 1, "in (0, 1]"),
             ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 1, "an integer >= 1"),
             ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),
             ("workers", self.workers is None or self.workers >= 0, "an integer >= 0"),
-            ("threads", self.threads is None or self.threads >= 1, "an integer >= 1"),
-            ("amp", self.amp in AMP_MODES, f"one of {list(AMP_MODES)}"),
-            ("in_chans", self.in_chans in (None, 1, 3), "1 or 3"),
+            ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}] (the cores)"),
         ]
         for name, ok, allowed in checks:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
             if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices and not (value is None and f.default is None):
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
         return self
 
     def model_overrides(self) -> dict[str, Any]:
@@ -125,10 +234,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from ``to_dict``'s form; raise ``ValueError`` on an unknown field or a value of the wrong type."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"config has unknown field(s) {unknown}; known: {sorted(known)}")
+        check_types(values)
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
@@ -139,9 +250,52 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"resume: {str(path)!r} not found; is {str(path.parent)!r} a training run?")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError(f"a JSON object expected, got {type(values).__name__}")
+            return cls.from_dict(values)
+        except ValueError as err:  # json.JSONDecodeError too
+            raise ValueError(f"resume: {str(path)!r}: {err}") from None
 
     def format(self) -> str:
         """The config as ``name=value`` pairs, wrapped for a terminal."""
         pairs = " ".join(f"{k}={v}" for k, v in self.to_dict().items())
         return textwrap.fill(pairs, width=118, initial_indent="config: ", subsequent_indent="  ")
+
+
+def field_types() -> dict[str, Any]:
+    """Each field's type (``int``, ``float | None``, ``tuple[float, float]``...)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        return any(_is_a(value, k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_is_a, value, args))
+    if kind is float:  # an integer is a number too, a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        return f"{len(typing.get_args(kind))} numbers"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "None"}
+    return names[kind]
+
+
+def check_types(values: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` (field name: value) of the wrong type."""
+    kinds = field_types()
+    for name, value in values.items():
+        if name in kinds and not _is_a(value, kinds[name]):
+            raise ValueError(f"{name} must be {_describe(kinds[name])}, got {value!r}")

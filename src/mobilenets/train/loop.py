@@ -1,4 +1,8 @@
-"""The training loop: data, model, recipe, checkpoints, resume, interruption and the final report.
+"""The training loop: data, model, recipe, resume, interruption and the final report.
+
+:class:`Trainer` sets a run up and drives it; what it keeps is split out: :class:`RunState` (where
+the run stands), :class:`Optimisation` (optimiser, schedule, gradient scaler) and
+:class:`~mobilenets.train.run_files.RunFiles` (the run folder, written by rank 0 only).
 
 Determinism: the data order of epoch e is a seeded shuffle of (seed, e); every random generator is
 re-seeded from (seed, e, rank) when an epoch starts and saved in each checkpoint. A run resumed
@@ -16,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,35 +32,26 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..checkpoint import (
-    load_checkpoint,
-    read_weights,
-    rng_state,
-    save_checkpoint,
-    save_weights,
-    set_rng_state,
-    write_json,
-)
+from ..checkpoint import read_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
 from ..registry import create_model, get_entry
 from ..weights import init_from, load_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, cpu_count
 from .distill import soft_target_loss
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
 from .evaluate import EvalResult, autocast, evaluate, resolve_input
 from .optim import RMSpropTF, build_scheduler, param_groups
-from .records import MetricsLog, plot_confusion, plot_curves
+from .run_files import BEST, RunFiles, lock_run_dir
 
-CHECKPOINT = "last.safetensors"
-BEST = "best.safetensors"
 SUMS = ("loss_sum", "correct", "seen", "skipped")  # per-epoch training totals, over all processes
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+    """The loss, the validation loss, a weight or a BatchNorm statistic became NaN or infinite;
+    nothing was saved after the last good checkpoint."""
 
 
 class TrainingInterrupted(Exception):
@@ -117,11 +112,6 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def default_workers(env: Dist) -> int:
     """Loader processes per training process: up to 4 with CUDA, 1 on the CPU, none on one core."""
     cores = cpu_count() // env.world_size
@@ -180,6 +170,94 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
+@dataclass
+class RunState:
+    """Where a run stands: epochs done, steps done in the current one and its running totals
+    (``SUMS`` and seconds), the best epoch so far, the training time and speed of each epoch."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    partial: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "weights": "raw", "val_top1": -1.0})
+    elapsed: float = 0.0  # seconds
+    images_per_s: list[float] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "partial": self.partial,
+            "best": self.best,
+            "elapsed": self.elapsed,
+            "images_per_s": self.images_per_s,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.partial, self.best = state["partial"], state["best"]
+        self.elapsed, self.images_per_s = state["elapsed"], state["images_per_s"]
+
+
+@dataclass
+class Optimisation:
+    """The optimiser, its per-step learning-rate schedule and the gradient scaler (fp16 only)."""
+
+    optimizer: RMSpropTF
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def build(
+        cls,
+        net: nn.Module,
+        cfg: TrainConfig,
+        *,
+        steps_per_epoch: int,
+        device: torch.device,
+        amp: torch.dtype | None,
+    ) -> Optimisation:
+        """The paper's recipe for ``net``: RMSProp (TensorFlow's arithmetic), no weight decay on BN,
+        biases or (unless asked) depthwise filters; warm-up then ``cfg.schedule``, stepped per batch."""
+        optimizer = RMSpropTF(
+            param_groups(net, cfg.weight_decay, cfg.depthwise_weight_decay),
+            lr=cfg.lr,
+            decay=cfg.rms_decay,
+            momentum=cfg.momentum,
+            eps=cfg.eps,
+        )
+        scheduler = build_scheduler(
+            optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.lr_decay
+        )
+        return cls(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp is torch.float16))
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self, loss: torch.Tensor, params: Iterator[nn.Parameter], grad_clip: float) -> None:
+        """Back-propagate ``loss``, clip the gradients' global norm to ``grad_clip`` (0: none), step."""
+        self.scaler.scale(loss).backward()
+        if grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
 class Trainer:
     """One training run; see :func:`train`."""
 
@@ -188,16 +266,12 @@ class Trainer:
         self.env = env
         self.device = env.device
         self.run_dir = Path(config.out)
-        self.checkpoint_path = self.run_dir / CHECKPOINT
+        self.files = RunFiles(self.run_dir, write=env.is_main)
         self.amp = amp_dtype(config.amp, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        if resume and not self.checkpoint_path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint {str(self.checkpoint_path)!r} to continue from")
-        if not resume and self.checkpoint_path.is_file():
-            raise ValueError(
-                f"out {str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir} "
-                "or choose another --out"
-            )
+        if not resume:
+            self.files.refuse_existing()
+        checkpoint = self.files.read_checkpoint() if resume else None
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -206,15 +280,9 @@ class Trainer:
         self.notes: list[str] = []  # what the set-up did, printed after the config when the run starts
         self._build_data()
         self._build_model(resume)
-        self.step_in_epoch = 0
-        self.epoch = 0
-        self.best: dict[str, Any] = {"epoch": 0, "weights": "raw", "val_top1": -1.0}
-        self.partial: dict[str, float] = {}
-        self.saved_epoch: int | None = None
-        self.elapsed = 0.0
-        self.images_per_s: list[float] = []
-        if resume:
-            self._load(load_checkpoint(self.checkpoint_path))
+        self.progress = RunState()
+        if checkpoint:
+            self._load(checkpoint)
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -233,7 +301,18 @@ class Trainer:
         self.val_set = val_set
         if cfg.batch_size % env.world_size:
             raise ValueError(f"batch_size must be a multiple of the {env.world_size} processes, got {cfg.batch_size}")
-        self.local_batch = cfg.batch_size // env.world_size
+        batch_size = min(cfg.batch_size, len(self.train_set) // env.world_size * env.world_size)
+        if batch_size == 0:
+            raise ValueError(
+                f"data {cfg.data!r}: its {len(self.train_set)} training images are fewer than the "
+                f"{env.world_size} processes"
+            )
+        if batch_size < cfg.batch_size:
+            self.notes.append(
+                f"batch_size: {cfg.batch_size} is more than the {len(self.train_set)} training images; "
+                f"batches of {batch_size} instead"
+            )
+        self.local_batch = batch_size // env.world_size
         self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
         if env.device.type == "cpu":
             threads = cfg.threads or (None if "OMP_NUM_THREADS" in os.environ else default_threads(env, self.workers))
@@ -244,10 +323,6 @@ class Trainer:
         self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
         self.val_loader = self._loader(Subset(val_set, distributed.shard(len(val_set), env)), None, drop_last=False)
         self.steps_per_epoch = self.sampler.num_samples // self.local_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"batch_size must be at most the training set's {len(self.train_set)} images, got {cfg.batch_size}"
-            )
 
     def _loader(self, dataset: Dataset, sampler: ResumableSampler | None, drop_last: bool) -> DataLoader:
         return DataLoader(
@@ -308,17 +383,9 @@ class Trainer:
         if cfg.sync_bn and self.env.enabled:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         self.net = net.to(self.device, memory_format=self.memory_format)
-        self.optimizer = RMSpropTF(
-            param_groups(self.net, cfg.weight_decay, cfg.depthwise_weight_decay),
-            lr=cfg.lr,
-            decay=cfg.rms_decay,
-            momentum=cfg.momentum,
-            eps=cfg.eps,
+        self.optimisation = Optimisation.build(
+            self.net, cfg, steps_per_epoch=self.steps_per_epoch, device=self.device, amp=self.amp
         )
-        self.scheduler = build_scheduler(
-            self.optimizer, self.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.lr_decay
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.ema = ModelEma(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(
             reduction="sum", ignore_index=UNREADABLE, label_smoothing=cfg.label_smoothing
@@ -351,47 +418,54 @@ class Trainer:
             "config": self.config.to_dict(),
             "model": self.net.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.optimisation.state_dict(),
             "rng": rng_state(),
-            "progress": {
-                "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch,
-                "partial": self.partial,
-                "best": self.best,
-                "elapsed": self.elapsed,
-                "images_per_s": self.images_per_s,
-            },
+            "progress": self.progress.state_dict(),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["model"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        progress = state["progress"]
-        self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
-        self.partial, self.best = progress["partial"], progress["best"]
-        self.elapsed, self.images_per_s = progress["elapsed"], progress["images_per_s"]
-        self.saved_epoch = self.epoch
+        self.optimisation.load_state_dict(state)
+        self.progress.load_state_dict(state["progress"])
         # Only the main process's generators are saved; they matter only mid-epoch, since every
         # epoch starts by re-seeding.
-        if self.env.is_main and self.step_in_epoch:
+        if self.env.is_main and self.progress.step_in_epoch:
             set_rng_state(state["rng"])
 
     def _save_checkpoint(self) -> None:
-        if self.env.is_main:
-            save_checkpoint(self.checkpoint_path, self._state())
-        self.saved_epoch = self.epoch
+        self.files.save_checkpoint(self._state(), self.progress.epoch)
+
+    def _non_finite(self, what: str, where: str) -> NonFiniteLoss:
+        kept = (
+            f"the last good checkpoint, {self.files.checkpoint} (epoch {self.files.saved_epoch}), is kept"
+            if self.files.saved_epoch is not None
+            else "no checkpoint had been written yet"
+        )
+        return NonFiniteLoss(
+            f"{what} became NaN or infinite {where}; training stopped and {kept}. "
+            "Try a lower --lr, --grad-clip or --amp none."
+        )
+
+    def _check_finite(self, losses: dict[str, float], where: str) -> None:
+        """Raise :class:`NonFiniteLoss` if any of ``losses`` or of the model's (or EMA's) weights and
+        BatchNorm statistics is NaN or infinite on any process; call before writing any checkpoint."""
+        models = {"weights or BatchNorm statistics": self.net} | ({"EMA weights": self.ema.module} if self.ema else {})
+        flags = [torch.tensor(not math.isfinite(value), device=self.device) for value in losses.values()]
+        for model in models.values():
+            tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+            flags.append(~torch.stack([t.isfinite().all() for t in tensors]).all())
+        bad = all_reduce(torch.stack(flags).float(), self.env, distributed.dist.ReduceOp.MAX).tolist()
+        names = [name for name, flag in zip([*losses, *models], bad, strict=True) if flag]
+        if names:
+            raise self._non_finite(" and ".join(names), where)
 
     def _add_to_partial(self, sums: torch.Tensor) -> None:
         """Sum this process's running totals over the job into the epoch's totals."""
         all_reduce(sums, self.env)
         for key, value in zip(SUMS, sums.tolist(), strict=True):
-            self.partial[key] += value
+            self.progress.partial[key] += value
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -401,12 +475,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.config
-        if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.json")
-        self.metrics = MetricsLog(self.run_dir) if self.env.is_main else None
-        if self.metrics:
-            self.metrics.keep_until(self.epoch)
+        self.files.start(cfg, self.progress.epoch)
         self.log(cfg.format())
         self.log(
             f"{cfg.model}: {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params at "
@@ -418,19 +487,19 @@ class Trainer:
             self.log(note)
         with _stop_on_signals() as stop:
             self.stop = stop
-            while self.epoch < cfg.epochs:
+            while self.progress.epoch < cfg.epochs:
                 self._train_epoch()
                 self._end_epoch()
         return self._finish()
 
     def _train_epoch(self) -> None:
-        cfg, env = self.config, self.env
-        resuming_mid_epoch = self.step_in_epoch > 0
+        cfg, env, progress = self.config, self.env, self.progress
+        resuming_mid_epoch = progress.step_in_epoch > 0
         if not resuming_mid_epoch:
-            torch.manual_seed(epoch_seed(cfg.seed, self.epoch, env.rank))
-            self.partial = dict.fromkeys([*SUMS, "seconds"], 0.0)
-        self.loader_generator.manual_seed(epoch_seed(cfg.seed, self.epoch, env.rank) ^ 1)
-        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * self.local_batch)
+            torch.manual_seed(epoch_seed(cfg.seed, progress.epoch, env.rank))
+            progress.partial = dict.fromkeys([*SUMS, "seconds"], 0.0)
+        self.loader_generator.manual_seed(epoch_seed(cfg.seed, progress.epoch, env.rank) ^ 1)
+        self.sampler.set_epoch(progress.epoch, skip=progress.step_in_epoch * self.local_batch)
         self.model.train()
         if cfg.freeze_bn:
             for module in self.net.modules():
@@ -443,8 +512,8 @@ class Trainer:
         sync_every = 1 if self.device.type == "cpu" else 25
         bar = tqdm(
             total=self.steps_per_epoch,
-            initial=self.step_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            initial=progress.step_in_epoch,
+            desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
             disable=None if env.is_main else True,
             leave=False,
             dynamic_ncols=True,
@@ -452,10 +521,10 @@ class Trainer:
         start = time.perf_counter()
         for images, labels in self.train_loader:
             sums += self._step(images, labels)
-            self.step_in_epoch += 1
+            progress.step_in_epoch += 1
             bar.update(1)
-            last = self.step_in_epoch == self.steps_per_epoch
-            if self.step_in_epoch % sync_every == 0 or last:
+            last = progress.step_in_epoch == self.steps_per_epoch
+            if progress.step_in_epoch % sync_every == 0 or last:
                 loss_sum, correct, seen, _ = sums.tolist()
                 seconds = time.perf_counter() - start
                 bar.set_postfix(
@@ -466,7 +535,7 @@ class Trainer:
                 self._check(sums, last, seconds)
         bar.close()
         self._add_to_partial(sums)
-        self.partial["seconds"] += time.perf_counter() - start
+        progress.partial["seconds"] += time.perf_counter() - start
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns (loss sum, correct, images counted, unreadable) for the batch."""
@@ -484,15 +553,7 @@ class Trainer:
         if self.teacher is not None:
             soft = soft_target_loss(logits, teacher_logits, cfg.distill_temperature)
             loss_sum = (1 - cfg.distill_alpha) * loss_sum + cfg.distill_alpha * soft[valid].sum()
-        loss = loss_sum / count.clamp(min=1)
-        self.scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.optimisation.step(loss_sum / count.clamp(min=1), self.net.parameters(), cfg.grad_clip)
         if self.ema:
             self.ema.update(self.net)
         correct = ((logits.detach().argmax(1) == labels) & valid).sum()
@@ -503,21 +564,15 @@ class Trainer:
         flags = torch.tensor([float(not math.isfinite(sums[0].item())), float(self.stop["signum"])], device=self.device)
         all_reduce(flags, self.env, distributed.dist.ReduceOp.MAX)
         nonfinite, signum = bool(flags[0]), int(flags[1])
+        where = f"at epoch {self.progress.epoch + 1}, step {self.progress.step_in_epoch}"
         if nonfinite:
-            kept = (
-                f"the last good checkpoint, {self.checkpoint_path} (epoch {self.saved_epoch}), is kept"
-                if self.saved_epoch is not None
-                else "no checkpoint had been written yet"
-            )
-            raise NonFiniteLoss(
-                f"loss became NaN or infinite at epoch {self.epoch + 1}, step {self.step_in_epoch}; "
-                f"training stopped and {kept}. Try a lower --lr, --grad-clip or --amp none."
-            )
+            raise self._non_finite("loss", where)
         if signum and not last:
+            self._check_finite({}, where)
             self._add_to_partial(sums)
-            self.partial["seconds"] += seconds
+            self.progress.partial["seconds"] += seconds
             self._save_checkpoint()
-            raise self._interrupted(signum, f"at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+            raise self._interrupted(signum, where)
 
     def _interrupted(self, signum: int, where: str) -> TrainingInterrupted:
         return TrainingInterrupted(
@@ -532,17 +587,25 @@ class Trainer:
         )
 
     def _end_epoch(self) -> None:
-        cfg, p = self.config, self.partial
+        cfg, progress = self.config, self.progress
+        p = progress.partial
         raw = self._evaluate(self.net)
         ema = self._evaluate(self.ema.module) if self.ema else None
-        self.epoch += 1
-        self.step_in_epoch = 0
+        if raw.count == 0:
+            raise ValueError(
+                f"data {cfg.data!r}: none of its {len(self.val_set)} validation images could be read (see the "
+                "warnings above); a run needs readable validation images to judge its epochs"
+            )
+        losses = {"validation loss": raw.loss} | ({"EMA validation loss": ema.loss} if ema else {})
+        self._check_finite(losses, f"at the end of epoch {progress.epoch + 1}")
+        progress.epoch += 1
+        progress.step_in_epoch = 0
         rate = p["seen"] / max(p["seconds"], 1e-9)
-        self.elapsed += p["seconds"]
-        self.images_per_s.append(rate)
+        progress.elapsed += p["seconds"]
+        progress.images_per_s.append(rate)
         record: dict[str, Any] = {
-            "epoch": self.epoch,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch": progress.epoch,
+            "lr": self.optimisation.lr,
             "train_loss": p["loss_sum"] / max(p["seen"], 1),
             "train_top1": p["correct"] / max(p["seen"], 1),
             "val_loss": raw.loss,
@@ -554,49 +617,42 @@ class Trainer:
         record.update(images_per_s=rate, epoch_seconds=p["seconds"], skipped=int(p["skipped"] + raw.skipped))
         candidates = {"raw": (raw, self.net)} | ({"ema": (ema, self.ema.module)} if ema else {})
         which = max(candidates, key=lambda k: candidates[k][0].top1)
-        improved = candidates[which][0].top1 > self.best["val_top1"]
-        if improved:
-            self.best = {"epoch": self.epoch, "weights": which, "val_top1": candidates[which][0].top1}
-        if self.env.is_main:
-            if improved:
-                save_weights(self.run_dir / BEST, candidates[which][1].state_dict(), {**self.info, **self.best})
-            self.metrics.append(record)
-            plot_curves(self.metrics.records, self.run_dir / "curves.png")
-            self._save_checkpoint()
+        if candidates[which][0].top1 > progress.best["val_top1"]:
+            progress.best = {"epoch": progress.epoch, "weights": which, "val_top1": candidates[which][0].top1}
+            self.files.save_best(candidates[which][1].state_dict(), {**self.info, **progress.best})
+        self.files.add_record(record)
+        self._save_checkpoint()
         ema_text = f" (EMA {100 * ema.top1:.2f} %)" if ema else ""
         skipped = f", {record['skipped']} unreadable images skipped" if record["skipped"] else ""
         self.log(
-            f"epoch {self.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
+            f"epoch {progress.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
             f"{100 * record['train_top1']:.2f} %, val loss {raw.loss:.4f} top-1 {100 * raw.top1:.2f} %{ema_text}, "
             f"lr {record['lr']:.3g}, {rate:,.0f} img/s, {p['seconds']:.1f} s{skipped}"
         )
-        if self.stop["signum"] and self.epoch < cfg.epochs:
-            raise self._interrupted(self.stop["signum"], f"at the end of epoch {self.epoch}")
+        if self.stop["signum"] and progress.epoch < cfg.epochs:
+            raise self._interrupted(self.stop["signum"], f"at the end of epoch {progress.epoch}")
 
     def _finish(self) -> TrainResult:
         """Evaluate the best weights in full, write the confusion matrix and report.json."""
         if self.env.enabled:
             distributed.dist.barrier()
-        state, _ = read_weights(self.run_dir / BEST)
+        state, _ = read_weights(self.files.best)
         model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         evaluation = self._evaluate(model)
-        skipped = self.metrics.records[-1]["skipped"] if self.metrics and self.metrics.records else 0
-        files = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl", "curves.png", "confusion.png"]
+        records = self.files.records
         result = TrainResult(
             self.config,
             self.run_dir,
             evaluation,
-            self.best,
+            self.progress.best,
             self.cost,
-            float(np.mean(self.images_per_s)),
-            self.elapsed,
-            skipped,
-            [*files, "report.json"],
+            float(np.mean(self.progress.images_per_s)),
+            self.progress.elapsed,
+            records[-1]["skipped"] if records else 0,
+            self.files.names(),
         )
-        if self.env.is_main:
-            plot_confusion(evaluation, self.run_dir / "confusion.png", f"{self.config.model} on {self.config.data}")
-            write_json(self.run_dir / "report.json", result.to_dict())
+        self.files.finish(evaluation, f"{self.config.model} on {self.config.data}", result.to_dict())
         return result
 
 
@@ -604,13 +660,17 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train ``config.model`` on ``config.data``, writing the run to ``config.out``.
 
     With ``resume``, continue the run whose checkpoint is in ``config.out`` (see :func:`resume_config`).
-    Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files).
-    Raises :class:`NonFiniteLoss` or :class:`TrainingInterrupted` (after writing a checkpoint).
+    Works as a single process or as one process of a ``torchrun`` job (only rank 0 writes files, and
+    holds the run folder's lock for the whole run). Raises :class:`NonFiniteLoss` or
+    :class:`TrainingInterrupted` (after writing a checkpoint); ``ValueError`` for a bad value or a
+    folder in use; ``OSError`` naming the file when one cannot be written.
     """
+    config.validate()
     env = distributed.setup(config.device)
     threads = torch.get_num_threads()
     try:
-        return Trainer(config, resume, env).run()
+        with lock_run_dir(Path(config.out)) if env.is_main else nullcontext():
+            return Trainer(config, resume, env).run()
     finally:
         torch.set_num_threads(threads)
         sys.stdout.flush()
