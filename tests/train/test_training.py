@@ -210,3 +210,20 @@ def test_freeze_features_trains_the_classifier_only(tmp_path: Path, folder: Path
     assert any(key.endswith("running_mean") for key in features)  # BatchNorm statistics are checked too
     assert all(torch.equal(start[key], end[key]) for key in features)
     assert not torch.equal(start["classifier.weight"], end["classifier.weight"])
+
+
+def test_one_folder_run_is_evaluated_on_its_own_held_out_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A flat folder of class subfolders, given as a relative path, split with a non-default share.
+    flat = make_image_folder(tmp_path / "work" / "flat", num_classes=2, per_class=8)
+    monkeypatch.chdir(tmp_path / "work")
+    result = train(tiny("flat", tmp_path / "run", epochs=1, batch_size=8, val_fraction=0.25))
+    assert result.evaluation.count == 4  # 2 of each class's 8
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert info["data"] == str(flat)
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path and split still hold
+    capsys.readouterr()
+    code = main(["eval", "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
+    evaluation = json.loads(capsys.readouterr().out)
+    assert code == 0 and evaluation["images"] == 4 and evaluation["top1"] == result.evaluation.top1

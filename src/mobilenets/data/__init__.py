@@ -10,7 +10,7 @@ decoded by :func:`decode_image`, the same way for training, evaluation, calibrat
 from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, ArrayImages, read_idx
 from .decode import MAX_ASPECT_RATIO, convert_image, decode_image
 from .folder import UNREADABLE, ImageFolder
-from .sources import FASHION_MNIST, SourceInfo, eval_crop_pct, inspect_source, load_dataset
+from .sources import FASHION_MNIST, SourceInfo, canonical_source, eval_crop_pct, inspect_source, load_dataset
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, fit_channels
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ImageFolder",
     "SourceInfo",
     "build_transform",
+    "canonical_source",
     "convert_image",
     "decode_image",
     "eval_crop_pct",

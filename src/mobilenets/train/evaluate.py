@@ -18,6 +18,7 @@ from ..device import resolve_device
 from ..models.base import MIN_RESOLUTION
 from ..registry import create_model, get_entry
 from ..weights import load_state_dict, read_weights_file
+from .config import TrainConfig
 from .distributed import Dist, all_reduce
 
 
@@ -188,7 +189,11 @@ def evaluate_weights(
     entry = get_entry(model)
     mean, std = info.get("mean", entry.mean), info.get("std", entry.std)
     crop_pct = crop_pct if crop_pct is not None else info.get("crop_pct")
-    dataset = load_dataset(data, split, resolution, in_chans, mean, std, False, crop_pct=crop_pct, limit=limit)
+    # The held-out share the run was split with (a one-folder source): the same images stay held out.
+    val_fraction = info.get("val_fraction", TrainConfig.val_fraction)
+    dataset = load_dataset(
+        data, split, resolution, in_chans, mean, std, False, crop_pct=crop_pct, val_fraction=val_fraction, limit=limit
+    )
     classes = list(dataset.classes)
     num_classes = model_args.get("num_classes", len(classes))
     if num_classes != len(classes):

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..checkpoint import read_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
-from ..data import UNREADABLE, eval_crop_pct, inspect_source, load_dataset
+from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
 from ..registry import create_model, get_entry
 from ..weights import init_from, load_model
 from . import distributed
@@ -262,7 +262,8 @@ class Trainer:
     """One training run; see :func:`train`."""
 
     def __init__(self, config: TrainConfig, resume: bool, env: Dist) -> None:
-        self.config = config.validate()
+        # The data path is recorded absolute: the run's config and weights find it from any folder.
+        self.config = replace(config.validate(), data=canonical_source(config.data))
         self.env = env
         self.device = env.device
         self.run_dir = Path(config.out)
@@ -293,7 +294,13 @@ class Trainer:
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
-        common = {"crop_scale": cfg.crop_scale, "crop_pct": self.crop_pct, "hflip": cfg.hflip, "seed": cfg.seed}
+        common = {
+            "crop_scale": cfg.crop_scale,
+            "crop_pct": self.crop_pct,
+            "hflip": cfg.hflip,
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+        }
         args = (self.resolution, self.in_chans, self.mean, self.std)
         self.train_set = load_dataset(cfg.data, "train", *args, cfg.augment, limit=cfg.train_limit, **common)
         val_set = load_dataset(cfg.data, "val", *args, False, limit=cfg.val_limit, **common)
@@ -407,6 +414,7 @@ class Trainer:
             "mean": list(self.mean),
             "std": list(self.std),
             "data": self.config.data,
+            "val_fraction": self.config.val_fraction,
             "crop_pct": self.crop_pct,
         }
 
