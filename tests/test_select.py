@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mobilenets import select as select_module
+from mobilenets import selection as selection_module
 from mobilenets.published import published_results
-from mobilenets.select import Candidate, pareto_front, select_models
+from mobilenets.selection import Candidate, pareto_front, select_models
 
 TINY = "mobilenet_v1_0.25_*"  # four models: α = 0.25 at 128, 160, 192, 224
 Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)
@@ -58,7 +58,7 @@ def test_select_by_latency_measures_once_then_uses_the_cache(monkeypatch: pytest
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again despite the cache")
 
-    monkeypatch.setattr(select_module, "benchmark", no_measuring)
+    monkeypatch.setattr(selection_module, "benchmark", no_measuring)
     again = select_models("latency_ms", 1e6, pattern=TINY, runtime="eager", device="cpu", threads=1)
     assert [c.latency_ms for c in again.candidates] == [c.latency_ms for c in selection.candidates]
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..bench import QUICK, RUNTIMES, Timing
-from ..select import PUBLISHED_NOTE, format_selection, plot_selection, select_models
+from ..selection import PUBLISHED_NOTE, format_selection, plot_selection, select_models
 from .bench import comma_list
 
 
