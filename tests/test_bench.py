@@ -175,3 +175,12 @@ def test_bench_errors_are_one_line(cli: Cli, argv: list[str], fragment: str) -> 
     code, out, err = cli(*argv, "--resolution", "32")
     assert code == 2 and out == ""
     assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_prints_warnings_as_one_line_each(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_module.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    code, out, err = cli("bench", MODEL, "--runtime", "eager", "--threads", "1", "--resolution", "32",
+                         "--device", "cpu", "--quick")  # fmt: skip
+    assert code == 0 and MODEL in out
+    assert "mobilenets bench: warning: the 1-minute load average is 50.0" in err
+    assert all(line.startswith("mobilenets bench: warning: ") for line in err.strip().splitlines())
