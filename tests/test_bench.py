@@ -118,8 +118,11 @@ def test_gemm_peak_below_the_one_thread_peak_is_not_cached(monkeypatch: pytest.M
     assert sorted(read_cache(cache_dir() / "gemm_peak.json").values()) == [100.0, 300.0]
 
 
-def test_threads_default_to_the_usable_cores_and_are_bounded_by_them() -> None:
+def test_threads_default_to_the_usable_cores_and_are_bounded_by_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert check_threads(None) == default_threads() == usable_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as train does: the user's setting, which PyTorch follows
+    assert check_threads(None) == 1  # the one_thread fixture holds PyTorch at 1
     with pytest.raises(ValueError, match=f"threads must be an integer from 1 to {usable_cores()}"):
         check_threads(usable_cores() + 1)
 

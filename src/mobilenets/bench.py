@@ -13,8 +13,8 @@ calibration, their accuracy does, and is checked by ``mobilenets export --int8 -
 Each measurement: build every runtime's runner (export, compile...), its first call and ``warmup``
 calls, then rounds in which each runner in turn makes an untimed call and ``block`` timed calls on
 one batch, until each has ``repeats`` (load from other programs then falls on all alike). Threads
-default to :func:`~mobilenets.device.default_threads` (the cores this process may use), at most
-those cores. ONNX
+default to :func:`~mobilenets.device.default_threads` (the cores this process may use) unless
+``OMP_NUM_THREADS`` is set, and may not exceed those cores. ONNX
 Runtime's idle threads spin by default and would take the cores from the runner timed after them
 (OpenVINO measured 7.0 ms alone, 10.7 ms right after an ONNX Runtime session), so when several
 runtimes are timed together its sessions sleep instead (about 6 % slower for ONNX Runtime itself:
@@ -135,9 +135,11 @@ def device_label(device: torch.device, threads: int) -> str:
 
 
 def check_threads(threads: int | None) -> int:
-    """``threads`` (default :func:`~mobilenets.device.default_threads`), checked to be from 1 to the cores
-    this process may use: more only makes each thread wait for the others."""
-    threads = default_threads() if threads is None else threads
+    """``threads`` (default: PyTorch's when ``OMP_NUM_THREADS`` is set, as ``train`` does, else
+    :func:`~mobilenets.device.default_threads`), checked to be from 1 to the cores this process may
+    use: more only makes each thread wait for the others."""
+    if threads is None:
+        threads = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else default_threads()
     cores = usable_cores()
     if not isinstance(threads, int) or not 1 <= threads <= cores:
         raise ValueError(

@@ -82,7 +82,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads for every runtime, at most the cores this process may use (default: all of them)",
+        help="CPU threads for every runtime, at most the cores this process may use (default: all of them, or "
+        "OMP_NUM_THREADS when set)",
     )
     parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels (default: each model's)")
     parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
