@@ -3,6 +3,7 @@ import time
 import warnings
 from collections.abc import Callable
 from itertools import count
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,14 @@ def test_gemm_peak_below_the_one_thread_peak_is_not_cached(monkeypatch: pytest.M
     assert sorted(read_cache(cache_dir() / "gemm_peak.json").values()) == [100.0]
     assert gemm_peak("cpu", 4, size=64) == 300.0  # measured again, since nothing was cached
     assert sorted(read_cache(cache_dir() / "gemm_peak.json").values()) == [100.0, 300.0]
+
+
+def test_an_unwritable_cache_is_a_warning_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "afile"))
+    fake_measurements(monkeypatch, {1: [50.0]})
+    with pytest.warns(BenchWarning, match=f"cache '{tmp_path}/afile/gemm_peak.json' cannot be written"):
+        assert gemm_peak("cpu", 1, size=64) == 50.0
 
 
 def test_threads_default_to_the_usable_cores_and_are_bounded_by_them(monkeypatch: pytest.MonkeyPatch) -> None:

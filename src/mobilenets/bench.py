@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,18 @@ def read_cache(path: Path) -> dict[str, Any]:
 
 
 def update_cache(path: Path, entries: dict[str, Any]) -> None:
-    """Merge ``entries`` into the JSON cache at ``path`` (written atomically)."""
+    """Merge ``entries`` into the JSON cache at ``path`` (written atomically); a cache that cannot be
+    written is a :class:`BenchWarning` naming ``path``, not an error."""
     data = read_cache(path) | entries
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        warnings.warn(f"cache {str(path)!r} cannot be written ({err.strerror}): figures not kept", BenchWarning, 2)
 
 
 def cpu_name() -> str:
