@@ -111,12 +111,14 @@ def test_gemm_peak_cache_keeps_the_best_measurement(monkeypatch: pytest.MonkeyPa
 
 def test_gemm_peak_below_the_one_thread_peak_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench_module, "usable_cores", lambda: 4)
-    fake_measurements(monkeypatch, {1: [100.0], 4: [60.0, 300.0]})
+    fake_measurements(monkeypatch, {1: [100.0], 4: [60.0, 300.0, 50.0]})
     with pytest.warns(BenchWarning, match="4-thread GEMM peak measured 60.0 GFLOP/s, below the 1-thread 100.0"):
         assert gemm_peak("cpu", 4, size=64) == 60.0
     assert sorted(read_cache(cache_dir() / "gemm_peak.json").values()) == [100.0]
     assert gemm_peak("cpu", 4, size=64) == 300.0  # measured again, since nothing was cached
     assert sorted(read_cache(cache_dir() / "gemm_peak.json").values()) == [100.0, 300.0]
+    with pytest.warns(BenchWarning, match="measured 50.0"):
+        assert gemm_peak("cpu", 4, size=64, refresh=True) == 300.0  # the best known
 
 
 def test_an_unwritable_cache_is_a_warning_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def update_cache(path: Path, entries: dict[str, Any]) -> None:
     except OSError as err:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
-        warnings.warn(f"cache {str(path)!r} cannot be written ({err.strerror}): figures not kept", BenchWarning, 2)
+        message = f"cache {str(path)!r} cannot be written ({err.strerror}): figures not kept"
+        warnings.warn(message, BenchWarning, stacklevel=2)
 
 
 def cpu_name() -> str:
@@ -187,8 +188,8 @@ def gemm_peak(
     Cached in ``cache_dir()/gemm_peak.json`` per device, thread count, size and PyTorch version, as
     the best of every measurement: one taken under load reads low, and the next higher one replaces
     it. ``refresh``: measure again even when cached. On the CPU an n-thread peak below the 1-thread
-    one (measured too when not cached) can only come from other load: it is returned with a
-    :class:`BenchWarning` and not cached.
+    one (measured too when not cached) can only come from other load: it is not cached, with a
+    :class:`BenchWarning`. Returns the best figure known.
     """
     device = resolve_device(device)
     threads = check_threads(threads)
@@ -198,20 +199,17 @@ def gemm_peak(
     if cached and not refresh:
         return float(cached)
     peak = _measure_gemm(device, threads, size)
-    if device.type == "cpu" and threads > 1:
-        single = gemm_peak(device, 1, size)
-        if peak < single:
-            warnings.warn(
-                f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
-                f"{single:.1f}: the machine is busy, so it is not cached (measure again with --refresh)",
-                BenchWarning,
-                stacklevel=2,
-            )
-            return peak
-    if cached and float(cached) >= peak:
-        return float(cached)
-    update_cache(path, {key: peak})
-    return peak
+    single = gemm_peak(device, 1, size) if device.type == "cpu" and threads > 1 else 0.0
+    if peak < single:
+        warnings.warn(
+            f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
+            f"{single:.1f}: the machine is busy, so it is not cached (measure again with --refresh)",
+            BenchWarning,
+            stacklevel=2,
+        )
+    elif not cached or peak > float(cached):
+        update_cache(path, {key: peak})
+    return max(peak, float(cached or 0.0))
 
 
 def _measure_gemm(device: torch.device, threads: int, size: int) -> float:
