@@ -112,7 +112,8 @@ def test_select_cli_prints_the_front_and_plots(cli: Cli, tmp_path: Path) -> None
         ),
         (["--latency-ms", "5"], "a latency budget needs latency measurement"),
         (["--params", "-1"], "budget must be > 0"),
-        (["--params", "1", "--families", "resnet"], "families must be among"),
+        (["--params", "1", "--families", "resnet"], "families must be one or more of"),
+        (["--params", "1", "--families", ""], "families must be one or more of"),
         (["--params", "1", "--models", "zzz*"], "no model with a published top-1 matches"),
     ],
 )

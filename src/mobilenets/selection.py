@@ -103,11 +103,11 @@ def candidate_names(families: Sequence[str] | None = None, pattern: str = "*") -
     """Registered models matching ``pattern`` in ``families`` (default: all) that have a published top-1."""
     published = published_results()
     names = [n for n in list_models(pattern) if n in published and published[n].top1 is not None]
-    if families:
+    if families is not None:
         known = sorted({get_entry(n).family for n in list_models()})
         unknown = sorted(set(families) - set(known))
-        if unknown:
-            raise ValueError(f"families must be among {known}, got {unknown}")
+        if unknown or not families:
+            raise ValueError(f"families must be one or more of {known}, got {unknown or list(families)}")
         names = [n for n in names if get_entry(n).family in families]
     if not names:
         raise ValueError(f"no model with a published top-1 matches pattern {pattern!r} in families {families or 'all'}")
