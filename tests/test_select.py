@@ -128,6 +128,8 @@ def test_select_errors_are_one_line(cli: Cli, argv: list[str], fragment: str) ->
     [
         (["--cache", "{tmp}"], "cache '{tmp}' is a folder"),
         (["--plot", "{tmp}/afile"], "plot '{tmp}/afile' is a file"),
+        (["--plot", ""], "plot must be a folder path, got ''"),
+        (["--cache", ""], "cache must be a file path, got ''"),
         (["--threads", "1000"], "threads must be an integer from 1 to"),
         (["--repeats", "0"], "repeats must be an integer >= 1, got 0"),
     ],

@@ -137,7 +137,8 @@ def measure_latencies(
     device = resolve_device(device)
     threads = check_threads(threads)
     check_runtimes([runtime], device)
-    path = check_writable_file(cache_file or cache_dir() / "latency.json", "cache", make_folder=True)
+    path = cache_dir() / "latency.json" if cache_file is None else cache_file
+    path = check_writable_file(path, "cache", make_folder=True)
     prefix = f"{device_label(device, threads)}|{runtime}|{runtime_version(runtime)}|batch 1|"
     cached = {} if refresh else read_cache(path)
     if any(prefix + name not in cached for name in names):
@@ -262,6 +263,8 @@ def format_selection(selection: Selection) -> str:
 
 def check_plot_folder(out_dir: str | Path) -> Path:
     """``out_dir`` as a folder plots can be written into (created if missing); ``ValueError`` naming it if not."""
+    if not str(out_dir):
+        raise ValueError("plot must be a folder path, got ''")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"plot {str(out_dir)!r} is a file; give a folder to write the PNGs into")

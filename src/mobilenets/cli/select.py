@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     )
     timing = QUICK if args.quick else Timing(warmup=3, repeats=args.repeats)
-    if args.plot:
+    if args.plot is not None:
         check_plot_folder(args.plot)  # before anything is measured
     with bench_warnings("select"):
         selection = select_models(
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             cache_file=args.cache,
             refresh=args.refresh,
         )
-    plots = plot_selection(selection, args.plot) if args.plot else []
+    plots = plot_selection(selection, args.plot) if args.plot is not None else []
     if args.json:
         print(json.dumps(selection.to_dict() | {"plots": [str(p) for p in plots]}, indent=2))
     else:

@@ -143,6 +143,8 @@ class ExportReport:
 def check_writable_file(path: str | Path, option: str, *, make_folder: bool = False) -> Path:
     """``path`` as a file that can be written: not a folder, in an existing folder (``make_folder``:
     created). Raises ``ValueError`` naming ``option`` and the user's path."""
+    if not str(path):
+        raise ValueError(f"{option} must be a file path, got ''")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {str(path)!r} is a folder; give a file path")
