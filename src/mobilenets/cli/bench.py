@@ -64,11 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Time each MODEL in each runtime: warm-up calls, then timed calls of one batch, the runtimes taking turns "
         "(an untimed call, then 5 timed ones, each) so that other load falls on all alike; print latency p50/p90, "
-        "images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of this machine's measured fp32 "
-        "matrix-multiply peak, and peak memory. Runtimes: eager (PyTorch, BN folded, channels_last), compile "
-        "(torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), openvino / openvino-int8 (OpenVINO "
-        "CPU). int8 runtimes are calibrated on random images here (speed only; `mobilenets export --int8` checks "
-        "accuracy)."
+        "its spread (p90/p50, IQR), images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of "
+        "this machine's measured fp32 matrix-multiply peak (cached: the best measurement), and peak memory; warn "
+        "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
+        "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
+        "openvino / openvino-int8 (OpenVINO CPU). int8 runtimes are calibrated on random images here (speed "
+        "only; `mobilenets export --int8` checks accuracy)."
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobilenets list`)")
     parser.add_argument(
