@@ -167,6 +167,7 @@ def int8_accuracy(args: argparse.Namespace) -> dict[str, float] | None:
             calibration=calibration,
             evaluation=evaluation,
             min_agreement=0.5,
+            calibration_asked=256,
         )
     return {"accuracy_fp32": report.accuracy_fp32, "accuracy_int8": report.accuracy_int8, "agreement": report.agreement}
 

@@ -3,7 +3,9 @@ import json
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch import nn
 from mobilenets import create_model, get_entry, list_models
 from mobilenets.bench import torch_threads
 from mobilenets.data import FASHION_MNIST, load_dataset
+from mobilenets.data.synthetic import make_image_folder
 from mobilenets.deploy import (
     FORMATS,
     VerificationError,
@@ -102,14 +105,19 @@ def test_channel_shuffle_exports_as_standard_onnx_ops(tmp_path: Path) -> None:
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
 
 
-def test_failed_verification_is_an_error(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def with_output(monkeypatch: pytest.MonkeyPatch, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Make every runner that verification loads return ``change(its true output)``."""
     real = export_module.load_runner
 
-    def off_by_a_bit(*args, **kwargs):
+    def changed(*args, **kwargs):
         runner = real(*args, **kwargs)
-        return lambda x: runner(x) + 1e-2
+        return lambda x: change(runner(x))
 
-    monkeypatch.setattr(export_module, "load_runner", off_by_a_bit)
+    monkeypatch.setattr(export_module, "load_runner", changed)
+
+
+def test_failed_verification_is_an_error(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with_output(monkeypatch, lambda out: out + 1e-2)
     with pytest.raises(VerificationError) as info:
         export_model(create_model("mobilenet_v1_0.25_128"), "onnx", tmp_path / "m.onnx", resolution=RES)
     assert not info.value.report.passed and info.value.report.max_abs_diff > 9e-3
@@ -118,8 +126,84 @@ def test_failed_verification_is_an_error(cli: Cli, monkeypatch: pytest.MonkeyPat
     assert code == 1 and "verification FAILED" in err and len(err.strip().splitlines()) == 1
 
 
+def test_nan_output_fails_fp32_verification(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with_output(monkeypatch, lambda out: np.full_like(out, np.nan))
+    with pytest.raises(VerificationError) as info:
+        export_model(create_model("mobilenet_v1_0.25_128"), "onnx", tmp_path / "m.onnx", resolution=RES)
+    report = info.value.report
+    assert not report.passed and report.nonfinite == 4 * 1000
+    assert "4000 output values are NaN or infinite" in report.summary()
+
+
+def minus_inf_in_last_class(out: np.ndarray) -> np.ndarray:
+    """The top-1 class unchanged (unless it is the last), but an output that is not finite."""
+    out = out.copy()
+    out[:, -1] = -np.inf
+    return out
+
+
+def test_infinite_output_fails_int8_verification(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with_output(monkeypatch, minus_inf_in_last_class)
+    calibration = [np.random.default_rng(0).standard_normal((8, 3, RES, RES), dtype=np.float32)]
+    with pytest.raises(VerificationError) as info:
+        export_model(create_model("mobilenet_v1_0.25_128", num_classes=3), "onnx", tmp_path / "m.onnx",
+                     resolution=RES, calibration=calibration, min_agreement=0.01,
+                     min_calibration=8, min_eval_samples=8)  # fmt: skip
+    assert info.value.report.nonfinite == 8 and not info.value.report.passed
+
+
+def test_int8_metadata_and_image_counts_are_reported(tmp_path: Path) -> None:
+    model = create_model("mobilenet_v1_0.25_128", num_classes=3, in_chans=1, resolution=RES)
+    calibration = [np.random.default_rng(0).standard_normal((8, 1, RES, RES), dtype=np.float32)]
+    with pytest.raises(ValueError, match="got 8 images \\(256 asked\\), fewer than min_calibration 100"):
+        export_model(model, "onnx", tmp_path / "m.onnx", calibration=calibration, calibration_asked=256)
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(VerificationError, match="on 8 verification images \\(fewer than min_eval_samples 100\\)"):
+        export_model(model, "onnx", tmp_path / "m.onnx", calibration=calibration, min_calibration=8)
+    report = export_model(model, "openvino", tmp_path / "m.xml", calibration=calibration, calibration_asked=256,
+                          resolution=RES, min_agreement=0.01, min_calibration=8, min_eval_samples=8)  # fmt: skip
+    assert (report.calibration_images, report.calibration_asked, report.samples) == (8, 256, 8)
+    assert "on 8 verification images, calibrated on 8 images (256 asked)" in report.summary()
+
+
+def test_cli_int8_refuses_too_few_calibration_images(cli: Cli, tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", num_classes=2, per_class=3, val_per_class=2)
+    argv = ["export", "mobilenet_v1_0.25_128", "--num-classes", "2", "--resolution", "32", "--format", "onnx",
+            "--out", str(tmp_path / "m.onnx"), "--int8", "--calib", str(data)]  # fmt: skip
+    code, out, err = cli(*argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "got 6 images (256 asked), fewer than min_calibration 100" in err
+    code, out, _ = cli(*argv, "--min-calibration", "6", "--min-eval-samples", "4", "--min-agreement", "0.01", "--json")
+    report = json.loads(out)
+    assert code == 0 and (report["calibration_images"], report["calibration_asked"], report["samples"]) == (6, 256, 4)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_artifacts_record_what_feeding_them_needs(fmt: str, tmp_path: Path) -> None:
+    model = create_model("mobilenet_v1_0.25_128", num_classes=3, in_chans=1)
+    model.meta = replace(model.meta, mean=(0.5,), std=(0.25,), labels=("cat", "dog", "emu"))
+    out = tmp_path / f"m{FORMATS[fmt]}"
+    export_model(model, fmt, out, resolution=40)
+    if fmt == "onnx":
+        recorded = {prop.key: prop.value for prop in onnx.load(str(out)).metadata_props}
+    elif fmt == "openvino":
+        ov = pytest.importorskip("openvino")
+        info = ov.Core().read_model(str(out)).get_rt_info()["mobilenets"]
+        recorded = {key: value.astype(str) for key, value in info.items()}
+    else:
+        extra = {"mobilenets.json": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+            torch.jit.load(str(out), _extra_files=extra)
+        recorded = json.loads(extra["mobilenets.json"])
+    assert recorded["model"] == "mobilenet_v1_0.25_128"
+    assert (recorded["in_chans"], recorded["resolution"], recorded["num_classes"]) == ("1", "40", "3")
+    assert json.loads(recorded["mean"]) == [0.5] and json.loads(recorded["std"]) == [0.25]
+    assert json.loads(recorded["classes"]) == ["cat", "dog", "emu"]
+
+
 def test_cli_export_json(cli: Cli, tmp_path: Path) -> None:
-    out = tmp_path / "sub" / "model.xml"
+    out = tmp_path / "model.xml"
     code, stdout, _ = cli("export", "mobilenet_v1_0.25_128", "--format", "openvino", "--resolution", "32",
                           "--num-classes", "5", "--in-chans", "1", "--out", str(out), "--json")  # fmt: skip
     report = json.loads(stdout)
@@ -185,8 +269,10 @@ def fashion_model() -> tuple[nn.Module, list, list]:
 def test_int8_agrees_with_fp32_on_fashion_mnist(fashion_model: tuple, fmt: str, tmp_path: Path) -> None:
     model, calibration, held_out = fashion_model
     out = tmp_path / f"int8{FORMATS[fmt]}"
-    report = export_model(model, fmt, out, calibration=calibration, evaluation=held_out, min_agreement=0.9)
-    assert report.int8 and report.samples == 64 and report.agreement >= 0.9
+    report = export_model(
+        model, fmt, out, calibration=calibration, evaluation=held_out, min_agreement=0.9, min_eval_samples=64
+    )
+    assert report.int8 and report.samples == 64 and report.calibration_images == 256 and report.agreement >= 0.9
     assert report.accuracy_fp32 > 0.4, (
         "the model must have learnt something (chance: 0.1) for agreement to mean anything"
     )
@@ -209,18 +295,24 @@ def test_int8_agrees_with_fp32_on_fashion_mnist(fashion_model: tuple, fmt: str, 
             "int8 export needs format onnx or openvino",
         ),
         (["--out", "{tmp}/model.pt"], "out must end with .onnx"),
-        (["--out", "{tmp}/afile/model.onnx"], "cannot be written"),
+        (["--out", "{tmp}/afile/model.onnx"], "'{tmp}/afile' is a file, not a folder"),
+        (["--out", "{tmp}/missing/model.onnx"], "folder '{tmp}/missing' does not exist"),
+        (["--out", "{tmp}/folder.onnx"], "out '{tmp}/folder.onnx' is a folder"),
+        (["--format", "openvino", "--out", "{tmp}/m.xml"], "out '{tmp}/m.bin' is a folder"),
+        (["--calib-samples", "0", "--int8", "--calib", "fashion-mnist"], "calib_samples must be an integer >= 1"),
         (["--weights", "{tmp}/missing.pt"], "does not exist"),
         (["--resolution", "8"], "resolution must be an integer >= 32"),
     ],
 )
 def test_export_errors_are_one_line(cli: Cli, tmp_path: Path, extra: list[str], fragment: str) -> None:
     (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "m.bin").mkdir()
     argv = ["export", "mobilenet_v1_0.25_128", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
     argv += [arg.format(tmp=tmp_path) for arg in extra]
     code, out, err = cli(*argv)
     assert code == 2 and out == ""
-    assert fragment in err and len(err.strip().splitlines()) == 1
+    assert fragment.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_model_and_wrong_weights_via_cli(cli: Cli, tmp_path: Path) -> None:

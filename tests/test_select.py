@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from mobilenets import select as select_module
+from mobilenets import bench as bench_module
+from mobilenets import selection as selection_module
+from mobilenets.bench import BenchWarning, read_cache
 from mobilenets.published import published_results
-from mobilenets.select import Candidate, pareto_front, select_models
+from mobilenets.selection import Candidate, pareto_front, select_models, selection_figure
 
 TINY = "mobilenet_v1_0.25_*"  # four models: α = 0.25 at 128, 160, 192, 224
 Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)
@@ -51,6 +53,8 @@ def test_select_by_mult_adds_on_a_tiny_list() -> None:
 
 
 def test_select_by_latency_measures_once_then_uses_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_module, "MAX_P90_OVER_P50", float("inf"))  # no result too noisy to cache
+    monkeypatch.setattr(bench_module, "MAX_IQR_OVER_P50", float("inf"))
     selection = select_models("latency_ms", 1e6, pattern=TINY, runtime="eager", device="cpu", threads=1)
     assert all(c.latency_ms is not None and c.latency_ms > 0 for c in selection.candidates)
     assert_pareto(selection.front, selection.within, lambda c: c.latency_ms)
@@ -58,9 +62,34 @@ def test_select_by_latency_measures_once_then_uses_the_cache(monkeypatch: pytest
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured again despite the cache")
 
-    monkeypatch.setattr(select_module, "benchmark", no_measuring)
+    monkeypatch.setattr(selection_module, "benchmark", no_measuring)
     again = select_models("latency_ms", 1e6, pattern=TINY, runtime="eager", device="cpu", threads=1)
     assert [c.latency_ms for c in again.candidates] == [c.latency_ms for c in selection.candidates]
+
+
+def test_noisy_latencies_are_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(bench_module, "MAX_P90_OVER_P50", 0.0)  # every result too noisy
+    cache = tmp_path / "latency.json"
+    with pytest.warns(BenchWarning, match="latency not cached"):
+        selection = select_models("latency_ms", 1e6, pattern=TINY, device="cpu", threads=1, cache_file=cache)
+    assert all(c.latency_ms > 0 for c in selection.candidates) and read_cache(cache) == {}
+
+
+def test_plots_are_readable() -> None:
+    from matplotlib.text import Text
+
+    selection = select_models("mult_adds", 300, pattern="mobilenet_v2_*", measure=False)  # a dense front
+    figure = selection_figure(selection, "mult_adds")
+    ax = figure.axes[0]
+    ticks = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert ticks and all(float(text) > 0 for text in ticks), ticks  # plain numbers, not 2×10¹
+    assert "mult-adds (millions, counted)" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    assert "budget 300 M mult-adds" in [text.get_text() for text in ax.get_legend().get_texts()]
+    names = [child for child in ax.texts if child.get_text() in {c.model for c in selection.candidates}]
+    assert sorted(n.get_text() for n in names) == sorted(c.model for c in selection.front)  # the front only
+    renderer = figure.canvas.get_renderer()
+    boxes = [Text.get_window_extent(name, renderer) for name in names]
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
 
 
 def test_select_cli_prints_the_front_and_plots(cli: Cli, tmp_path: Path) -> None:
@@ -83,7 +112,8 @@ def test_select_cli_prints_the_front_and_plots(cli: Cli, tmp_path: Path) -> None
         ),
         (["--latency-ms", "5"], "a latency budget needs latency measurement"),
         (["--params", "-1"], "budget must be > 0"),
-        (["--params", "1", "--families", "resnet"], "families must be among"),
+        (["--params", "1", "--families", "resnet"], "families must be one or more of"),
+        (["--params", "1", "--families", ""], "families must be one or more of"),
         (["--params", "1", "--models", "zzz*"], "no model with a published top-1 matches"),
     ],
 )
@@ -91,3 +121,29 @@ def test_select_errors_are_one_line(cli: Cli, argv: list[str], fragment: str) ->
     code, out, err = cli("select", *argv, "--no-measure")
     assert code == 2 and out == ""
     assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--cache", "{tmp}"], "cache '{tmp}' is a folder"),
+        (["--plot", "{tmp}/afile"], "plot '{tmp}/afile' is a file"),
+        (["--plot", ""], "plot must be a folder path, got ''"),
+        (["--cache", ""], "cache must be a file path, got ''"),
+        (["--threads", "1000"], "threads must be an integer from 1 to"),
+        (["--repeats", "0"], "repeats must be an integer >= 1, got 0"),
+    ],
+)
+def test_select_paths_and_counts_are_checked_before_measuring(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured despite a bad option")
+
+    monkeypatch.setattr(selection_module, "benchmark", no_measuring)
+    code, out, err = cli("select", "--latency-ms", "5", "--models", TINY, "--device", "cpu",
+                         *[arg.format(tmp=tmp_path) for arg in argv])  # fmt: skip
+    assert code == 2 and out == ""
+    assert fragment.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1

@@ -12,15 +12,22 @@ calibration, their accuracy does, and is checked by ``mobilenets export --int8 -
 
 Each measurement: build every runtime's runner (export, compile...), its first call and ``warmup``
 calls, then rounds in which each runner in turn makes an untimed call and ``block`` timed calls on
-one batch, until each has ``repeats`` (load from other programs then falls on all alike). ONNX
+one batch, until each has ``repeats`` (load from other programs then falls on all alike). Threads
+default to :func:`~mobilenets.device.default_threads` (the cores this process may use) unless
+``OMP_NUM_THREADS`` is set, and may not exceed those cores. ONNX
 Runtime's idle threads spin by default and would take the cores from the runner timed after them
 (OpenVINO measured 7.0 ms alone, 10.7 ms right after an ONNX Runtime session), so when several
 runtimes are timed together its sessions sleep instead (about 6 % slower for ONNX Runtime itself:
 7.1 → 7.6 ms for 1.0 MobileNet-224 on this project's machine). Reported:
-latency p50/p90, images/s, effective GFLOP/s = 2 × counted mult-adds × batch / p50 time, and peak
-memory: the rise of the process's peak resident memory (Linux; ``VmHWM`` reset through
-``/proc/self/clear_refs``) while building and warming up, or on CUDA PyTorch's peak allocation.
-The machine's fp32 peak is the best of ten ``torch.mm`` of two ``size``² matrices, cached.
+latency p50/p90, its spread (p90/p50 and the interquartile range), images/s, effective GFLOP/s =
+2 × counted mult-adds × batch / p50 time, and peak memory: the rise of the process's peak resident
+memory (Linux; ``VmHWM`` reset through ``/proc/self/clear_refs``) while building and warming up, or
+on CUDA PyTorch's peak allocation. The machine's fp32 peak is the best of ten ``torch.mm`` of two
+``size``² matrices, cached as the best of every measurement.
+
+Figures taken while other processes compete for the cores are slow and noisy; a
+:class:`BenchWarning` says so when the 1-minute load average leaves fewer idle cores than threads
+asked, and for each result whose spread is wide (:attr:`BenchResult.noisy`).
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +55,22 @@ from .deploy.export import export_onnx
 from .deploy.fuse import input_shape
 from .deploy.quantize import quantize_onnx
 from .deploy.runtimes import Runner, onnx_runner, openvino_runner, torch_runner
-from .device import resolve_device
+from .device import default_threads, resolve_device, usable_cores
 from .models.base import check_resolution
 
 RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")
 CPU_ONLY = ("openvino", "openvino-int8")
 CACHE_ENV = "MOBILENETS_CACHE"
 GEMM_SIZE, QUICK_GEMM_SIZE = 2048, 512
+# A result is noisy above either spread: on a quiet machine both stay far below (p90/p50 ≈ 1.05).
+MAX_P90_OVER_P50 = 1.5
+MAX_IQR_OVER_P50 = 0.25
+# Load average not counted as competition: background noise on an otherwise idle machine.
+IDLE_MARGIN = 0.5
+
+
+class BenchWarning(UserWarning):
+    """The figures may not be trusted: the machine is busy, a result's spread is wide, a peak was not cached."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,12 @@ class Timing:
     warmup: int = 10
     repeats: int = 50
     block: int = 5
+
+    def __post_init__(self) -> None:
+        for name, least in (("warmup", 0), ("repeats", 1), ("block", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 DEFAULT_TIMING = Timing()
@@ -85,12 +108,19 @@ def read_cache(path: Path) -> dict[str, Any]:
 
 
 def update_cache(path: Path, entries: dict[str, Any]) -> None:
-    """Merge ``entries`` into the JSON cache at ``path`` (written atomically)."""
+    """Merge ``entries`` into the JSON cache at ``path`` (written atomically); a cache that cannot be
+    written is a :class:`BenchWarning` naming ``path``, not an error."""
     data = read_cache(path) | entries
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        message = f"cache {str(path)!r} cannot be written ({err.strerror}): figures not kept"
+        warnings.warn(message, BenchWarning, stacklevel=2)
 
 
 def cpu_name() -> str:
@@ -112,11 +142,31 @@ def device_label(device: torch.device, threads: int) -> str:
 
 
 def check_threads(threads: int | None) -> int:
-    """``threads`` (default: PyTorch's current thread count), checked to be >= 1."""
-    threads = torch.get_num_threads() if threads is None else threads
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    """``threads`` (default: PyTorch's when ``OMP_NUM_THREADS`` is set, as ``train`` does, else
+    :func:`~mobilenets.device.default_threads`), checked to be from 1 to the cores this process may
+    use: more only makes each thread wait for the others."""
+    if threads is None:
+        threads = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else default_threads()
+    cores = usable_cores()
+    if not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise ValueError(
+            f"threads must be an integer from 1 to {cores} (the cores this process may use), got {threads!r}"
+        )
     return threads
+
+
+def warn_if_busy(threads: int, device: torch.device) -> None:
+    """A :class:`BenchWarning` when the 1-minute load average leaves fewer idle CPU cores than ``threads``."""
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    load, cores = os.getloadavg()[0], usable_cores()
+    if load > cores - threads + IDLE_MARGIN:
+        warnings.warn(
+            f"the 1-minute load average is {load:.1f} on {cores} cores and {threads} threads are asked: other "
+            "processes compete for the cores, so figures will be slow and noisy (fewer --threads, or a quiet machine)",
+            BenchWarning,
+            stacklevel=2,
+        )
 
 
 @contextmanager
@@ -135,7 +185,11 @@ def gemm_peak(
 ) -> float:
     """This machine's fp32 matrix-multiply peak in GFLOP/s: best of 10 ``torch.mm`` of ``size``² matrices.
 
-    Cached in ``cache_dir()/gemm_peak.json`` per device, thread count, size and PyTorch version.
+    Cached in ``cache_dir()/gemm_peak.json`` per device, thread count, size and PyTorch version, as
+    the best of every measurement: one taken under load reads low, and the next higher one replaces
+    it. ``refresh``: measure again even when cached. On the CPU an n-thread peak below the 1-thread
+    one (measured too when not cached) can only come from other load: it is not cached, with a
+    :class:`BenchWarning`. Returns the best figure known.
     """
     device = resolve_device(device)
     threads = check_threads(threads)
@@ -144,6 +198,22 @@ def gemm_peak(
     cached = read_cache(path).get(key)
     if cached and not refresh:
         return float(cached)
+    peak = _measure_gemm(device, threads, size)
+    single = gemm_peak(device, 1, size) if device.type == "cpu" and threads > 1 else 0.0
+    if peak < single:
+        warnings.warn(
+            f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
+            f"{single:.1f}: the machine is busy, so it is not cached (measure again with --refresh)",
+            BenchWarning,
+            stacklevel=2,
+        )
+    elif not cached or peak > float(cached):
+        update_cache(path, {key: peak})
+    return max(peak, float(cached or 0.0))
+
+
+def _measure_gemm(device: torch.device, threads: int, size: int) -> float:
+    """GFLOP/s of the fastest of ten ``size``² ``torch.mm`` (after one warm-up) on ``threads`` threads."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     best = float("inf")
@@ -153,9 +223,7 @@ def gemm_peak(
             torch.mm(a, b).sum().item()  # .item() waits for CUDA
             if index:  # the first call is a warm-up
                 best = min(best, time.perf_counter() - start)
-    peak = 2 * size**3 / best / 1e9
-    update_cache(path, {key: peak})
-    return peak
+    return 2 * size**3 / best / 1e9
 
 
 def _status_kb(field: str) -> int | None:
@@ -226,6 +294,7 @@ class BenchResult:
     mult_adds: int
     p50_ms: float
     p90_ms: float
+    iqr_ms: float  # interquartile range: p75 − p25
     repeats: int
     setup_s: float
     peak_memory_mb: float | None
@@ -244,8 +313,19 @@ class BenchResult:
     def peak_fraction(self) -> float | None:
         return self.gflops / self.gemm_peak_gflops if self.gemm_peak_gflops else None
 
+    @property
+    def p90_over_p50(self) -> float:
+        return self.p90_ms / self.p50_ms
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the spread is too wide to trust the figures: p90/p50 or IQR/p50 above their limits."""
+        return self.p90_over_p50 > MAX_P90_OVER_P50 or self.iqr_ms / self.p50_ms > MAX_IQR_OVER_P50
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {
+            "p90_over_p50": self.p90_over_p50,
+            "noisy": self.noisy,
             "images_per_s": self.images_per_s,
             "gflops": self.gflops,
             "peak_fraction": self.peak_fraction,
@@ -256,10 +336,17 @@ def check_runtimes(runtimes: Sequence[str], device: torch.device) -> list[str]:
     """``runtimes`` checked against :data:`RUNTIMES` and the device."""
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
-        raise ValueError(f"runtime must be among {list(RUNTIMES)}, got {list(runtimes)}")
+        raise ValueError(f"runtime must be one or more of {list(RUNTIMES)}, got {list(runtimes)}")
     if device.type != "cpu" and any(r in CPU_ONLY for r in runtimes):
         raise ValueError(f"runtimes {list(CPU_ONLY)} run on the CPU only; use --device cpu")
     return list(runtimes)
+
+
+def check_batches(batches: Sequence[int]) -> list[int]:
+    """``batches`` checked to be one or more integers >= 1."""
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise ValueError(f"batch sizes must be one or more integers >= 1, got {list(batches)}")
+    return list(batches)
 
 
 def default_runtimes(device: torch.device) -> list[str]:
@@ -374,13 +461,19 @@ def measure(
     label = device_label(device, threads)
     results = []
     for entry, row, setup, memory_mb in zip(entries, times, setups, memories, strict=True):
-        p50, p90 = np.percentile(row, [50, 90]) * 1000
-        results.append(
-            BenchResult(
-                entry.model, entry.runtime, label, len(x), threads, x.shape[-1], entry.mult_adds,
-                float(p50), float(p90), timing.repeats, setup, memory_mb, peak,
-            )
+        p25, p50, p75, p90 = np.percentile(row, [25, 50, 75, 90]) * 1000
+        result = BenchResult(
+            entry.model, entry.runtime, label, len(x), threads, x.shape[-1], entry.mult_adds,
+            float(p50), float(p90), float(p75 - p25), timing.repeats, setup, memory_mb, peak,
         )  # fmt: skip
+        if result.noisy:
+            warnings.warn(
+                f"{result.model} in {result.runtime}, batch {result.batch}: p90/p50 {result.p90_over_p50:.2f}, "
+                f"IQR {result.iqr_ms:.2f} ms at p50 {result.p50_ms:.2f} ms; too noisy to trust (is the machine busy?)",
+                BenchWarning,
+                stacklevel=2,
+            )
+        results.append(result)
     return results
 
 
@@ -398,10 +491,7 @@ def benchmark(
     device = resolve_device(device)
     threads = check_threads(threads)
     runtimes = check_runtimes(runtimes, device)
-    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
-        raise ValueError(f"batch sizes must be integers >= 1, got {list(batches)}")
-    if timing.repeats < 1 or timing.warmup < 0 or timing.block < 1:
-        raise ValueError(f"repeats and block must be >= 1, warmup >= 0; got {timing}")
+    batches = check_batches(batches)
     meta = getattr(model, "meta", None)
     resolution = check_resolution(resolution or (meta.resolution if meta else 224))
     rng = np.random.default_rng(0)
@@ -424,6 +514,8 @@ def format_table(results: Sequence[BenchResult]) -> str:
             r.batch,
             f"{r.p50_ms:.2f}",
             f"{r.p90_ms:.2f}",
+            f"{r.p90_over_p50:.2f}" + (" !" if r.noisy else ""),
+            f"{r.iqr_ms:.2f}",
             f"{r.images_per_s:.1f}",
             f"{r.gflops:.1f}",
             f"{100 * r.peak_fraction:.0f}%" if r.peak_fraction is not None else "-",
@@ -432,13 +524,16 @@ def format_table(results: Sequence[BenchResult]) -> str:
         ]
         for r in results
     ]
-    headers = ["model", "runtime", "batch", "p50 ms", "p90 ms", "images/s", "GFLOP/s", "of peak", "peak MB", "setup s"]
-    table = tabulate(rows, headers, disable_numparse=True, colalign=("left", "left") + ("right",) * 8)
+    headers = ["model", "runtime", "batch", "p50 ms", "p90 ms", "p90/p50", "IQR ms", "images/s", "GFLOP/s",
+               "of peak", "peak MB", "setup s"]  # fmt: skip
+    table = tabulate(rows, headers, disable_numparse=True, colalign=("left", "left") + ("right",) * 10)
     if not results:
         return table
     first = results[0]
     peak = f"{first.gemm_peak_gflops:.1f} GFLOP/s" if first.gemm_peak_gflops else "not measured"
     return (
         f"{table}\n\n{first.device}; fp32 GEMM peak {peak}. GFLOP/s = 2 × counted mult-adds × batch / p50; "
-        f"peak MB: rise of peak memory while building and warming up; setup s: export/compile and first call."
+        f"IQR: p75 − p25; ! marks a spread too wide to trust (p90/p50 > {MAX_P90_OVER_P50:g} or IQR > "
+        f"{MAX_IQR_OVER_P50:.0%} of p50); peak MB: rise of peak memory while building and warming up; "
+        f"setup s: export/compile and first call."
     )

@@ -1,6 +1,8 @@
-"""Device choice shared by training, evaluation, deployment and prediction."""
+"""Device and CPU thread choice shared by training, evaluation, deployment and prediction."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -29,3 +31,18 @@ def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
                 f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 and up"
             )
     return resolved
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_threads(workers: int = 0, processes: int = 1) -> int:
+    """Compute threads per process: its share of :func:`usable_cores` among ``processes``, minus its
+    ``workers`` loader processes, at least 1.
+
+    More threads than free cores is far worse than fewer: each parallel operation then waits for
+    a thread that the OS has descheduled.
+    """
+    return max(1, usable_cores() // processes - workers)

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..bench import (
+    GEMM_SIZE,
     QUICK,
     QUICK_GEMM_SIZE,
     RUNTIMES,
+    BenchWarning,
     Timing,
     benchmark,
+    check_batches,
     check_runtimes,
     check_threads,
     default_runtimes,
     format_table,
     gemm_peak,
+    warn_if_busy,
 )
 from ..device import resolve_device
 from ..registry import create_model
@@ -33,16 +41,35 @@ def comma_list(kind: type):
     return parse
 
 
+@contextmanager
+def bench_warnings(command: str) -> Iterator[None]:
+    """Print the :class:`BenchWarning`s raised in the block after it, one ``mobilenets COMMAND: warning:`` line
+    each on stderr (other warnings are shown as usual)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BenchWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, BenchWarning):
+                    print(f"mobilenets {command}: warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(
+                        warning.message, warning.category, warning.filename, warning.lineno, warning.file, warning.line
+                    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` command's description and options to its parser."""
     parser.description = (
         "Time each MODEL in each runtime: warm-up calls, then timed calls of one batch, the runtimes taking turns "
         "(an untimed call, then 5 timed ones, each) so that other load falls on all alike; print latency p50/p90, "
-        "images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of this machine's measured fp32 "
-        "matrix-multiply peak, and peak memory. Runtimes: eager (PyTorch, BN folded, channels_last), compile "
-        "(torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), openvino / openvino-int8 (OpenVINO "
-        "CPU). int8 runtimes are calibrated on random images here (speed only; `mobilenets export --int8` checks "
-        "accuracy)."
+        "its spread (p90/p50, IQR), images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of "
+        "this machine's measured fp32 matrix-multiply peak (cached: the best measurement), and peak memory; warn "
+        "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
+        "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
+        "openvino / openvino-int8 (OpenVINO CPU). int8 runtimes are calibrated on random images here (speed "
+        "only; `mobilenets export --int8` checks accuracy)."
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobilenets list`)")
     parser.add_argument(
@@ -52,7 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated, among {', '.join(RUNTIMES)} (default: eager,onnx,openvino on the CPU, eager on CUDA)",
     )
     parser.add_argument("--batch", type=comma_list(int), default=[1], metavar="B,...", help="batch sizes (default 1)")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for every runtime (default: PyTorch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for every runtime, at most the cores this process may use (default: all of them, or "
+        "OMP_NUM_THREADS when set)",
+    )
     parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels (default: each model's)")
     parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed calls first (default 10)")
@@ -62,24 +95,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"{QUICK.warmup} warm-up, {QUICK.repeats} repeats, small GEMM: a smoke test",
     )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="measure the GEMM peak again (the cache keeps the best of every measurement)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every option checked before anything is measured.
     device = resolve_device(args.device)
     threads = check_threads(args.threads)
-    runtimes = check_runtimes(args.runtime or default_runtimes(device), device)
-    timing = QUICK if args.quick else Timing(args.warmup, args.repeats)
-    peak = gemm_peak(device, threads, QUICK_GEMM_SIZE) if args.quick else gemm_peak(device, threads)
-    models = [create_model(name) for name in args.models]  # every name checked before anything is timed
-    results = [
-        result
-        for model in models
-        for result in benchmark(model, runtimes, args.batch, threads, device, timing, args.resolution, peak)
-    ]
-    if args.json:
-        print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))
-    else:
-        print(format_table(results))
+    runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
+    batches = check_batches(args.batch)
+    timing = Timing(args.warmup, args.repeats)
+    if args.quick:
+        timing = QUICK
+    models = [create_model(name) for name in args.models]
+    with bench_warnings("bench"):
+        warn_if_busy(threads, device)
+        peak = gemm_peak(device, threads, QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
+        results = [
+            result
+            for model in models
+            for result in benchmark(model, runtimes, batches, threads, device, timing, args.resolution, peak)
+        ]
+        if args.json:
+            print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))
+        else:
+            print(format_table(results))
     return 0

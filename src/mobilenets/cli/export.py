@@ -7,7 +7,13 @@ import json
 import sys
 
 from ..deploy import FORMATS, VerificationError, calibration_data, export_model
-from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, check_destination
+from ..deploy.export import (
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_MIN_CALIBRATION,
+    DEFAULT_MIN_EVAL_SAMPLES,
+    DEFAULT_TOLERANCE,
+    check_destination,
+)
 from ..registry import create_model
 from ..weights import PRETRAINED, load_model
 
@@ -17,7 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write MODEL with BatchNorm folded and a dynamic batch dimension, then load the file back in its runtime "
         "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
-        "top-1 agreement (and accuracy) on real images. A failed check exits with status 1."
+        "top-1 agreement (and accuracy) on real images, saying how many were used for calibration and for the "
+        "check. Any NaN or infinite output fails. A failed check exits with status 1. The file records the model "
+        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info)."
     )
     parser.add_argument("model", help="registered model name (see `mobilenets list`)")
     parser.add_argument(
@@ -52,6 +60,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration images (default 256)")
     parser.add_argument(
         "--eval-samples", type=int, default=1000, metavar="N", help="images the int8 check runs on (default 1000)"
+    )
+    parser.add_argument(
+        "--min-calibration",
+        type=int,
+        default=DEFAULT_MIN_CALIBRATION,
+        metavar="N",
+        help=f"int8: fewer calibration images found is an error (default {DEFAULT_MIN_CALIBRATION})",
+    )
+    parser.add_argument(
+        "--min-eval-samples",
+        type=int,
+        default=DEFAULT_MIN_EVAL_SAMPLES,
+        metavar="N",
+        help=f"int8: a check on fewer images fails (default {DEFAULT_MIN_EVAL_SAMPLES})",
     )
     parser.add_argument(
         "--tolerance",
@@ -100,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             evaluation=evaluation,
             tolerance=args.tolerance,
             min_agreement=args.min_agreement,
+            calibration_asked=args.calib_samples if args.int8 else None,
+            min_calibration=args.min_calibration,
+            min_eval_samples=args.min_eval_samples,
         )
     except VerificationError as err:
         print(f"mobilenets export: error: {err} (the file is kept for inspection)", file=sys.stderr)

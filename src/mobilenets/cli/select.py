@@ -6,8 +6,8 @@ import argparse
 import json
 
 from ..bench import QUICK, RUNTIMES, Timing
-from ..select import PUBLISHED_NOTE, format_selection, plot_selection, select_models
-from .bench import comma_list
+from ..selection import PUBLISHED_NOTE, check_plot_folder, format_selection, plot_selection, select_models
+from .bench import bench_warnings, comma_list
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Among the registered models with a published ImageNet top-1 (every family, every α × resolution), "
         "print those that fit the budget and that no other fitting model beats in both cost and accuracy. "
         "Mult-adds and params are counted; latency is measured on this machine (batch 1) and cached per device, "
-        f"thread count and runtime. {PUBLISHED_NOTE}."
+        f"thread count and runtime (a noisy measurement is not cached). {PUBLISHED_NOTE}."
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency-ms", type=float, metavar="X", help="budget: p50 latency in ms, measured here")
@@ -29,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--families", type=comma_list(str), metavar="F,...", help="comma-separated families (default: all)"
     )
     parser.add_argument("--models", default="*", metavar="PATTERN", help="shell-style filter on model names")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads, at most the cores this process may use (default: all)"
+    )
     parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--no-measure", action="store_true", help="skip latency measurement (not with --latency-ms)")
     parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed calls per model (default 20)")
@@ -50,20 +52,23 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     )
     timing = QUICK if args.quick else Timing(warmup=3, repeats=args.repeats)
-    selection = select_models(
-        budget,
-        limit,
-        families=args.families,
-        pattern=args.models,
-        runtime=args.runtime,
-        device=args.device,
-        threads=args.threads,
-        measure=not args.no_measure,
-        timing=timing,
-        cache_file=args.cache,
-        refresh=args.refresh,
-    )
-    plots = plot_selection(selection, args.plot) if args.plot else []
+    if args.plot is not None:
+        check_plot_folder(args.plot)  # before anything is measured
+    with bench_warnings("select"):
+        selection = select_models(
+            budget,
+            limit,
+            families=args.families,
+            pattern=args.models,
+            runtime=args.runtime,
+            device=args.device,
+            threads=args.threads,
+            measure=not args.no_measure,
+            timing=timing,
+            cache_file=args.cache,
+            refresh=args.refresh,
+        )
+    plots = plot_selection(selection, args.plot) if args.plot is not None else []
     if args.json:
         print(json.dumps(selection.to_dict() | {"plots": [str(p) for p in plots]}, indent=2))
     else:

@@ -7,10 +7,16 @@ PyTorch model on the CPU:
 * fp32: the largest absolute difference of the outputs on seeded random inputs at batch sizes
   1 and 3 (the second proves the batch dimension is dynamic); it must not exceed
   ``tolerance · max(1, max |reference output|)``.
-* int8: the top-1 agreement with fp32 PyTorch on real images (and both accuracies when labels
-  are given); it must reach ``min_agreement``.
+* int8: the top-1 agreement with fp32 PyTorch on at least ``min_eval_samples`` real images (and
+  both accuracies when labels are given); it must reach ``min_agreement``. Fewer than
+  ``min_calibration`` calibration images is an error before anything is written.
 
-A failed check raises :class:`VerificationError`, which carries the report.
+Any output that is not finite (NaN, ±inf) fails either check. A failed check raises
+:class:`VerificationError`, which carries the report.
+
+Every artifact records what a user needs to feed it (:func:`artifact_metadata`: model name,
+input channels and resolution, mean and std, class names): ONNX ``metadata_props``, OpenVINO
+``rt_info`` under ``mobilenets``, TorchScript the extra file ``mobilenets.json``.
 
 ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``, opset 18). For every
 family it writes standard operators only (Conv, Clip, GlobalAveragePool, Gemm; Reshape and
@@ -29,6 +35,7 @@ its slower Python pipeline) and saved with fp32 weights (``.xml`` + ``.bin``).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import tempfile
 import warnings
@@ -52,6 +59,10 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 ONNX_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_MIN_AGREEMENT = 0.95
+# Below these, an int8 check says little: ranges from a handful of images, agreement in steps of 25 %.
+DEFAULT_MIN_CALIBRATION = 100
+DEFAULT_MIN_EVAL_SAMPLES = 100
+METADATA_SECTION = "mobilenets"  # OpenVINO rt_info section; TorchScript extra file mobilenets.json
 VERIFY_BATCHES = (1, 3)
 
 # (images (B, C, H, W) float32, labels (B,) int64 or None)
@@ -83,6 +94,10 @@ class ExportReport:
     min_agreement: float | None = None
     accuracy_fp32: float | None = None
     accuracy_int8: float | None = None
+    calibration_images: int | None = None
+    calibration_asked: int | None = None
+    min_eval_samples: int | None = None
+    nonfinite: int = 0  # output values of the artifact that are NaN or ±inf
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -92,15 +107,20 @@ class ExportReport:
     def summary(self) -> str:
         """One line: the verification and its verdict."""
         verdict = "passed" if self.passed else "FAILED"
+        nonfinite = f"; {self.nonfinite} output values are NaN or infinite" if self.nonfinite else ""
         if not self.int8:
             return (
                 f"fp32 verification {verdict}: max |{self.format} − PyTorch| = {self.max_abs_diff:.2e} "
                 f"(allowed {self.max_allowed_diff:.2e}) on {self.samples} random inputs, batch sizes "
-                f"{' and '.join(map(str, VERIFY_BATCHES))}"
+                f"{' and '.join(map(str, VERIFY_BATCHES))}{nonfinite}"
             )
+        too_few = ""
+        if self.samples < self.min_eval_samples:
+            too_few = f" (fewer than min_eval_samples {self.min_eval_samples})"
         text = (
             f"int8 verification {verdict}: top-1 agreement with fp32 PyTorch {100 * self.agreement:.1f}% "
-            f"(required {100 * self.min_agreement:.1f}%) on {self.samples} images"
+            f"(required {100 * self.min_agreement:.1f}%) on {self.samples} verification images{too_few}, "
+            f"calibrated on {self.calibration_images} images ({self.calibration_asked} asked){nonfinite}"
         )
         if self.accuracy_fp32 is not None and self.accuracy_int8 is not None:
             change = 100 * (self.accuracy_int8 - self.accuracy_fp32)
@@ -120,9 +140,35 @@ class ExportReport:
         )
 
 
+def check_writable_file(path: str | Path, option: str, *, make_folder: bool = False) -> Path:
+    """``path`` as a file that can be written: not a folder, in an existing folder (``make_folder``:
+    created). Raises ``ValueError`` naming ``option`` and the user's path."""
+    if not str(path):
+        raise ValueError(f"{option} must be a file path, got ''")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; give a file path")
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(blocking)!r} is a file, not a folder")
+    if not make_folder and not path.parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be written: folder {str(path.parent)!r} does not exist")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):  # a real attempt: permissions alone do not tell (root, read-only mounts, /proc)
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {err.strerror}") from err
+    if not existed:
+        path.unlink()
+    return path
+
+
 def check_destination(fmt: str, out: str | Path, int8: bool = False) -> Path:
     """Check the format (int8: onnx or openvino) and that ``out`` has its suffix and can be written
-    (its directory is created); return ``out`` as a path. Raises ``ValueError`` naming the problem."""
+    (with OpenVINO's ``.bin`` beside it), in an existing folder; return ``out`` as a path. Raises
+    ``ValueError`` naming the problem."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     if int8 and fmt not in INT8_FORMATS:
@@ -131,20 +177,36 @@ def check_destination(fmt: str, out: str | Path, int8: bool = False) -> Path:
     suffix = FORMATS[fmt]
     if out.suffix != suffix:
         raise ValueError(f"out must end with {suffix} for format {fmt}, got {str(out)!r}")
-    existed = out.exists()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "ab"):  # a real attempt: permissions alone do not tell (root, read-only mounts, /proc)
-            pass
-    except OSError as err:
-        raise ValueError(f"out {str(out)!r} cannot be written: {err.strerror} ({err.filename})") from err
-    if not existed:
-        out.unlink()
+    written = [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
+    for path in written:
+        check_writable_file(path, "out")
     return out
 
 
+def artifact_metadata(model: nn.Module, resolution: int) -> dict[str, str]:
+    """What an artifact records about its input and output, as strings (lists as JSON): ``model``,
+    ``in_chans``, ``resolution``, and from ``model.meta`` when it has one ``mean``, ``std`` (of the
+    0-1 scaled image), ``num_classes`` and ``classes`` (class names in output order; ``[]`` if unknown)."""
+    meta = getattr(model, "meta", None)
+    metadata = {
+        "model": meta.name if meta else type(model).__name__,
+        "in_chans": str(input_shape(model, resolution)[0]),
+        "resolution": str(resolution),
+    }
+    if meta:
+        metadata |= {
+            "mean": json.dumps(list(meta.mean)),
+            "std": json.dumps(list(meta.std)),
+            "num_classes": str(meta.num_classes),
+            "classes": json.dumps(list(meta.labels)),
+        }
+    return metadata
+
+
 def export_onnx(model: nn.Module, path: str | Path, resolution: int) -> Path:
-    """Write ``model`` (BatchNorm folded, CPU) as ONNX with input ``(batch, C, resolution, resolution)``."""
+    """Write ``model`` (BatchNorm folded, CPU) as ONNX with input ``(batch, C, resolution, resolution)``,
+    its :func:`artifact_metadata` in ``metadata_props`` (int8 quantization keeps them)."""
+    onnx = require("onnx", "ONNX export")
     folded = fold_batchnorm(model).cpu()
     example = torch.zeros(2, *input_shape(folded, resolution))
     with warnings.catch_warnings():
@@ -159,25 +221,34 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int) -> Path:
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
+    proto = onnx.load(str(path))
+    onnx.helper.set_metadata_props(proto, artifact_metadata(model, resolution))
+    onnx.save(proto, str(path))
     return Path(path)
 
 
 def export_torchscript(model: nn.Module, path: str | Path, resolution: int) -> Path:
-    """Write ``model`` (BatchNorm folded, CPU) as a traced, frozen TorchScript module."""
+    """Write ``model`` (BatchNorm folded, CPU) as a traced, frozen TorchScript module, its
+    :func:`artifact_metadata` as JSON in the extra file ``mobilenets.json``."""
     folded = fold_batchnorm(model).cpu()
     example = torch.zeros(2, *input_shape(folded, resolution))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice, tracer notices on fixed H and W
         frozen = torch.jit.freeze(torch.jit.trace(folded, example, check_trace=False))
-        torch.jit.save(frozen, str(path))
+        extra = {f"{METADATA_SECTION}.json": json.dumps(artifact_metadata(model, resolution))}
+        torch.jit.save(frozen, str(path), _extra_files=extra)
     return Path(path)
 
 
-def save_openvino(onnx_path: str | Path, path: str | Path) -> list[Path]:
-    """Convert an ONNX file (fp32 or int8 QDQ) to OpenVINO IR at ``path`` (.xml, plus its .bin); fp32
-    weights stay fp32 rather than OpenVINO's default compression to fp16, int8 ones stay int8."""
+def save_openvino(onnx_path: str | Path, path: str | Path, metadata: dict[str, str]) -> list[Path]:
+    """Convert an ONNX file (fp32 or int8 QDQ) to OpenVINO IR at ``path`` (.xml, plus its .bin), with
+    ``metadata`` in ``rt_info`` under ``mobilenets``; fp32 weights stay fp32 rather than OpenVINO's
+    default compression to fp16, int8 ones stay int8."""
     ov = require("openvino", "the openvino format")
-    ov.save_model(ov.Core().read_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    converted = ov.Core().read_model(str(onnx_path))
+    for key, value in metadata.items():
+        converted.set_rt_info(value, [METADATA_SECTION, key])
+    ov.save_model(converted, str(path), compress_to_fp16=False)
     return [Path(path), Path(path).with_suffix(".bin")]
 
 
@@ -198,7 +269,7 @@ def write_artifact(
             int8_path = out if fmt == "onnx" else Path(tmp) / "int8.onnx"
             onnx_path = quantize_onnx(onnx_path, int8_path, calibration)
         if fmt == "openvino":
-            return save_openvino(onnx_path, out)
+            return save_openvino(onnx_path, out, artifact_metadata(model, resolution))
     return [out]
 
 
@@ -206,36 +277,47 @@ def _reference(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
 
 
+def _nonfinite(output: np.ndarray) -> int:
+    return int(output.size - np.count_nonzero(np.isfinite(output)))
+
+
 def _verify_fp32(model: nn.Module, runner: Runner, resolution: int, tolerance: float) -> dict[str, Any]:
     reference = _reference(model)
     generator = torch.Generator().manual_seed(0)
-    worst, scale = 0.0, 1.0
+    worst, scale, nonfinite = 0.0, 1.0, 0
     for batch in VERIFY_BATCHES:
         x = torch.randn(batch, *input_shape(reference, resolution), generator=generator)
         with torch.no_grad():
             want = reference(x).numpy()
         got = runner(x.numpy())
-        # A wrong output shape (a batch dimension frozen at export, say) fails as an infinite difference.
-        worst = max(worst, float(np.abs(got - want).max()) if got.shape == want.shape else math.inf)
+        nonfinite += _nonfinite(got)
+        # A wrong output shape (a batch dimension frozen at export, say) fails as an infinite difference;
+        # np.maximum, unlike max(), keeps a NaN.
+        worst = float(np.maximum(worst, np.abs(got - want).max() if got.shape == want.shape else math.inf))
         scale = max(scale, float(np.abs(want).max()))
     allowed = tolerance * scale
     return {
         "samples": sum(VERIFY_BATCHES),
         "max_abs_diff": worst,
         "max_allowed_diff": allowed,
-        "passed": worst <= allowed,
+        "nonfinite": nonfinite,
+        "passed": nonfinite == 0 and worst <= allowed,
     }
 
 
-def _verify_int8(model: nn.Module, runner: Runner, evaluation: Iterable[Batch], min_agreement: float) -> dict[str, Any]:
+def _verify_int8(
+    model: nn.Module, runner: Runner, evaluation: Iterable[Batch], min_agreement: float, min_samples: int
+) -> dict[str, Any]:
     reference = _reference(model)
-    agree = correct_fp32 = correct_int8 = total = 0
+    agree = correct_fp32 = correct_int8 = total = nonfinite = 0
     labelled = True
     for images, labels in evaluation:
         labelled = labelled and labels is not None
         with torch.no_grad():
             want = reference(torch.from_numpy(images)).argmax(1).numpy()
-        got = runner(images).argmax(1)
+        output = runner(images)
+        nonfinite += _nonfinite(output)
+        got = output.argmax(1)
         agree += int((got == want).sum())
         total += len(images)
         if labels is not None:
@@ -250,7 +332,9 @@ def _verify_int8(model: nn.Module, runner: Runner, evaluation: Iterable[Batch], 
         "min_agreement": min_agreement,
         "accuracy_fp32": correct_fp32 / total if labelled else None,
         "accuracy_int8": correct_int8 / total if labelled else None,
-        "passed": agreement >= min_agreement,
+        "min_eval_samples": min_samples,
+        "nonfinite": nonfinite,
+        "passed": nonfinite == 0 and total >= min_samples and agreement >= min_agreement,
     }
 
 
@@ -264,21 +348,35 @@ def export_model(
     evaluation: Iterable[Batch] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    calibration_asked: int | None = None,
+    min_calibration: int = DEFAULT_MIN_CALIBRATION,
+    min_eval_samples: int = DEFAULT_MIN_EVAL_SAMPLES,
 ) -> ExportReport:
     """Export ``model`` to ``out`` in ``fmt``, then verify the artifact against PyTorch (see the module doc).
 
     ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; giving
-    them makes the export int8 (formats onnx and openvino). ``evaluation``: ``(images, labels)``
-    batches for the int8 check (labels may be ``None``), read once; by default the calibration images.
+    them makes the export int8 (formats onnx and openvino); fewer than ``min_calibration`` images
+    is a ``ValueError``. ``calibration_asked``: how many images were asked for (reported; default:
+    as many as given). ``evaluation``: ``(images, labels)`` batches for the int8 check (labels may be
+    ``None``), read once, at least ``min_eval_samples`` images; by default the calibration images.
     ``resolution`` defaults to ``model.meta.resolution``. Raises :class:`VerificationError` when the
     check fails (the artifact is left in place for inspection).
     """
     int8 = calibration is not None
     out = check_destination(fmt, out, int8)
-    if int8 and len(calibration) == 0:
-        raise ValueError("calibration must hold at least one batch of images for int8")
     if not tolerance > 0 or not 0 < min_agreement <= 1:
         raise ValueError(f"tolerance must be > 0 and min_agreement in (0, 1], got {tolerance}, {min_agreement}")
+    for name, value in (("min_calibration", min_calibration), ("min_eval_samples", min_eval_samples)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    calibration_images = sum(len(images) for images in calibration) if int8 else None
+    if int8:
+        calibration_asked = calibration_images if calibration_asked is None else calibration_asked
+        if calibration_images < min_calibration:
+            raise ValueError(
+                f"int8 calibration got {calibration_images} images ({calibration_asked} asked), fewer than "
+                f"min_calibration {min_calibration}: give more images or lower min_calibration"
+            )
     meta = getattr(model, "meta", None)
     resolution = check_resolution(resolution or (meta.resolution if meta else 224))
 
@@ -286,7 +384,8 @@ def export_model(
     runner = load_runner(out, fmt, device="cpu")
     if int8:
         evaluation = [(images, None) for images in calibration] if evaluation is None else evaluation
-        checks = _verify_int8(model, runner, evaluation, min_agreement)
+        checks = _verify_int8(model, runner, evaluation, min_agreement, min_eval_samples)
+        checks |= {"calibration_images": calibration_images, "calibration_asked": calibration_asked}
     else:
         checks = _verify_fp32(model, runner, resolution, tolerance)
     name = meta.name if meta else type(model).__name__

@@ -46,6 +46,9 @@ def calibration_data(
     or an image folder) and ``(images, labels)`` batches from its val split, read lazily, both
     prepared for ``model`` (its ``meta`` normalisation, its input channels, ``resolution``) and
     randomly (seeded) subsampled. Labels are ``None`` unless the data's classes are the model's."""
+    for name, value in (("calib_samples", calib_samples), ("eval_samples", eval_samples)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     meta = model.meta
     in_chans = input_shape(model, resolution)[0]
 
