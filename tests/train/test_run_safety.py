@@ -16,8 +16,9 @@ from torch import nn
 from mobilenets import checkpoint
 from mobilenets.cli import main
 from mobilenets.data.synthetic import make_image_folder
+from mobilenets.device import usable_cores
 from mobilenets.train import NonFiniteLoss, TrainConfig, load_checkpoint, resume_config, train
-from mobilenets.train.config import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_WIDTH_MULT, cpu_count
+from mobilenets.train.config import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_WIDTH_MULT
 from mobilenets.train.evaluate import EvalResult
 from mobilenets.train.loop import Trainer
 from mobilenets.train.run_files import LOCK, lock_run_dir
@@ -183,7 +184,7 @@ def test_unreadable_validation_images_are_an_error(tmp_path: Path) -> None:
         (["--width-mult", "1e6"], f"width_mult must be in (0, {MAX_WIDTH_MULT:g}], got 1000000.0"),
         (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
         (["--batch-size", str(MAX_BATCH_SIZE + 1)], f"batch_size must be an integer in [1, {MAX_BATCH_SIZE}]"),
-        (["--threads", str(cpu_count() + 1)], f"threads must be an integer in [1, {cpu_count()}] (the cores)"),
+        (["--threads", str(usable_cores() + 1)], f"threads must be an integer in [1, {usable_cores()}] (the cores)"),
         (["--device", "meta"], "device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'"),
         (["--device", "xla"], "device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got 'xla'"),
     ],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import textwrap
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any
 
 from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
+from ..device import usable_cores
 from ..models.base import MIN_RESOLUTION, OUTPUT_STRIDES
 from .optim import SCHEDULES
 
@@ -34,11 +34,6 @@ MAX_WIDTH_MULT = 4.0
 # The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
 # (with LARS); more only exhausts memory.
 MAX_BATCH_SIZE = 65536
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -173,7 +168,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
         check_types(vars(self))
-        cores = cpu_count()
+        cores = usable_cores()
         checks: list[tuple[str, bool, str]] = [
             ("out", self.out.strip() != "", "a folder path, not empty"),
             (

@@ -35,10 +35,11 @@ from tqdm import tqdm
 from ..checkpoint import read_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
+from ..device import default_threads, usable_cores
 from ..registry import create_model, get_entry
 from ..weights import init_from, load_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig, cpu_count
+from .config import RESUMABLE, TrainConfig
 from .distill import soft_target_loss
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
@@ -114,18 +115,8 @@ class TrainResult:
 
 def default_workers(env: Dist) -> int:
     """Loader processes per training process: up to 4 with CUDA, 1 on the CPU, none on one core."""
-    cores = cpu_count() // env.world_size
+    cores = usable_cores() // env.world_size
     return min(4, max(0, cores - 1)) if env.device.type == "cuda" else min(1, max(0, cores - 1))
-
-
-def default_threads(env: Dist, workers: int) -> int:
-    """Compute threads per training process on the CPU: its share of the cores minus its loaders.
-
-    More threads than free cores is far worse than fewer: each parallel operation then waits for
-    a thread that the OS has descheduled (measured here: 20× slower steps with 2 threads on 2
-    cores beside one busy process, against 1 thread).
-    """
-    return max(1, cpu_count() // env.world_size - workers)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -322,7 +313,9 @@ class Trainer:
         self.local_batch = batch_size // env.world_size
         self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
         if env.device.type == "cpu":
-            threads = cfg.threads or (None if "OMP_NUM_THREADS" in os.environ else default_threads(env, self.workers))
+            threads = cfg.threads or (
+                None if "OMP_NUM_THREADS" in os.environ else default_threads(self.workers, processes=env.world_size)
+            )
             if threads:
                 torch.set_num_threads(threads)
         self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
