@@ -1,5 +1,7 @@
 """Contracts every registered model must keep, whatever its family."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -72,3 +74,17 @@ def test_extractor_exports(representative: str) -> None:
     assert list(got) == list(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key])
+
+
+def test_reset_classifier_and_meta_follow(representative: str) -> None:
+    model = create_model(representative).double()
+    model.meta = replace(model.meta, labels=("a",) * 1000)
+    model.reset_classifier(7)
+    assert model.get_classifier() is model.classifier and model.classifier.out_features == 7
+    assert (model.num_classes, model.meta.num_classes, model.meta.labels) == (7, 7, ())
+    assert model(torch.randn(2, 3, RES, RES, dtype=torch.float64)).shape == (2, 7)
+    model.reset_classifier(0)
+    features = model(torch.randn(2, 3, RES, RES, dtype=torch.float64))
+    assert features.shape == (2, model.num_features) and model.meta.num_classes == 0
+    with pytest.raises(ValueError, match="num_classes must be"):
+        model.reset_classifier(-1)

@@ -1,16 +1,19 @@
 """Model registry: names in the papers' style mapped to builders and their defaults.
 
 ``create_model("mobilenet_v1_0.75_192")`` builds α = 0.75 with a default input size of 192; any
-builder argument may be overridden (``create_model(name, num_classes=10, in_chans=1)``).
+builder argument may be overridden (``create_model(name, num_classes=10, in_chans=1)``). A registered
+family and width takes any resolution in its name (``mobilenet_v1_0.25_32``), and torchvision's and
+timm's names of the same architectures are aliases (``mobilenet_v2``, ``mobilenetv2_100``).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -53,6 +56,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # another library's name -> the registered name of the same architecture
 
 
 def register_model(
@@ -68,6 +72,13 @@ def register_model(
     _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), mean, std)
 
 
+def register_alias(alias: str, name: str) -> None:
+    """Accept ``alias`` (torchvision's or timm's name of the same architecture) for registered ``name``."""
+    if alias in _REGISTRY or alias in _ALIASES or name not in _REGISTRY:
+        raise ValueError(f"alias {alias!r} is taken or model {name!r} is not registered")
+    _ALIASES[alias] = name
+
+
 def registry() -> dict[str, ModelEntry]:
     """Every registered model by name; the families (``mobilenets.models``) register theirs on first use."""
     importlib.import_module("mobilenets.models")
@@ -79,17 +90,78 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
 
 
+def list_aliases(pattern: str = "*") -> dict[str, str]:
+    """``{alias: registered name}`` for the other libraries' names matching ``pattern``, sorted by alias."""
+    registry()
+    return {a: _ALIASES[a] for a in sorted(_ALIASES) if fnmatch.fnmatchcase(a, pattern)}
+
+
+def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
+    """``{family}_{width}_{resolution}`` at a resolution not registered: the entry of that family and
+    width at another resolution, renamed, with ``resolution`` as its default input size."""
+    prefix, _, size = name.rpartition("_")
+    if not (size.isascii() and size.isdigit()):
+        return None
+    for entry in models.values():
+        default = entry.defaults.get("resolution")
+        if default is not None and entry.name == f"{prefix}_{default}":
+            from .models.base import check_resolution  # the models are loaded by now: no import cycle
+
+            try:
+                resolution = check_resolution(int(size))
+            except ValueError as err:
+                raise ValueError(f"model name {name!r}: {err}") from None
+            return replace(entry, name=name, defaults={**entry.defaults, "resolution": resolution})
+    return None
+
+
 def get_entry(name: str) -> ModelEntry:
+    """The entry of a registered name, an alias (its registered model), or a registered family and
+    width at any resolution (``mobilenet_v2_0.35_64``: ``mobilenet_v2_0.35_*`` with 64 as default size)."""
     models = registry()
-    if name not in models:
-        close = [n for n in models if name.split("_")[0] in n][:5]
+    if name in models:
+        return models[name]
+    if name in _ALIASES:
+        return models[_ALIASES[name]]
+    entry = _sized_entry(name, models)
+    if entry is None:
+        close = difflib.get_close_matches(name, [*models, *_ALIASES], n=5, cutoff=0.75)
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
-    return models[name]
+    return entry
+
+
+def same_architecture(name: str, other: str) -> bool:
+    """Whether two model names build the same layers (they may differ in default input size)."""
+    first, second = get_entry(name), get_entry(other)
+
+    def layers(entry: ModelEntry) -> tuple[Any, ...]:
+        return entry.family, entry.builder.__name__, {k: v for k, v in entry.defaults.items() if k != "resolution"}
+
+    return layers(first) == layers(second)
+
+
+def name_for(name: str, **arguments: Any) -> str:
+    """The name of model ``name`` built with ``arguments``: the width and resolution that the name
+    spells follow ``width_mult`` and ``resolution`` (``mobilenet_v1_1.0_224``, ``width_mult=0.6``:
+    ``mobilenet_v1_0.6_224``)."""
+    entry = get_entry(name)
+    parts = entry.name.split("_")
+    for key in ("width_mult", "resolution"):
+        old, new = entry.defaults.get(key), arguments.get(key)
+        if old is None or new is None:
+            continue
+        spelt = [str(float(old)), str(old)] if key == "width_mult" else [str(old)]
+        for index in reversed(range(len(parts))):
+            if parts[index] in spelt:
+                parts[index] = str(float(new)) if key == "width_mult" else str(new)
+                break
+    return "_".join(parts)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace its defaults (width_mult, resolution, ...).
+    """Build a model by name (see :func:`get_entry`); ``overrides`` replace its defaults (width_mult,
+    resolution, ...).
 
     The model gets a ``meta`` attribute (:class:`ModelMeta`) with its default input size and
     normalisation.
@@ -104,7 +176,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     bound = inspect.signature(entry.builder).bind(**kwargs)
     bound.apply_defaults()
     model.meta = ModelMeta(
-        name=name,
+        name=entry.name,
         family=entry.family,
         resolution=bound.arguments["resolution"],
         mean=entry.mean,

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, ConvBNAct, DepthwiseSeparable, Padding
-from ..registry import register_model
+from ..registry import register_alias, register_model
 from .base import Backbone, EndPoints, check_arguments, check_resolution
 
 
@@ -139,3 +139,4 @@ register_model(
     defaults={"width_mult": 1.0, "resolution": 224},
     **_TF_NORM,
 )
+register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm

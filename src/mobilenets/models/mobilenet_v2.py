@@ -13,7 +13,7 @@ from typing import NamedTuple
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
-from ..registry import register_model
+from ..registry import register_alias, register_model
 from .base import Backbone, EndPoints, check_arguments
 
 
@@ -106,3 +106,6 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         family="mobilenet_v2",
         defaults={"width_mult": float(_alpha), "resolution": _res},
     )
+register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
+for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):
+    register_alias(f"mobilenetv2_{_timm}", f"mobilenet_v2_{_alpha}_224")

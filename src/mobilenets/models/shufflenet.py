@@ -110,7 +110,7 @@ class ShuffleNet(Backbone):
         output_stride: int = 32,
     ) -> None:
         super().__init__()
-        if groups not in GROUPS:
+        if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
         width_mult = check_arguments(
             width_mult, resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import ShuffleV2Unit
-from ..registry import register_model
+from ..registry import register_alias, register_model
 from .base import Backbone, check_arguments
 from .shufflenet import Row, walk_table
 
@@ -48,7 +48,7 @@ class ShuffleNetV2(Backbone):
         output_stride: int = 32,
     ) -> None:
         super().__init__()
-        if width_mult not in WIDTHS:
+        if isinstance(width_mult, bool) or width_mult not in WIDTHS:
             raise ValueError(f"width_mult must be one of {list(WIDTHS)} for ShuffleNet V2, got {width_mult!r}")
         column = WIDTHS.index(width_mult)
         # The table's value: equal to width_mult, which may be a type check_width_mult rejects (np.float32).
@@ -69,3 +69,4 @@ for _width in ("0.5", "1.0", "1.5", "2.0"):
     register_model(
         f"shufflenet_v2_{_width}", ShuffleNetV2, family="shufflenet_v2", defaults={"width_mult": float(_width)}
     )
+    register_alias(f"shufflenet_v2_x{_width.replace('.', '_')}", f"shufflenet_v2_{_width}")  # torchvision
