@@ -11,10 +11,12 @@ RES = 64  # small inputs keep the suite fast; every model accepts any size >= 32
 
 
 def representatives() -> list[str]:
-    """One model per builder: names differing only in width or resolution share their code paths."""
+    """One model per builder and architecture table: names differing only in width or resolution
+    share their code paths."""
     seen: dict[object, str] = {}
     for model_name in list_models():
-        seen.setdefault(get_entry(model_name).builder.__name__, model_name)
+        entry = get_entry(model_name)
+        seen.setdefault((entry.builder.__name__, entry.defaults.get("variant")), model_name)
     return sorted(seen.values())
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESOLUTION = 224  # ImageNet's usual crop, the papers' full-size input
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,21 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder, the arguments it is built with, and its input convention."""
+    """A registered model: its builder, the arguments it is built with, and its input convention
+    (default input size in pixels, normalisation). The layers never depend on the input size: it
+    lives here, not in the builders."""
 
     name: str
     builder: Callable[..., nn.Module]
     family: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    resolution: int = DEFAULT_RESOLUTION
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
     def arguments(self) -> list[str]:
-        """Names of the arguments ``create_model`` accepts for this model."""
-        return list(inspect.signature(self.builder).parameters)
+        """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
+        return [*inspect.signature(self.builder).parameters, "resolution"]
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -64,12 +68,15 @@ def register_model(
     builder: Callable[..., nn.Module],
     family: str,
     defaults: dict[str, Any] | None = None,
+    *,
+    resolution: int = DEFAULT_RESOLUTION,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> None:
+    """Register ``builder`` under ``name`` with its ``defaults`` and default input size ``resolution``."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), mean, std)
+    _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), resolution, mean, std)
 
 
 def register_alias(alias: str, name: str) -> None:
@@ -103,16 +110,18 @@ def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
     if not (size.isascii() and size.isdigit()):
         return None
     for entry in models.values():
-        default = entry.defaults.get("resolution")
-        if default is not None and entry.name == f"{prefix}_{default}":
-            from .models.base import check_resolution  # the models are loaded by now: no import cycle
-
+        if entry.name == f"{prefix}_{entry.resolution}":
             try:
-                resolution = check_resolution(int(size))
+                return replace(entry, name=name, resolution=_check_resolution(int(size)))
             except ValueError as err:
                 raise ValueError(f"model name {name!r}: {err}") from None
-            return replace(entry, name=name, defaults={**entry.defaults, "resolution": resolution})
     return None
+
+
+def _check_resolution(resolution: int) -> int:
+    from .models.base import check_resolution  # imported on use: the families import this module
+
+    return check_resolution(resolution)
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -135,10 +144,7 @@ def same_architecture(name: str, other: str) -> bool:
     """Whether two model names build the same layers (they may differ in default input size)."""
     first, second = get_entry(name), get_entry(other)
 
-    def layers(entry: ModelEntry) -> tuple[Any, ...]:
-        return entry.family, entry.builder.__name__, {k: v for k, v in entry.defaults.items() if k != "resolution"}
-
-    return layers(first) == layers(second)
+    return (first.family, first.builder, first.defaults) == (second.family, second.builder, second.defaults)
 
 
 def name_for(name: str, **arguments: Any) -> str:
@@ -148,7 +154,7 @@ def name_for(name: str, **arguments: Any) -> str:
     entry = get_entry(name)
     parts = entry.name.split("_")
     for key in ("width_mult", "resolution"):
-        old, new = entry.defaults.get(key), arguments.get(key)
+        old, new = {**entry.defaults, "resolution": entry.resolution}.get(key), arguments.get(key)
         if old is None or new is None:
             continue
         spelt = [str(float(old)), str(old)] if key == "width_mult" else [str(old)]
@@ -172,13 +178,14 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"argument(s) {unknown} not accepted by {name!r}; accepted: {accepted}")
     kwargs = {**entry.defaults, **overrides}
+    resolution = _check_resolution(kwargs.pop("resolution", entry.resolution))
     model = entry.builder(**kwargs)
     bound = inspect.signature(entry.builder).bind(**kwargs)
     bound.apply_defaults()
     model.meta = ModelMeta(
         name=entry.name,
         family=entry.family,
-        resolution=bound.arguments["resolution"],
+        resolution=resolution,
         mean=entry.mean,
         std=entry.std,
         num_classes=bound.arguments["num_classes"],

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name in names:
         entry = get_entry(name)
-        rows.append({"model": name, "family": entry.family, **entry.defaults})
+        rows.append({"model": name, "family": entry.family, **entry.defaults, "resolution": entry.resolution})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

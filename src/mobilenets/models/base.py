@@ -86,7 +86,6 @@ def check_common(
 
 def check_arguments(
     width_mult: float,
-    resolution: int | None,
     num_classes: int,
     in_chans: int,
     dropout: float,
@@ -94,13 +93,8 @@ def check_arguments(
     padding: str,
     output_stride: int,
 ) -> float:
-    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float.
-
-    ``resolution=None``: the constructor takes none (MobileNet V1, whose builders check it).
-    """
+    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    if resolution is not None:
-        check_resolution(resolution)
     check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
     return width_mult
 

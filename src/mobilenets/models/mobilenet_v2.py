@@ -53,8 +53,7 @@ def round_channels(channels: float, divisor: int = 8) -> int:
 class MobileNetV2(Backbone):
     """MobileNetV2 body from Table 2, then pool → dropout → FC; the builder that the registry calls.
 
-    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
-    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled features when
     ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
     End points: ``conv0``, ``block1`` ... ``block17``, ``conv18`` (torchvision's ``features`` indices).
     """
@@ -62,7 +61,6 @@ class MobileNetV2(Backbone):
     def __init__(
         self,
         width_mult: float = 1.0,
-        resolution: int = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
         dropout: float = 0.2,
@@ -71,9 +69,7 @@ class MobileNetV2(Backbone):
         output_stride: int = 32,
     ) -> None:
         super().__init__()
-        width_mult = check_arguments(
-            width_mult, resolution, num_classes, in_chans, dropout, activation, padding, output_stride
-        )
+        width_mult = check_arguments(width_mult, num_classes, in_chans, dropout, activation, padding, output_stride)
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
         for row in MOBILENET_V2:
@@ -104,7 +100,8 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         f"mobilenet_v2_{_alpha}_{_res}",
         MobileNetV2,
         family="mobilenet_v2",
-        defaults={"width_mult": float(_alpha), "resolution": _res},
+        defaults={"width_mult": float(_alpha)},
+        resolution=_res,
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):

@@ -91,8 +91,7 @@ class ShuffleNet(Backbone):
     """ShuffleNet with ``groups`` g ∈ {1, 2, 3, 4, 8} and scale factor ``width_mult`` (s > 0); the
     builder that the registry calls.
 
-    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
-    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled features when
     ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
     End points: ``conv1``, ``maxpool``, ``stage2`` ... ``stage4``. No ``padding`` argument: no
     TensorFlow-trained ShuffleNet weights exist to need "SAME".
@@ -102,7 +101,6 @@ class ShuffleNet(Backbone):
         self,
         groups: int = 3,
         width_mult: float = 1.0,
-        resolution: int = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
         dropout: float = 0.0,
@@ -112,9 +110,7 @@ class ShuffleNet(Backbone):
         super().__init__()
         if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
-        width_mult = check_arguments(
-            width_mult, resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride
-        )
+        width_mult = check_arguments(width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride)
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
         conv1_scale = 2.0 ** math.floor(math.log2(width_mult))

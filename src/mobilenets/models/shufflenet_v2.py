@@ -30,8 +30,7 @@ SHUFFLENET_V2: tuple[Row, ...] = (
 class ShuffleNetV2(Backbone):
     """ShuffleNet V2 at ``width_mult`` ∈ {0.5, 1.0, 1.5, 2.0}; the builder that the registry calls.
 
-    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
-    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled features when
     ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
     End points: ``conv1``, ``maxpool``, ``stage2`` ... ``stage4``, ``conv5``. No ``padding``
     argument, as for ShuffleNet.
@@ -40,7 +39,6 @@ class ShuffleNetV2(Backbone):
     def __init__(
         self,
         width_mult: float = 1.0,
-        resolution: int = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
         dropout: float = 0.0,
@@ -53,7 +51,7 @@ class ShuffleNetV2(Backbone):
         column = WIDTHS.index(width_mult)
         # The table's value: equal to width_mult, which may be a type check_width_mult rejects (np.float32).
         self.width_mult = check_arguments(
-            WIDTHS[column], resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride
+            WIDTHS[column], num_classes, in_chans, dropout, activation, "symmetric", output_stride
         )
 
         def make_unit(
