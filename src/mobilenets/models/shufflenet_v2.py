@@ -10,7 +10,7 @@ from torch import nn
 
 from ..layers import ShuffleV2Unit
 from ..registry import register_alias, register_model
-from .base import Backbone, check_arguments
+from .base import Backbone, check_arguments, conv_bn_names
 from .shufflenet import Row, walk_table
 
 WIDTHS = (0.5, 1.0, 1.5, 2.0)
@@ -63,8 +63,37 @@ class ShuffleNetV2(Backbone):
         self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
 
 
+def _flat_branch(ours: str, theirs: str, branch: nn.Module) -> dict[str, str]:
+    """A Sequential of ConvBNAct as torchvision's one flat Sequential: conv, BN and, where there is
+    one, the activation each take an index."""
+    names, position = {}, 0
+    for part, conv_bn_act in branch.named_children():
+        names |= conv_bn_names(f"{ours}.{part}", f"{theirs}.{position}", f"{theirs}.{position + 1}")
+        position += 2 if isinstance(conv_bn_act.act, nn.Identity) else 3
+    return names
+
+
+def torchvision_modules(model: ShuffleNetV2) -> dict[str, str]:
+    """torchvision ``shufflenet_v2_x*``: ``conv1``, ``stage2``-``stage4`` of units with ``branch1`` (our
+    shortcut) and ``branch2`` (our branch), ``conv5``, ``fc``."""
+    branches = {"shortcut": "branch1", "branch": "branch2"}
+    names = {"classifier": "fc"}
+    for name, layer in model.features.named_children():
+        if name.startswith("conv"):
+            names |= conv_bn_names(f"features.{name}", f"{name}.0", f"{name}.1")
+        elif name.startswith("stage"):
+            for index, unit in enumerate(layer):
+                for ours, branch in unit.named_children():
+                    names |= _flat_branch(f"features.{name}.{index}.{ours}", f"{name}.{index}.{branches[ours]}", branch)
+    return names
+
+
 for _width in ("0.5", "1.0", "1.5", "2.0"):
     register_model(
-        f"shufflenet_v2_{_width}", ShuffleNetV2, family="shufflenet_v2", defaults={"width_mult": float(_width)}
+        f"shufflenet_v2_{_width}",
+        ShuffleNetV2,
+        family="shufflenet_v2",
+        defaults={"width_mult": float(_width)},
+        torchvision=torchvision_modules,
     )
     register_alias(f"shufflenet_v2_x{_width.replace('.', '_')}", f"shufflenet_v2_{_width}")  # torchvision
