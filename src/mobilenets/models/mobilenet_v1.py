@@ -87,9 +87,24 @@ class MobileNetV1(Backbone):
             out_channels = scale_channels(row.out_channels, width_mult)
             stride, dilation = body.schedule.step(row.stride)
             if row.kind == "conv":
-                layer: nn.Module = ConvBNAct(body.channels, out_channels, 3, stride, dilation, 1, activation, padding)
+                layer: nn.Module = ConvBNAct(
+                    body.channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=stride,
+                    dilation=dilation,
+                    activation=activation,
+                    padding=padding,
+                )
             else:
-                layer = DepthwiseSeparable(body.channels, out_channels, stride, dilation, activation, padding)
+                layer = DepthwiseSeparable(
+                    body.channels,
+                    out_channels,
+                    stride=stride,
+                    dilation=dilation,
+                    activation=activation,
+                    padding=padding,
+                )
             body.add(f"conv{index}" if row.kind == "conv" else f"block{index}", layer, out_channels)
         self._assemble(*body.build(), num_classes, dropout)
 

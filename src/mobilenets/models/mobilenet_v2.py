@@ -82,12 +82,26 @@ class MobileNetV2(Backbone):
                 if row.operator == "bottleneck":
                     name = f"block{index}"
                     layer: nn.Module = InvertedResidual(
-                        body.channels, out_channels, stride, row.t, dilation, activation, padding
+                        body.channels,
+                        out_channels,
+                        stride=stride,
+                        expansion=row.t,
+                        dilation=dilation,
+                        activation=activation,
+                        padding=padding,
                     )
                 else:
                     name = f"conv{index}"
                     kernel = 1 if row.operator == "conv2d 1×1" else 3
-                    layer = ConvBNAct(body.channels, out_channels, kernel, stride, dilation, 1, activation, padding)
+                    layer = ConvBNAct(
+                        body.channels,
+                        out_channels,
+                        kernel_size=kernel,
+                        stride=stride,
+                        dilation=dilation,
+                        activation=activation,
+                        padding=padding,
+                    )
                 body.add(name, layer, out_channels)
         self._assemble(*body.build(), num_classes, dropout)
 

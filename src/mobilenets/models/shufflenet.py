@@ -68,7 +68,14 @@ def walk_table(
             layer: nn.Module = nn.MaxPool2d(row.kernel, stride, row.kernel // 2)
         elif row.layer.startswith("conv"):
             stride, dilation = body.schedule.step(row.stride)
-            layer = ConvBNAct(body.channels, out_channels, row.kernel, stride, dilation, 1, activation)
+            layer = ConvBNAct(
+                body.channels,
+                out_channels,
+                kernel_size=row.kernel,
+                stride=stride,
+                dilation=dilation,
+                activation=activation,
+            )
         else:
             units = []
             channels = body.channels
@@ -124,7 +131,16 @@ class ShuffleNet(Backbone):
         def make_unit(inp: int, out: int, stride: int, dilation: int, downsample: bool, first_stage: bool) -> nn.Module:
             # The first 1×1 of stage 2 takes conv1's 24 channels: too few to split into groups.
             group_first = not (downsample and first_stage)
-            return ShuffleUnit(inp, out, groups, stride, dilation, downsample, group_first, activation)
+            return ShuffleUnit(
+                inp,
+                out,
+                groups=groups,
+                stride=stride,
+                dilation=dilation,
+                downsample=downsample,
+                group_first=group_first,
+                activation=activation,
+            )
 
         self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
 

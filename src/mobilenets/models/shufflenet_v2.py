@@ -57,7 +57,9 @@ class ShuffleNetV2(Backbone):
         def make_unit(
             inp: int, out: int, stride: int, dilation: int, downsample: bool, _first_stage: bool
         ) -> nn.Module:
-            return ShuffleV2Unit(inp, out, stride, dilation, downsample, activation)
+            return ShuffleV2Unit(
+                inp, out, stride=stride, dilation=dilation, downsample=downsample, activation=activation
+            )
 
         rows = [(row, row.channels[column]) for row in SHUFFLENET_V2]
         self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
