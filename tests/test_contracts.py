@@ -90,3 +90,10 @@ def test_reset_classifier_and_meta_follow(representative: str) -> None:
     assert features.shape == (2, model.num_features) and model.meta.num_classes == 0
     with pytest.raises(ValueError, match="num_classes must be"):
         model.reset_classifier(-1)
+
+
+def test_batchnorm_settings_reach_every_batchnorm(representative: str) -> None:
+    for choice, (momentum, eps) in {"torch": (0.1, 1e-5), "tf": (0.003, 1e-3)}.items():
+        model = create_model(representative, batchnorm=choice)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and all((bn.momentum, bn.eps) == (momentum, eps) for bn in norms)

@@ -35,6 +35,7 @@ def test_name_sets_defaults_and_overrides_win() -> None:
         ({"activation": "gelu"}, "activation"),
         ({"padding": "valid"}, "padding"),
         ({"output_stride": 4}, "output_stride"),
+        ({"batchnorm": "keras"}, "batchnorm"),
         ({"depth_multiplier": 1.0}, "depth_multiplier"),
     ],
 )

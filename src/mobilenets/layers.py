@@ -11,6 +11,7 @@ All blocks take and return NCHW tensors. Two padding conventions are supported:
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,6 +25,28 @@ PADDINGS: tuple[str, ...] = ("symmetric", "same")
 # and its bounded range keeps activations friendly to int8 quantization.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 DEFAULT_ACTIVATION = "relu6"
+
+
+@dataclass(frozen=True)
+class BatchNormSettings:
+    """BatchNorm's running-statistics update and variance floor."""
+
+    momentum: float  # weight of the new batch in the running statistics (TF's decay is 1 - momentum)
+    eps: float
+
+
+# "torch": PyTorch's own defaults, which torchvision's MobileNetV2 and ShuffleNet V2 weights were
+# trained with; the default, so those weights run as trained. "tf": TF-slim's MobileNet training
+# (decay 0.997, epsilon 1e-3), a slower running average for the papers' long, large-batch runs.
+BATCHNORMS: dict[str, BatchNormSettings] = {
+    "torch": BatchNormSettings(momentum=0.1, eps=1e-5),
+    "tf": BatchNormSettings(momentum=0.003, eps=1e-3),  # momentum 1 - decay
+}
+DEFAULT_BATCHNORM = "torch"
+
+# Weights are initialised by PyTorch's defaults for nn.Conv2d and nn.Linear (Kaiming-uniform,
+# bound 1/sqrt(fan_in)), not TF-slim's truncated normal: with BatchNorm after every convolution the
+# scale of the initial weights barely matters, and seeded models stay as they were.
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -107,7 +130,8 @@ class ConvBNAct(nn.Sequential):
             groups=groups,
             padding=padding,
         )
-        self.bn = nn.BatchNorm2d(out_channels)
+        settings = BATCHNORMS[DEFAULT_BATCHNORM]
+        self.bn = nn.BatchNorm2d(out_channels, eps=settings.eps, momentum=settings.momentum)
         self.act = make_activation(activation)
 
 

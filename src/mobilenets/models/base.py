@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..layers import ACTIVATIONS, PADDINGS
+from ..layers import ACTIVATIONS, BATCHNORMS, PADDINGS
 
 MIN_RESOLUTION = 32
 OUTPUT_STRIDES = (8, 16, 32)
@@ -68,7 +68,7 @@ def check_num_classes(num_classes: int) -> int:
 
 
 def check_common(
-    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int
+    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int, batchnorm: str
 ) -> None:
     """Validate the arguments that every builder accepts; raise ``ValueError`` naming the culprit."""
     check_num_classes(num_classes)
@@ -82,6 +82,8 @@ def check_common(
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
     if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+    if not isinstance(batchnorm, str) or batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {list(BATCHNORMS)}, got {batchnorm!r}")
 
 
 def check_arguments(
@@ -92,10 +94,11 @@ def check_arguments(
     activation: str,
     padding: str,
     output_stride: int,
+    batchnorm: str,
 ) -> float:
     """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+    check_common(num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm)
     return width_mult
 
 
@@ -173,8 +176,14 @@ class Backbone(nn.Module):
         num_features: int,
         num_classes: int,
         dropout: float,
+        batchnorm: str,
     ) -> None:
-        """Set the body (as :meth:`EndPoints.build` returns it), then the head after it."""
+        """Set the body (as :meth:`EndPoints.build` returns it), then the head after it; give every
+        BatchNorm the ``batchnorm`` settings (a key of ``layers.BATCHNORMS``)."""
+        settings = BATCHNORMS[batchnorm]
+        for module in features.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum, module.eps = settings.momentum, settings.eps
         self.features, self.feature_info, self.num_features = features, feature_info, num_features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

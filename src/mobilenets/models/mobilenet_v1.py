@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import DEFAULT_ACTIVATION, ConvBNAct, DepthwiseSeparable, Padding
+from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, DepthwiseSeparable, Padding
 from ..registry import register_alias, register_model
 from .base import Backbone, EndPoints, check_arguments
 
@@ -76,11 +76,14 @@ class MobileNetV1(Backbone):
         activation: str = DEFAULT_ACTIVATION,
         padding: Padding = "symmetric",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
         if not isinstance(variant, str) or variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
-        width_mult = check_arguments(width_mult, num_classes, in_chans, dropout, activation, padding, output_stride)
+        width_mult = check_arguments(
+            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
+        )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
         for index, row in enumerate(VARIANTS[variant]):
@@ -106,7 +109,7 @@ class MobileNetV1(Backbone):
                     padding=padding,
                 )
             body.add(f"conv{index}" if row.kind == "conv" else f"block{index}", layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout)
+        self._assemble(*body.build(), num_classes, dropout, batchnorm)
 
 
 # The released TF models scale pixels to [-1, 1].

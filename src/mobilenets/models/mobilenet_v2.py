@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
+from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, InvertedResidual, Padding
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeights, register_alias, register_model
 from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
@@ -67,9 +67,12 @@ class MobileNetV2(Backbone):
         activation: str = DEFAULT_ACTIVATION,
         padding: Padding = "symmetric",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
-        width_mult = check_arguments(width_mult, num_classes, in_chans, dropout, activation, padding, output_stride)
+        width_mult = check_arguments(
+            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
+        )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
         for row in MOBILENET_V2:
@@ -103,7 +106,7 @@ class MobileNetV2(Backbone):
                         padding=padding,
                     )
                 body.add(name, layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout)
+        self._assemble(*body.build(), num_classes, dropout, batchnorm)
 
 
 def torchvision_modules(model: MobileNetV2) -> dict[str, str]:

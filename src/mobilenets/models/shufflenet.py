@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import ConvBNAct, ShuffleUnit
+from ..layers import DEFAULT_BATCHNORM, ConvBNAct, ShuffleUnit
 from ..registry import register_model
 from .base import Backbone, EndPoints, FeatureInfo, check_arguments
 
@@ -113,11 +113,14 @@ class ShuffleNet(Backbone):
         dropout: float = 0.0,
         activation: str = "relu",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
         if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
-        width_mult = check_arguments(width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride)
+        width_mult = check_arguments(
+            width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
+        )
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
         conv1_scale = 2.0 ** math.floor(math.log2(width_mult))
@@ -142,7 +145,9 @@ class ShuffleNet(Backbone):
                 activation=activation,
             )
 
-        self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
+        self._assemble(
+            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+        )
 
 
 # Every group count of Table 1 at 1×; g = 3 and g = 8 (the paper's Table 2, 3 and 5 models) at the other scales.

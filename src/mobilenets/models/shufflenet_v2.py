@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import ShuffleV2Unit
+from ..layers import DEFAULT_BATCHNORM, ShuffleV2Unit
 from ..registry import register_alias, register_model
 from .base import Backbone, check_arguments, conv_bn_names
 from .shufflenet import Row, walk_table
@@ -44,6 +44,7 @@ class ShuffleNetV2(Backbone):
         dropout: float = 0.0,
         activation: str = "relu",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
         if isinstance(width_mult, bool) or width_mult not in WIDTHS:
@@ -51,7 +52,7 @@ class ShuffleNetV2(Backbone):
         column = WIDTHS.index(width_mult)
         # The table's value: equal to width_mult, which may be a type check_width_mult rejects (np.float32).
         self.width_mult = check_arguments(
-            WIDTHS[column], num_classes, in_chans, dropout, activation, "symmetric", output_stride
+            WIDTHS[column], num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
         )
 
         def make_unit(
@@ -62,7 +63,9 @@ class ShuffleNetV2(Backbone):
             )
 
         rows = [(row, row.channels[column]) for row in SHUFFLENET_V2]
-        self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
+        self._assemble(
+            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+        )
 
 
 def _flat_branch(ours: str, theirs: str, branch: nn.Module) -> dict[str, str]:
