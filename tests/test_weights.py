@@ -162,6 +162,8 @@ def test_truncated_and_non_state_dict_files(tmp_path: Path) -> None:
 def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"exist only for \['mobilenet_v2_1.0_224'\], not for 'mobilenet_v2_0.5_224'"):
         load_weights(create_model("mobilenet_v2_0.5_224"), "pretrained")
+    with pytest.raises(ValueError, match=r"exist only for \['mobilenet_v2_1.0_224'\], not for 'mobilenet_v2_1.0_160'"):
+        load_model("pretrained", "mobilenet_v2_1.0_160")  # evaluated at 224 only
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
     missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
@@ -384,3 +386,13 @@ def test_three_channel_weights_load_into_a_one_channel_model(tmp_path: Path) -> 
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(grey(x), theirs(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-5)
+
+
+@needs_pretrained
+def test_pretrained_by_alias_into_a_one_channel_model() -> None:
+    grey = load_model("pretrained", "mobilenet_v2", in_chans=1).eval()
+    rgb = load_model("pretrained", "mobilenet_v2_1.0_224").eval()
+    assert grey.meta.name == "mobilenet_v2_1.0_224" and grey.meta.labels == class_names()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)

@@ -136,14 +136,15 @@ def list_aliases(pattern: str = "*") -> dict[str, str]:
 
 def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
     """``{family}_{width}_{resolution}`` at a resolution not registered: the entry of that family and
-    width at another resolution, renamed, with ``resolution`` as its default input size."""
+    width at another resolution, renamed, with ``resolution`` as its default input size (and no
+    pretrained weights: those were evaluated at their entry's own size)."""
     prefix, _, size = name.rpartition("_")
     if not (size.isascii() and size.isdigit()):
         return None
     for entry in models.values():
         if entry.name == f"{prefix}_{entry.resolution}":
             try:
-                return replace(entry, name=name, resolution=_check_resolution(int(size)))
+                return replace(entry, name=name, resolution=_check_resolution(int(size)), pretrained=None)
             except ValueError as err:
                 raise ValueError(f"model name {name!r}: {err}") from None
     return None
@@ -174,7 +175,6 @@ def get_entry(name: str) -> ModelEntry:
 def same_architecture(name: str, other: str) -> bool:
     """Whether two model names build the same layers (they may differ in default input size)."""
     first, second = get_entry(name), get_entry(other)
-
     return (first.family, first.builder, first.defaults) == (second.family, second.builder, second.defaults)
 
 

@@ -234,7 +234,6 @@ def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor],
     if str(source) != PRETRAINED:
         path = Path(source)
         return (path, *read_weights_file(path))
-    name = get_entry(name).name if name else name  # an alias: the registered name
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
