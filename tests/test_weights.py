@@ -396,3 +396,10 @@ def test_pretrained_by_alias_into_a_one_channel_model() -> None:
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)
+
+
+def test_recorded_class_names_must_fit_the_classifier(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "w.safetensors")
+    save_weights(tmp_path / "two.safetensors", state, {**TRAINED_INFO, "classes": ["circle", "square"]})
+    with pytest.raises(ValueError, match="record 2 class names for a 3-class classifier"):
+        load_model(tmp_path / "two.safetensors")

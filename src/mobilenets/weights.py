@@ -261,7 +261,14 @@ def _apply(
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
     if meta is not None and record:
-        model.meta = replace(meta, weights=str(path), **_meta_changes(info, f"weights {str(path)!r}"))
+        changes = _meta_changes(info, f"weights {str(path)!r}")
+        labels = changes.get("labels", ())
+        if labels and (len(labels) != meta.num_classes or not all(isinstance(label, str) for label in labels)):
+            raise ValueError(
+                f"weights {str(path)!r} record {len(labels)} class names for a {meta.num_classes}-class classifier"
+                " (or names that are not strings)"
+            )
+        model.meta = replace(meta, weights=str(path), **changes)
     return head
 
 
