@@ -1,5 +1,7 @@
 """Contracts every registered model must keep, whatever its family."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,10 +11,12 @@ RES = 64  # small inputs keep the suite fast; every model accepts any size >= 32
 
 
 def representatives() -> list[str]:
-    """One model per builder: names differing only in width or resolution share their code paths."""
+    """One model per builder and architecture table: names differing only in width or resolution
+    share their code paths."""
     seen: dict[object, str] = {}
     for model_name in list_models():
-        seen.setdefault(get_entry(model_name).builder.__name__, model_name)
+        entry = get_entry(model_name)
+        seen.setdefault((entry.builder.__name__, entry.defaults.get("variant")), model_name)
     return sorted(seen.values())
 
 
@@ -72,3 +76,24 @@ def test_extractor_exports(representative: str) -> None:
     assert list(got) == list(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key])
+
+
+def test_reset_classifier_and_meta_follow(representative: str) -> None:
+    model = create_model(representative).double()
+    model.meta = replace(model.meta, labels=("a",) * 1000)
+    model.reset_classifier(7)
+    assert model.get_classifier() is model.classifier and model.classifier.out_features == 7
+    assert (model.num_classes, model.meta.num_classes, model.meta.labels) == (7, 7, ())
+    assert model(torch.randn(2, 3, RES, RES, dtype=torch.float64)).shape == (2, 7)
+    model.reset_classifier(0)
+    features = model(torch.randn(2, 3, RES, RES, dtype=torch.float64))
+    assert features.shape == (2, model.num_features) and model.meta.num_classes == 0
+    with pytest.raises(ValueError, match="num_classes must be"):
+        model.reset_classifier(-1)
+
+
+def test_batchnorm_settings_reach_every_batchnorm(representative: str) -> None:
+    for choice, (momentum, eps) in {"torch": (0.1, 1e-5), "tf": (0.003, 1e-3)}.items():
+        model = create_model(representative, batchnorm=choice)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms and all((bn.momentum, bn.eps) == (momentum, eps) for bn in norms)

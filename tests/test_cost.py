@@ -166,3 +166,10 @@ def test_count_cost_restores_training_mode() -> None:
     model = create_model("mobilenet_v1_0.25_128").train()
     count_cost(model)
     assert model.training
+
+
+def test_profile_names_the_model_it_profiled() -> None:
+    report = profile("mobilenet_v1_1.0_224", width_mult=0.6)
+    assert report.model == "mobilenet_v1_0.6_224"
+    assert report.mult_adds == count_cost(create_model("mobilenet_v1_1.0_224", width_mult=0.6)).mult_adds
+    assert profile("mobilenet_v2_1.0_224", resolution=160).model == "mobilenet_v2_1.0_160"

@@ -19,7 +19,7 @@ def test_same_padding_amounts(size: int, stride: int, expected: tuple[int, int])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("groups", [1, 8])
 def test_same_conv_matches_explicit_pad_then_valid_conv(size: int, stride: int, groups: int) -> None:
-    conv = conv2d(8, 16, 3, stride, groups=groups, padding="same")
+    conv = conv2d(8, 16, kernel_size=3, stride=stride, groups=groups, padding="same")
     x = torch.randn(2, 8, size, size + 1)
 
     # Independent reference: TF's rule written out for a 3×3 kernel, then a valid convolution.
@@ -37,8 +37,8 @@ def test_same_conv_matches_explicit_pad_then_valid_conv(size: int, stride: int, 
 
 
 def test_same_and_symmetric_differ_only_on_even_stride2_inputs() -> None:
-    same = conv2d(3, 4, 3, 2, padding="same")
-    sym = conv2d(3, 4, 3, 2, padding="symmetric")
+    same = conv2d(3, 4, kernel_size=3, stride=2, padding="same")
+    sym = conv2d(3, 4, kernel_size=3, stride=2, padding="symmetric")
     sym.weight.data.copy_(same.weight.data)
     assert isinstance(same, Conv2dSame) and not isinstance(sym, Conv2dSame)
     odd = torch.randn(1, 3, 33, 33)
@@ -48,7 +48,7 @@ def test_same_and_symmetric_differ_only_on_even_stride2_inputs() -> None:
 
 
 def test_same_padding_with_dilation() -> None:
-    conv = conv2d(4, 4, 3, 2, dilation=2, padding="same")
+    conv = conv2d(4, 4, kernel_size=3, stride=2, dilation=2, padding="same")
     x = torch.randn(1, 4, 20, 20)
     ref = F.conv2d(F.pad(x, (1, 2, 1, 2)), conv.weight, None, 2, 0, 2)
     torch.testing.assert_close(conv(x), ref)
@@ -56,16 +56,16 @@ def test_same_padding_with_dilation() -> None:
 
 def test_bad_padding_and_activation_raise() -> None:
     with pytest.raises(ValueError, match="padding"):
-        conv2d(3, 3, 3, padding="valid")  # type: ignore[arg-type]
+        conv2d(3, 3, kernel_size=3, padding="valid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="activation"):
         make_activation("gelu")
 
 
 def test_conv_bn_act_structure() -> None:
-    block = ConvBNAct(3, 8, 3, 2, activation="relu")
+    block = ConvBNAct(3, 8, kernel_size=3, stride=2, activation="relu")
     assert isinstance(block.act, nn.ReLU)
     assert block.conv.bias is None
-    linear = ConvBNAct(8, 8, 1, activation=None)
+    linear = ConvBNAct(8, 8, kernel_size=1, activation=None)
     assert isinstance(linear.act, nn.Identity)
     assert block(torch.randn(1, 3, 15, 15)).shape == (1, 8, 8, 8)
 

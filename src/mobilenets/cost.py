@@ -22,7 +22,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
-from .registry import create_model
+from .registry import create_model, name_for
 
 CONVENTIONS = (
     "mult-adds: multiply-accumulates of conv and FC layers for one image (BN, activations, pooling not counted); "
@@ -207,11 +207,12 @@ def count_cost(model: nn.Module, resolution: int | None = None, name: str | None
 
 
 def profile(name: str, resolution: int | None = None, **overrides: Any) -> CostReport:
-    """Build a registered model (with ``overrides``, e.g. ``width_mult``) and count its cost."""
+    """Build a registered model (with ``overrides``, e.g. ``width_mult``) and count its cost; the
+    report names the model profiled (``mobilenet_v1_0.6_224`` for ``mobilenet_v1_1.0_224`` at α = 0.6)."""
     if resolution is not None:
         overrides["resolution"] = resolution
     model = create_model(name, **overrides)
-    return count_cost(model)
+    return count_cost(model, name=name_for(name, **overrides))
 
 
 # --- The paper's analytic formulas for a single layer (Section 3, Table 3) -------------------

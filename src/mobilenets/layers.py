@@ -11,6 +11,7 @@ All blocks take and return NCHW tensors. Two padding conventions are supported:
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,6 +25,28 @@ PADDINGS: tuple[str, ...] = ("symmetric", "same")
 # and its bounded range keeps activations friendly to int8 quantization.
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 DEFAULT_ACTIVATION = "relu6"
+
+
+@dataclass(frozen=True)
+class BatchNormSettings:
+    """BatchNorm's running-statistics update and variance floor."""
+
+    momentum: float  # weight of the new batch in the running statistics (TF's decay is 1 - momentum)
+    eps: float
+
+
+# "torch": PyTorch's own defaults, which torchvision's MobileNetV2 and ShuffleNet V2 weights were
+# trained with; the default, so those weights run as trained. "tf": TF-slim's MobileNet training
+# (decay 0.997, epsilon 1e-3), a slower running average for the papers' long, large-batch runs.
+BATCHNORMS: dict[str, BatchNormSettings] = {
+    "torch": BatchNormSettings(momentum=0.1, eps=1e-5),
+    "tf": BatchNormSettings(momentum=0.003, eps=1e-3),  # momentum 1 - decay
+}
+DEFAULT_BATCHNORM = "torch"
+
+# Weights are initialised by PyTorch's defaults for nn.Conv2d and nn.Linear (Kaiming-uniform,
+# bound 1/sqrt(fan_in)), not TF-slim's truncated normal: with BatchNorm after every convolution the
+# scale of the initial weights barely matters, and seeded models stay as they were.
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -58,6 +81,7 @@ class Conv2dSame(nn.Conv2d):
 def conv2d(
     in_channels: int,
     out_channels: int,
+    *,
     kernel_size: int,
     stride: int = 1,
     dilation: int = 1,
@@ -70,9 +94,12 @@ def conv2d(
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
     # With stride 1 and an odd kernel, TF "SAME" is symmetric: no run-time padding needed.
     if padding == "same" and stride > 1:
-        return Conv2dSame(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
-    pad = dilation * (kernel_size - 1) // 2
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad, dilation, groups, bias)
+        padding_class, pad = Conv2dSame, 0
+    else:
+        padding_class, pad = nn.Conv2d, dilation * (kernel_size - 1) // 2
+    return padding_class(
+        in_channels, out_channels, kernel_size, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias
+    )
 
 
 class ConvBNAct(nn.Sequential):
@@ -85,6 +112,7 @@ class ConvBNAct(nn.Sequential):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         kernel_size: int = 3,
         stride: int = 1,
         dilation: int = 1,
@@ -93,8 +121,17 @@ class ConvBNAct(nn.Sequential):
         padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
-        self.conv = conv2d(in_channels, out_channels, kernel_size, stride, dilation, groups, False, padding)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.conv = conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+            padding=padding,
+        )
+        settings = BATCHNORMS[DEFAULT_BATCHNORM]
+        self.bn = nn.BatchNorm2d(out_channels, eps=settings.eps, momentum=settings.momentum)
         self.act = make_activation(activation)
 
 
@@ -108,14 +145,24 @@ class DepthwiseSeparable(nn.Sequential):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         stride: int = 1,
         dilation: int = 1,
         activation: str = DEFAULT_ACTIVATION,
         padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
-        self.dw = ConvBNAct(in_channels, in_channels, 3, stride, dilation, in_channels, activation, padding)
-        self.pw = ConvBNAct(in_channels, out_channels, 1, activation=activation)
+        self.dw = ConvBNAct(
+            in_channels,
+            in_channels,
+            kernel_size=3,
+            stride=stride,
+            dilation=dilation,
+            groups=in_channels,
+            activation=activation,
+            padding=padding,
+        )
+        self.pw = ConvBNAct(in_channels, out_channels, kernel_size=1, activation=activation)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -152,6 +199,7 @@ class InvertedResidual(nn.Sequential):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         stride: int = 1,
         expansion: int = 6,
         dilation: int = 1,
@@ -161,10 +209,19 @@ class InvertedResidual(nn.Sequential):
         super().__init__()
         hidden = in_channels * expansion
         if expansion != 1:
-            self.expand = ConvBNAct(in_channels, hidden, 1, activation=activation)
-        self.dw = ConvBNAct(hidden, hidden, 3, stride, dilation, hidden, activation, padding)
+            self.expand = ConvBNAct(in_channels, hidden, kernel_size=1, activation=activation)
+        self.dw = ConvBNAct(
+            hidden,
+            hidden,
+            kernel_size=3,
+            stride=stride,
+            dilation=dilation,
+            groups=hidden,
+            activation=activation,
+            padding=padding,
+        )
         # Linear: a ReLU on the thin bottleneck would destroy information (the paper's section 3.2).
-        self.project = ConvBNAct(hidden, out_channels, 1, activation=None)
+        self.project = ConvBNAct(hidden, out_channels, kernel_size=1, activation=None)
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +242,7 @@ class ShuffleUnit(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         groups: int,
         stride: int = 1,
         dilation: int = 1,
@@ -194,11 +252,13 @@ class ShuffleUnit(nn.Module):
     ) -> None:
         super().__init__()
         mid = out_channels // 4
-        self.gconv1 = ConvBNAct(in_channels, mid, 1, groups=groups if group_first else 1, activation=activation)
+        self.gconv1 = ConvBNAct(
+            in_channels, mid, kernel_size=1, groups=groups if group_first else 1, activation=activation
+        )
         self.shuffle = ChannelShuffle(groups) if group_first else nn.Identity()
-        self.dw = ConvBNAct(mid, mid, 3, stride, dilation, mid, activation=None)
+        self.dw = ConvBNAct(mid, mid, kernel_size=3, stride=stride, dilation=dilation, groups=mid, activation=None)
         branch_out = out_channels - in_channels if downsample else out_channels
-        self.gconv2 = ConvBNAct(mid, branch_out, 1, groups=groups, activation=None)
+        self.gconv2 = ConvBNAct(mid, branch_out, kernel_size=1, groups=groups, activation=None)
         self.shortcut = nn.AvgPool2d(3, stride, 1) if downsample else None
         self.act = make_activation(activation)
 
@@ -221,6 +281,7 @@ class ShuffleV2Unit(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
+        *,
         stride: int = 1,
         dilation: int = 1,
         downsample: bool = False,
@@ -232,15 +293,23 @@ class ShuffleV2Unit(nn.Module):
         if downsample:
             self.shortcut = nn.Sequential(
                 OrderedDict(
-                    dw=ConvBNAct(in_channels, in_channels, 3, stride, dilation, in_channels, activation=None),
-                    pw=ConvBNAct(in_channels, half, 1, activation=activation),
+                    dw=ConvBNAct(
+                        in_channels,
+                        in_channels,
+                        kernel_size=3,
+                        stride=stride,
+                        dilation=dilation,
+                        groups=in_channels,
+                        activation=None,
+                    ),
+                    pw=ConvBNAct(in_channels, half, kernel_size=1, activation=activation),
                 )
             )
         self.branch = nn.Sequential(
             OrderedDict(
-                pw1=ConvBNAct(in_channels if downsample else half, half, 1, activation=activation),
-                dw=ConvBNAct(half, half, 3, stride, dilation, half, activation=None),
-                pw2=ConvBNAct(half, half, 1, activation=activation),
+                pw1=ConvBNAct(in_channels if downsample else half, half, kernel_size=1, activation=activation),
+                dw=ConvBNAct(half, half, kernel_size=3, stride=stride, dilation=dilation, groups=half, activation=None),
+                pw2=ConvBNAct(half, half, kernel_size=1, activation=activation),
             )
         )
 

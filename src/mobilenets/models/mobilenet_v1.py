@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import DEFAULT_ACTIVATION, ConvBNAct, DepthwiseSeparable, Padding
-from ..registry import register_model
-from .base import Backbone, EndPoints, check_arguments, check_resolution
+from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, DepthwiseSeparable, Padding
+from ..registry import register_alias, register_model
+from .base import Backbone, EndPoints, check_arguments
 
 
 class Layer(NamedTuple):
@@ -57,7 +57,9 @@ def scale_channels(channels: int, width_mult: float, min_channels: int = 8) -> i
 
 
 class MobileNetV1(Backbone):
-    """MobileNet V1 body from an architecture table, then pool → dropout → FC.
+    """MobileNet V1 body from the architecture table of ``variant`` (a key of :data:`VARIANTS`: the
+    paper's model or one of its two baselines), then pool → dropout → FC; the builder that the
+    registry calls.
 
     Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled
     features when ``num_classes == 0``. Dilation replaces the last strides for ``output_stride``
@@ -66,7 +68,7 @@ class MobileNetV1(Backbone):
 
     def __init__(
         self,
-        table: tuple[Layer, ...] = MOBILENET_V1,
+        variant: str = "mobilenet",
         width_mult: float = 1.0,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -74,43 +76,40 @@ class MobileNetV1(Backbone):
         activation: str = DEFAULT_ACTIVATION,
         padding: Padding = "symmetric",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
+        if not isinstance(variant, str) or variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
         width_mult = check_arguments(
-            width_mult, None, num_classes, in_chans, dropout, activation, padding, output_stride
+            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
         )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
-        for index, row in enumerate(table):
+        for index, row in enumerate(VARIANTS[variant]):
             out_channels = scale_channels(row.out_channels, width_mult)
             stride, dilation = body.schedule.step(row.stride)
             if row.kind == "conv":
-                layer: nn.Module = ConvBNAct(body.channels, out_channels, 3, stride, dilation, 1, activation, padding)
+                layer: nn.Module = ConvBNAct(
+                    body.channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=stride,
+                    dilation=dilation,
+                    activation=activation,
+                    padding=padding,
+                )
             else:
-                layer = DepthwiseSeparable(body.channels, out_channels, stride, dilation, activation, padding)
+                layer = DepthwiseSeparable(
+                    body.channels,
+                    out_channels,
+                    stride=stride,
+                    dilation=dilation,
+                    activation=activation,
+                    padding=padding,
+                )
             body.add(f"conv{index}" if row.kind == "conv" else f"block{index}", layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout)
-
-
-def _builder(variant: str):
-    def build(
-        width_mult: float = 1.0,
-        resolution: int = 224,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        dropout: float = 0.001,
-        activation: str = DEFAULT_ACTIVATION,
-        padding: Padding = "symmetric",
-        output_stride: int = 32,
-    ) -> MobileNetV1:
-        check_resolution(resolution)
-        return MobileNetV1(
-            VARIANTS[variant], width_mult, num_classes, in_chans, dropout, activation, padding, output_stride
-        )
-
-    build.__name__ = f"mobilenet_v1_{variant}"
-    build.__doc__ = f"Build the MobileNet V1 '{variant}' variant; ``resolution`` is the default input size."
-    return build
+        self._assemble(*body.build(), num_classes, dropout, batchnorm)
 
 
 # The released TF models scale pixels to [-1, 1].
@@ -120,22 +119,19 @@ for _alpha in ("1.0", "0.75", "0.5", "0.25"):
     for _res in (224, 192, 160, 128):
         register_model(
             f"mobilenet_v1_{_alpha}_{_res}",
-            _builder("mobilenet"),
+            MobileNetV1,
             family="mobilenet_v1",
-            defaults={"width_mult": float(_alpha), "resolution": _res},
+            defaults={"width_mult": float(_alpha)},
+            resolution=_res,
             **_TF_NORM,
         )
-register_model(
-    "mobilenet_v1_conv_1.0_224",
-    _builder("conv"),
-    family="mobilenet_v1",
-    defaults={"width_mult": 1.0, "resolution": 224},
-    **_TF_NORM,
-)
-register_model(
-    "mobilenet_v1_shallow_1.0_224",
-    _builder("shallow"),
-    family="mobilenet_v1",
-    defaults={"width_mult": 1.0, "resolution": 224},
-    **_TF_NORM,
-)
+for _variant in ("conv", "shallow"):
+    register_model(
+        f"mobilenet_v1_{_variant}_1.0_224",
+        MobileNetV1,
+        family="mobilenet_v1",
+        defaults={"variant": _variant, "width_mult": 1.0},
+        resolution=224,
+        **_TF_NORM,
+    )
+register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm

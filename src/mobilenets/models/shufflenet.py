@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from ..layers import ConvBNAct, ShuffleUnit
+from ..layers import DEFAULT_BATCHNORM, ConvBNAct, ShuffleUnit
 from ..registry import register_model
 from .base import Backbone, EndPoints, FeatureInfo, check_arguments
 
@@ -68,7 +68,14 @@ def walk_table(
             layer: nn.Module = nn.MaxPool2d(row.kernel, stride, row.kernel // 2)
         elif row.layer.startswith("conv"):
             stride, dilation = body.schedule.step(row.stride)
-            layer = ConvBNAct(body.channels, out_channels, row.kernel, stride, dilation, 1, activation)
+            layer = ConvBNAct(
+                body.channels,
+                out_channels,
+                kernel_size=row.kernel,
+                stride=stride,
+                dilation=dilation,
+                activation=activation,
+            )
         else:
             units = []
             channels = body.channels
@@ -91,8 +98,7 @@ class ShuffleNet(Backbone):
     """ShuffleNet with ``groups`` g ∈ {1, 2, 3, 4, 8} and scale factor ``width_mult`` (s > 0); the
     builder that the registry calls.
 
-    Input (N, in_chans, H, W), any H, W (``resolution`` is only the default input size, recorded
-    in ``meta``); output (N, num_classes), or (N, num_features) pooled features when
+    Input (N, in_chans, H, W), any H, W; output (N, num_classes), or (N, num_features) pooled features when
     ``num_classes == 0``. Dilation replaces the last strides for ``output_stride`` 8 or 16.
     End points: ``conv1``, ``maxpool``, ``stage2`` ... ``stage4``. No ``padding`` argument: no
     TensorFlow-trained ShuffleNet weights exist to need "SAME".
@@ -102,18 +108,18 @@ class ShuffleNet(Backbone):
         self,
         groups: int = 3,
         width_mult: float = 1.0,
-        resolution: int = 224,
         num_classes: int = 1000,
         in_chans: int = 3,
         dropout: float = 0.0,
         activation: str = "relu",
         output_stride: int = 32,
+        batchnorm: str = DEFAULT_BATCHNORM,
     ) -> None:
         super().__init__()
-        if groups not in GROUPS:
+        if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
         width_mult = check_arguments(
-            width_mult, resolution, num_classes, in_chans, dropout, activation, "symmetric", output_stride
+            width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
         )
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
@@ -128,9 +134,20 @@ class ShuffleNet(Backbone):
         def make_unit(inp: int, out: int, stride: int, dilation: int, downsample: bool, first_stage: bool) -> nn.Module:
             # The first 1×1 of stage 2 takes conv1's 24 channels: too few to split into groups.
             group_first = not (downsample and first_stage)
-            return ShuffleUnit(inp, out, groups, stride, dilation, downsample, group_first, activation)
+            return ShuffleUnit(
+                inp,
+                out,
+                groups=groups,
+                stride=stride,
+                dilation=dilation,
+                downsample=downsample,
+                group_first=group_first,
+                activation=activation,
+            )
 
-        self._assemble(*walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout)
+        self._assemble(
+            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+        )
 
 
 # Every group count of Table 1 at 1×; g = 3 and g = 8 (the paper's Table 2, 3 and 5 models) at the other scales.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from dataclasses import dataclass, replace
 from typing import Any
@@ -144,9 +143,7 @@ def resolve_input(model: str, source: SourceInfo, in_chans: int | None, resoluti
         return in_chans, resolution
     if source.image_size:
         return in_chans, max(source.image_size, MIN_RESOLUTION)
-    entry = get_entry(model)
-    default = inspect.signature(entry.builder).parameters["resolution"].default
-    return in_chans, int(entry.defaults.get("resolution", default))
+    return in_chans, get_entry(model).resolution
 
 
 def recorded_model(weights: str | os.PathLike, info: dict[str, Any], model: str | None) -> str:
