@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from importlib.util import find_spec
@@ -224,16 +224,41 @@ def _load(model: nn.Module, source: str | Path, keep_head: bool | None, record: 
     meta = getattr(model, "meta", None)
     if str(source) == PRETRAINED and meta is None:
         raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
-    return _apply(model, *_read(source, meta.name if meta else ""), keep_head, record)
+    weights = read_weights_source(source, meta.name if meta else "")
+    return _apply(model, weights.path, weights.state, weights.info, keep_head, record)
 
 
-def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
-    """``(path, state dict, info)`` of a weights file, or for ``"pretrained"`` of registered model
-    ``name``'s pretrained weights (checked against their SHA-256 prefix; info from their entry).
-    ``name`` is used for ``"pretrained"`` only."""
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights source read once: where from, its state dict (CPU tensors) and what it records
+    (``model``, ``model_args``, ``classes``, ``mean``, ``std``, ``crop_pct``...; ``{}`` for a bare state dict)."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+    def model_name(self, given: str | None = None) -> str:
+        """The model to build: ``given``, which must have the layers of the one the file records, else that one."""
+        where, recorded = f"weights {str(self.path)!r}", self.info.get("model")
+        if not given and not recorded:
+            raise ValueError(f"{where} do not record their model: give its name")
+        if given and recorded:
+            try:
+                same = same_architecture(given, recorded)
+            except ValueError as err:
+                raise ValueError(f"{where} record model {recorded!r}: {err}") from None
+            if not same:
+                raise ValueError(f"{where} record model {recorded!r}, not {given!r}: give that name or none")
+        return given or recorded
+
+
+def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
+    """A weights file, or for ``"pretrained"`` registered model ``name``'s packaged weights (checked
+    against their SHA-256 prefix; their info from the registry entry). ``name`` is used for
+    ``"pretrained"`` only."""
     if str(source) != PRETRAINED:
         path = Path(source)
-        return (path, *read_weights_file(path))
+        return WeightsFile(path, *read_weights_file(path))
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
@@ -244,7 +269,7 @@ def _read(source: str | Path, name: str) -> tuple[Path, dict[str, torch.Tensor],
         "std": entry.std,
         "classes": class_names(entry.labels),
     }
-    return path, read_weights_file(path)[0], info
+    return WeightsFile(path, read_weights_file(path)[0], info)
 
 
 def _apply(
@@ -311,10 +336,19 @@ def load_model(
     The recorded arguments are checked as given ones are, and the file's tensors against the model
     they describe before it is built: a file cannot make the model allocate without bound.
     """
-    from_file = str(source) != PRETRAINED
-    path, state, info = _read(source, name or "") if from_file or name else (Path(source), {}, {})
-    where = f"weights {str(source)!r}"
-    name = _model_name(name, info.get("model"), where)
+    if str(source) == PRETRAINED and not name:
+        raise ValueError(f"weights {PRETRAINED!r} do not record their model: give its name")
+    return model_from(read_weights_source(source, name or ""), name, defaults, **overrides)
+
+
+def model_from(
+    weights: WeightsFile, name: str | None = None, defaults: Mapping[str, Any] | None = None, **overrides: Any
+) -> nn.Module:
+    """:func:`load_model` on weights already read (:func:`read_weights_source`): what a caller that
+    needs the file's info before building (its data, its input size) uses to read the file once."""
+    path, state, info = weights.path, weights.state, weights.info
+    where = f"weights {str(path)!r}"
+    name = weights.model_name(name)
     recorded = dict(info.get("model_args", {}))
     arguments = {**(defaults or {}), **recorded, **overrides}
     keep_head = None if "num_classes" in overrides else True
@@ -330,20 +364,6 @@ def load_model(
     # resolution wins over the recorded one).
     _apply(model, path, state, {**info, "model_args": arguments}, keep_head=keep_head, record=True)
     return model
-
-
-def _model_name(given: str | None, recorded: str | None, where: str) -> str:
-    """The model to build: ``given``, which must have the layers of the ``recorded`` one, else ``recorded``."""
-    if not given and not recorded:
-        raise ValueError(f"{where} do not record their model: give its name")
-    if given and recorded:
-        try:
-            same = same_architecture(given, recorded)
-        except ValueError as err:
-            raise ValueError(f"{where} record model {recorded!r}: {err}") from None
-        if not same:
-            raise ValueError(f"{where} record model {recorded!r}, not {given!r}: give that name or none")
-    return given or recorded
 
 
 def _skeleton(name: str, arguments: Mapping[str, Any], where: str, recorded: Mapping[str, Any]) -> nn.Module:

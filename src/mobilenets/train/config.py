@@ -19,18 +19,12 @@ from typing import Any
 from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
 from ..device import usable_cores
-from ..models.base import MIN_RESOLUTION, OUTPUT_STRIDES
+from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION, OUTPUT_STRIDES
 from .optim import SCHEDULES
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 # What --resume may change: how the run is executed, and how long it goes on.
 RESUMABLE = ("epochs", "workers", "threads", "device")
-# The largest input side accepted: the papers train at 128-224 and evaluate at up to 600; one
-# MobileNet V1 α = 1 image at 2048² already needs 0.5 GiB of first-layer activations in fp32.
-MAX_RESOLUTION = 2048
-# The widest width multiplier accepted: the papers go up to 1.4 (V2) and 2 (ShuffleNet); mult-adds
-# grow as α², so α = 4 is already 16× the base model's cost.
-MAX_WIDTH_MULT = 4.0
 # The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
 # (with LARS); more only exhausts memory.
 MAX_BATCH_SIZE = 65536

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
 from ..device import resolve_device
 from ..models.base import MIN_RESOLUTION
-from ..registry import create_model, get_entry
-from ..weights import load_state_dict, read_weights_file
+from ..registry import get_entry
+from ..weights import model_from, read_weights_source
 from .config import TrainConfig
 from .distributed import Dist, all_reduce
 
@@ -146,18 +146,6 @@ def resolve_input(model: str, source: SourceInfo, in_chans: int | None, resoluti
     return in_chans, get_entry(model).resolution
 
 
-def recorded_model(weights: str | os.PathLike, info: dict[str, Any], model: str | None) -> str:
-    """The model ``weights`` belong to: the name the file records, else ``model``; both and differing is an error."""
-    recorded = info.get("model")
-    if recorded and model and model != recorded:
-        raise ValueError(
-            f"weights {str(weights)!r} record model {recorded!r}, not {model!r}: give {recorded} or no name"
-        )
-    if not (recorded or model):
-        raise ValueError(f"weights {str(weights)!r} do not record their model: give its name")
-    return recorded or model
-
-
 def evaluate_weights(
     model: str | None,
     weights: str | os.PathLike,
@@ -176,28 +164,40 @@ def evaluate_weights(
     torchvision's names) on a split of ``data``; the model's name (``model=None``), arguments and
     normalisation come from the file's metadata when it has them, and the arguments given here
     override them. A ``model`` other than the one the file records is an error."""
-    state, info = read_weights_file(weights)
-    model = recorded_model(weights, info, model)
+    read = read_weights_source(weights)
+    info, recorded = read.info, read.info.get("model_args", {})
+    name = read.model_name(model)
     data = data if data is not None else info.get("data") or FASHION_MNIST  # "" is an error, not a default
-    model_args = dict(info.get("model_args", {}))
     in_chans, resolution = resolve_input(
-        model, inspect_source(data), in_chans or model_args.get("in_chans"), resolution or model_args.get("resolution")
+        name,
+        inspect_source(data),
+        in_chans if in_chans is not None else recorded.get("in_chans"),
+        resolution if resolution is not None else recorded.get("resolution"),
     )
-    entry = get_entry(model)
-    mean, std = info.get("mean", entry.mean), info.get("std", entry.std)
+    # Built before the data: its arguments and the file's tensors are checked first, and its meta
+    # holds the normalisation the weights were trained with.
+    net = model_from(read, name, in_chans=in_chans, resolution=resolution)
     crop_pct = crop_pct if crop_pct is not None else info.get("crop_pct")
     # The held-out share the run was split with (a one-folder source): the same images stay held out.
     val_fraction = info.get("val_fraction", TrainConfig.val_fraction)
+    meta = net.meta
     dataset = load_dataset(
-        data, split, resolution, in_chans, mean, std, False, crop_pct=crop_pct, val_fraction=val_fraction, limit=limit
+        data,
+        split,
+        resolution,
+        in_chans,
+        meta.mean,
+        meta.std,
+        False,
+        crop_pct=crop_pct,
+        val_fraction=val_fraction,
+        limit=limit,
     )
     classes = list(dataset.classes)
-    num_classes = model_args.get("num_classes", len(classes))
-    if num_classes != len(classes):
-        raise ValueError(f"weights {str(weights)!r} classify {num_classes} classes, data {data!r} has {len(classes)}")
-    model_args.update(num_classes=num_classes, in_chans=in_chans, resolution=resolution)
-    net = create_model(model, **model_args)
-    load_state_dict(net, state, repr(str(weights)))  # our names or torchvision's; mismatches listed by name
+    if meta.num_classes != len(classes):
+        raise ValueError(
+            f"weights {str(weights)!r} classify {meta.num_classes} classes, data {data!r} has {len(classes)}"
+        )
     target = resolve_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda")
-    return replace(evaluate(net.to(target), loader, classes, target), model=model, resolution=resolution)
+    return replace(evaluate(net.to(target), loader, classes, target), model=name, resolution=resolution)
