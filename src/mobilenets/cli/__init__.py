@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 
+# Commands whose MODEL may come from a --weights file that records it say this when neither is given.
+NO_MODEL = "give a model name (see `mobilenets list`), or --weights FILE from `mobilenets train` (which records it)"
+
 # command: (its module in this package, one line for `mobilenets --help`), in the order listed there
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("models", "list the registered models"),
@@ -30,8 +33,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(commands: Sequence[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
-    """The parser of every command; the options of those in ``commands`` only (their modules are imported)."""
+def build_parser(
+    commands: Sequence[str] = tuple(COMMANDS),
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each command's parser; the options of those in ``commands`` only
+    (their modules are imported)."""
     parser = argparse.ArgumentParser(
         prog="mobilenets",
         description="MobileNets and their family: build models sized to a budget and count what they cost.",
@@ -39,11 +45,12 @@ def build_parser(commands: Sequence[str] = tuple(COMMANDS)) -> argparse.Argument
     )
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parsers = {}
     for name, (module, text) in COMMANDS.items():
-        command = sub.add_parser(name, help=text, description=text)
+        parsers[name] = command = sub.add_parser(name, help=text, description=text)
         if name in commands:
             importlib.import_module(f".{module}", __name__).configure(command)
-    return parser
+    return parser, parsers
 
 
 def describe_error(err: BaseException) -> str:
@@ -65,7 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The command is the first word that is not an option (the top level takes only --help and --version).
     chosen = next((word for word in argv if not word.startswith("-")), None)
-    args = build_parser([chosen] if chosen in COMMANDS else []).parse_args(argv)
+    parser, commands = build_parser([chosen] if chosen in COMMANDS else [])
+    if chosen not in COMMANDS:
+        parser.parse_args(argv)  # --help, --version, or a one-line usage error: each exits
+    where = argv.index(chosen)
+    if where:
+        parser.parse_args(argv[:where])  # options before the command: --help and --version exit, others are errors
+    # Intermixed, so that options may come between a command's positionals (`predict MODEL --weights W IMAGE`).
+    args = commands[chosen].parse_intermixed_args(argv[where + 1 :])
+    args.command = chosen
     try:
         code = args.handler(args) or 0
         sys.stdout.flush()

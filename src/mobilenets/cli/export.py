@@ -16,6 +16,7 @@ from ..deploy.export import (
 )
 from ..registry import create_model
 from ..weights import PRETRAINED, load_model
+from . import NO_MODEL
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "check. Any NaN or infinite output fails. A failed check exits with status 1. The file records the model "
         "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info)."
     )
-    parser.add_argument("model", help="registered model name (see `mobilenets list`)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="registered model name (see `mobilenets list`); with --weights from `mobilenets train`, the name it "
+        "records by default",
+    )
     parser.add_argument(
         "--format",
         required=True,
@@ -106,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         "resolution": args.resolution,
     }
     given = {key: value for key, value in chosen.items() if value is not None}
-    # Weights set meta too (resolution, normalisation); files from `train` also the model's arguments.
+    if not (args.model or args.weights):
+        raise ValueError(NO_MODEL)
+    # Weights set meta too (resolution, normalisation); files from `train` also the model's name and arguments.
     model = load_model(args.weights, args.model, **given) if args.weights else create_model(args.model, **given)
     resolution = args.resolution or model.meta.resolution
     calibration = evaluation = None

@@ -6,11 +6,13 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from ..data.decode import MAX_ASPECT_RATIO
 from ..predict import Classifier, image_files
-from ..registry import create_model
+from ..registry import create_model, get_entry
 from ..weights import PRETRAINED, load_model
+from . import NO_MODEL
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +24,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "are decoded upright (EXIF orientation) and refused when larger than PIL's decompression-bomb limit "
         f"or more than {MAX_ASPECT_RATIO}:1 between their sides."
     )
-    parser.add_argument("model", help="registered model name (see `mobilenets list`)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (recursively)")
+    # MODEL may be left out, so the words are split by hand (see _model_and_images); two positionals
+    # rather than one list keep `predict MODEL --weights W IMAGE` working (argparse parses in chunks).
+    parser.add_argument(
+        "model",
+        metavar="[MODEL]",
+        help="a registered model name (see `mobilenets list`); may be left out when --weights is a file from "
+        "`mobilenets train`, which records it",
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders of them (recursively)")
     parser.add_argument(
         "--weights",
         metavar="FILE|pretrained",
@@ -57,9 +66,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
+def _model_and_images(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """MODEL (None: the one --weights records) and the images, from the command's words."""
+    first, rest = args.model, args.images
+    try:
+        get_entry(first)
+    except ValueError:
+        if not Path(first).exists():
+            raise  # an unknown name, with the names it is close to
+        if not args.weights:
+            raise ValueError(NO_MODEL) from None
+        return None, [first, *rest]
+    if not rest:
+        raise ValueError(f"give the images to classify after the model name {first!r}")
+    return first, rest
+
+
 def run(args: argparse.Namespace) -> int:
-    images = image_files(args.images)
-    model = load_model(args.weights, args.model) if args.weights else create_model(args.model)
+    name, paths = _model_and_images(args)
+    images = image_files(paths)
+    model = load_model(args.weights, name) if args.weights else create_model(name)
     num_classes = model.meta.num_classes
     if args.topk is not None and not 1 <= args.topk <= num_classes:
         raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
@@ -67,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = Classifier(model, topk, args.device, draft=args.draft)
     if not args.weights:
         print(
-            f"mobilenets predict: warning: no --weights: {args.model} is untrained, its predictions are random "
+            f"mobilenets predict: warning: no --weights: {model.meta.name} is untrained, its predictions are random "
             f"(try --weights {PRETRAINED} with mobilenet_v2_1.0_224)",
             file=sys.stderr,
         )

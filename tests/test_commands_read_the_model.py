@@ -1,9 +1,10 @@
-"""``mobilenets eval``: the model's name from the weights file, and figures printed before any file is written."""
+"""eval, predict and export take the model's name from the weights file; eval prints figures before files."""
 
 import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
@@ -57,3 +58,39 @@ def test_empty_data_is_an_error_not_the_recorded_source(trained: Path, capsys: p
     code = main(["eval", "--weights", str(trained), "--data", ""])
     err = capsys.readouterr().err
     assert code == 2 and "data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_takes_the_model_from_the_weights_file(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = trained.parent.parent / "data" / "val" / "class_1"
+    images = sorted(str(p) for p in data.iterdir())
+    code = main(["predict", "--weights", str(trained), *images[:2], "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["image"] for r in out] == images[:2]
+    assert {p["label"] for r in out for p in r["top"]} == {"class_0", "class_1", "class_2"}
+    code = main(["predict", MODEL, "--weights", str(trained), images[0], "--json"])  # the name may still be given
+    assert code == 0 and len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_predict_with_another_model_says_what_the_file_records(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = next((trained.parent.parent / "data" / "val" / "class_0").iterdir())
+    code = main(["predict", "mobilenet_v2_1.0_224", str(image), "--weights", str(trained)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"record model '{MODEL}', not 'mobilenet_v2_1.0_224'" in err
+
+
+def test_predict_and_export_need_a_name_without_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(image)
+    for argv in (["predict", str(image)], ["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx")]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "give a model name" in err and len(err.strip().splitlines()) == 1
+
+
+def test_export_takes_the_model_from_the_weights_file(trained: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="the deploy extra is not installed")
+    out = tmp_path / "m.pt"
+    code = main(["export", "--weights", str(trained), "--format", "torchscript", "--out", str(out), "--json"])
+    assert code == 0 and out.is_file()
