@@ -162,3 +162,17 @@ def test_ctrl_c_is_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(models, "run", interrupted)
     code, _, err = cli("list")
     assert code == 130 and err == "mobilenets list: interrupted\n"
+
+
+def test_options_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--bogus", "list"])
+    assert info.value.code == 2 and "unrecognized arguments before list: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--version", "list"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("mobilenets ")
+
+
+def test_options_may_come_between_positionals(cli: Cli) -> None:
+    code, out, _ = cli("list", "--json", "mobilenet_v1_*_224")
+    assert code == 0 and all(row["model"].endswith("_224") for row in json.loads(out))

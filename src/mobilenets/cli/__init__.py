@@ -76,8 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if chosen not in COMMANDS:
         parser.parse_args(argv)  # --help, --version, or a one-line usage error: each exits
     where = argv.index(chosen)
+    if {"-h", "--help", "--version"} & set(argv[:where]):
+        parser.parse_args(argv[:where])  # they exit
     if where:
-        parser.parse_args(argv[:where])  # options before the command: --help and --version exit, others are errors
+        parser.error(f"unrecognized arguments before {chosen}: {' '.join(argv[:where])}")
     # Intermixed, so that options may come between a command's positionals (`predict MODEL --weights W IMAGE`).
     args = commands[chosen].parse_intermixed_args(argv[where + 1 :])
     args.command = chosen
