@@ -135,6 +135,27 @@ class ConvBNAct(nn.Sequential):
         self.act = make_activation(activation)
 
 
+def depthwise_3x3(
+    channels: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    activation: str | None = DEFAULT_ACTIVATION,
+    padding: Padding = "symmetric",
+) -> ConvBNAct:
+    """3×3 depthwise conv–BN–act, one filter per channel: (N, C, H, W) -> (N, C, ⌈H / stride⌉, ⌈W / stride⌉)."""
+    return ConvBNAct(
+        channels,
+        channels,
+        kernel_size=3,
+        stride=stride,
+        dilation=dilation,
+        groups=channels,
+        activation=activation,
+        padding=padding,
+    )
+
+
 class DepthwiseSeparable(nn.Sequential):
     """The MobileNet block: 3×3 depthwise conv, BN, act; then 1×1 pointwise conv, BN, act.
 
@@ -152,16 +173,7 @@ class DepthwiseSeparable(nn.Sequential):
         padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
-        self.dw = ConvBNAct(
-            in_channels,
-            in_channels,
-            kernel_size=3,
-            stride=stride,
-            dilation=dilation,
-            groups=in_channels,
-            activation=activation,
-            padding=padding,
-        )
+        self.dw = depthwise_3x3(in_channels, stride=stride, dilation=dilation, activation=activation, padding=padding)
         self.pw = ConvBNAct(in_channels, out_channels, kernel_size=1, activation=activation)
 
 
@@ -210,16 +222,7 @@ class InvertedResidual(nn.Sequential):
         hidden = in_channels * expansion
         if expansion != 1:
             self.expand = ConvBNAct(in_channels, hidden, kernel_size=1, activation=activation)
-        self.dw = ConvBNAct(
-            hidden,
-            hidden,
-            kernel_size=3,
-            stride=stride,
-            dilation=dilation,
-            groups=hidden,
-            activation=activation,
-            padding=padding,
-        )
+        self.dw = depthwise_3x3(hidden, stride=stride, dilation=dilation, activation=activation, padding=padding)
         # Linear: a ReLU on the thin bottleneck would destroy information (the paper's section 3.2).
         self.project = ConvBNAct(hidden, out_channels, kernel_size=1, activation=None)
         self.residual = stride == 1 and in_channels == out_channels
