@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,19 +174,11 @@ class RunState:
     images_per_s: list[float] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "partial": self.partial,
-            "best": self.best,
-            "elapsed": self.elapsed,
-            "images_per_s": self.images_per_s,
-        }
+        return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.partial, self.best = state["partial"], state["best"]
-        self.elapsed, self.images_per_s = state["elapsed"], state["images_per_s"]
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
 
 
 @dataclass
