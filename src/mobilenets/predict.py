@@ -23,7 +23,7 @@ from .data.folder import is_image_file
 from .data.transforms import DEFAULT_CROP_PCT, build_transform
 from .device import resolve_device
 from .registry import ModelMeta
-from .weights import class_names
+from .weights import packaged_class_names
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def labels_for(meta: ModelMeta) -> tuple[str, ...]:
     if meta.labels:
         return meta.labels
     if meta.num_classes == 1000:
-        return class_names()
+        return packaged_class_names()
     return tuple(f"class {i}" for i in range(meta.num_classes))
 
 

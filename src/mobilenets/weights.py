@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import read_weights
+from .checkpoint import read_saved_weights
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
@@ -42,7 +42,7 @@ PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
 
 
 @cache
-def class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
+def packaged_class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
     """Class names shipped in ``mobilenets.resources``, in index order (ImageNet's 1000 by default)."""
     text = resources.files("mobilenets.resources").joinpath(resource).read_text(encoding="utf-8")
     return tuple(text.splitlines())
@@ -77,7 +77,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
     try:
         if path.suffix == ".safetensors":
-            state, info = read_weights(path)
+            state, info = read_saved_weights(path)
         else:
             state, info = torch.load(path, map_location="cpu", weights_only=True), {}
     # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
@@ -174,7 +174,7 @@ def fit_state_dict(
     model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """``({our key: tensor}, whether the classifier is among them)``: ``state`` checked against
-    ``model`` as :func:`load_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
+    ``model`` as :func:`apply_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
     ours = model.state_dict()
     names, classifier = _layout(model, state)
     head = [key for key in ours if key.startswith("classifier.")]
@@ -186,7 +186,7 @@ def fit_state_dict(
     return remap_state_dict(model, state, names, source), bool(head) and set(head) <= set(names)
 
 
-def load_state_dict(
+def apply_state_dict(
     model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
 ) -> bool:
     """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
@@ -206,7 +206,7 @@ def load_weights(model: nn.Module, source: str | Path, keep_head: bool | None = 
 
     Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names;
     so do files written by ``train`` (their resolution, evaluation crop, normalisation and classes).
-    ``keep_head`` as in :func:`load_state_dict` (class names are kept only with the classifier).
+    ``keep_head`` as in :func:`apply_state_dict` (class names are kept only with the classifier).
     Returns ``model``.
     """
     _load(model, source, keep_head)
@@ -267,7 +267,7 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
         "crop_pct": entry.crop / entry.resize,
         "mean": entry.mean,
         "std": entry.std,
-        "classes": class_names(entry.labels),
+        "classes": packaged_class_names(entry.labels),
     }
     return WeightsFile(path, read_weights_file(path)[0], info)
 
@@ -282,7 +282,7 @@ def _apply(
 ) -> bool:
     """Load ``state`` (read from ``path``) into ``model``; with ``record``, set ``model.meta`` from ``info``."""
     meta = getattr(model, "meta", None)
-    head = load_state_dict(model, state, repr(str(path)), keep_head)
+    head = apply_state_dict(model, state, repr(str(path)), keep_head)
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
     if meta is not None and record:

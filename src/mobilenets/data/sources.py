@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .arrays import ArrayImages, cifar_kind, load_cifar, load_fashion_mnist
-from .folder import ImageFolder, class_names, scan_folder, split_samples
+from .folder import ImageFolder, class_folders, scan_folder, split_samples
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, check_image_args
 
 FASHION_MNIST = "fashion-mnist"
@@ -82,11 +82,11 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
 def _image_splits(path: Path) -> tuple[Path, Path | None]:
     """(training folder, evaluation folder or None) of an image folder: its train/ and val/ (or
     valid/, validation/, test/), or train/ alone, or the folder itself when it holds classes only."""
-    subfolders = class_names(path, "data")
+    subfolders = class_folders(path, "data")
     named = {name.lower(): path / name for name in subfolders if name.lower() in ("train", *EVAL_FOLDERS)}
     # Split folders hold class subfolders, or are all there is: a class may be called "train" or
     # "test" among others, but classes "train" and "test" alone are a layout mistake.
-    if not named or (len(named) < len(subfolders) and not any(class_names(p) for p in named.values())):
+    if not named or (len(named) < len(subfolders) and not any(class_folders(p) for p in named.values())):
         return path, None
     others = [name for name in subfolders if name.lower() not in named]
     problems = (["no train/"] if "train" not in named else []) + ([f"other folders {others}"] if others else [])
@@ -176,7 +176,7 @@ def load_dataset(
         dataset = load_cifar(info.path, split)
     else:
         if info.val_dir is not None:
-            train_classes = None if split == "train" else class_names(info.train_dir, "data")
+            train_classes = None if split == "train" else class_folders(info.train_dir, "data")
             samples, classes = scan_folder(info.train_dir if split == "train" else info.val_dir, "data", train_classes)
         else:
             all_samples, classes = scan_folder(info.train_dir, "data")

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..checkpoint import read_weights, rng_state, set_rng_state
+from ..checkpoint import read_saved_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
 from ..device import default_threads, usable_cores
@@ -637,7 +637,7 @@ class Trainer:
         """Evaluate the best weights in full, write the confusion matrix and report.json."""
         if self.env.enabled:
             distributed.dist.barrier()
-        state, _ = read_weights(self.files.best)
+        state, _ = read_saved_weights(self.files.best)
         model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         evaluation = self._evaluate(model)
