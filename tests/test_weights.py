@@ -83,7 +83,7 @@ def test_mismatches_are_listed_by_name_in_one_error() -> None:
     del state["features.3.conv.1.0.weight"]
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError) as info:
-        apply_state_dict(create_model("mobilenet_v2_1.0_224"), state, "test.pth")
+        apply_state_dict(create_model("mobilenet_v2_1.0_224"), state, source="test.pth")
     message = str(info.value)
     assert message.startswith("weights test.pth do not fit mobilenet_v2_1.0_224")
     assert "missing: features.3.conv.1.0.weight" in message

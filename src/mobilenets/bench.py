@@ -181,7 +181,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def gemm_peak(
-    device: torch.device | str | None = None, threads: int | None = None, size: int = GEMM_SIZE, refresh: bool = False
+    device: torch.device | str | None = None,
+    threads: int | None = None,
+    *,
+    size: int = GEMM_SIZE,
+    refresh: bool = False,
 ) -> float:
     """This machine's fp32 matrix-multiply peak in GFLOP/s: best of 10 ``torch.mm`` of ``size``² matrices.
 
@@ -199,7 +203,7 @@ def gemm_peak(
     if cached and not refresh:
         return float(cached)
     peak = _measure_gemm(device, threads, size)
-    single = gemm_peak(device, 1, size) if device.type == "cpu" and threads > 1 else 0.0
+    single = gemm_peak(device, 1, size=size) if device.type == "cpu" and threads > 1 else 0.0
     if peak < single:
         warnings.warn(
             f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
@@ -354,7 +358,7 @@ def default_runtimes(device: torch.device) -> list[str]:
     return ["eager", "onnx", "openvino"] if device.type == "cpu" else ["eager"]
 
 
-def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: int) -> Path | None:
+def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolution: int) -> Path | None:
     """Write the file a runtime loads (ONNX fp32 or int8 QDQ) into ``workdir``; ``None`` for PyTorch runtimes."""
     if runtime in ("eager", "compile"):
         return None
@@ -374,6 +378,7 @@ def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: 
 def make_runner(
     model: nn.Module,
     runtime: str,
+    *,
     artifact: Path | None,
     device: torch.device,
     threads: int,
@@ -385,8 +390,8 @@ def make_runner(
     if runtime in ("eager", "compile"):
         return torch_runner(model, device, compile=runtime == "compile")
     if runtime.startswith("onnx"):
-        return onnx_runner(artifact, threads, device, spin=alone)
-    return openvino_runner(artifact, threads, device, batch)
+        return onnx_runner(artifact, threads=threads, device=device, spin=alone)
+    return openvino_runner(artifact, threads=threads, device=device, batch=batch)
 
 
 @dataclass(frozen=True)
@@ -402,6 +407,7 @@ class Entry:
 def model_entries(
     model: nn.Module,
     runtimes: Sequence[str],
+    *,
     batch: int,
     workdir: Path,
     device: torch.device,
@@ -418,8 +424,16 @@ def model_entries(
         def build() -> Runner:
             folder = workdir / runtime.removesuffix("-int8")
             folder.mkdir(exist_ok=True)
-            artifact = prepare_artifact(model, runtime, folder, resolution)
-            return make_runner(model, runtime, artifact, device, threads, batch, alone and len(runtimes) == 1)
+            artifact = prepare_artifact(model, runtime, workdir=folder, resolution=resolution)
+            return make_runner(
+                model,
+                runtime,
+                artifact=artifact,
+                device=device,
+                threads=threads,
+                batch=batch,
+                alone=alone and len(runtimes) == 1,
+            )
 
         return build
 
@@ -429,6 +443,7 @@ def model_entries(
 def measure(
     entries: Sequence[Entry],
     x: np.ndarray,
+    *,
     device: torch.device,
     threads: int,
     timing: Timing = DEFAULT_TIMING,
@@ -480,6 +495,7 @@ def measure(
 def benchmark(
     model: nn.Module,
     runtimes: Sequence[str] = ("eager",),
+    *,
     batches: Sequence[int] = (1,),
     threads: int | None = None,
     device: torch.device | str | None = None,
@@ -499,8 +515,10 @@ def benchmark(
     with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
         for batch in batches:
             x = rng.standard_normal((batch, *input_shape(model, resolution)), dtype=np.float32)
-            entries = model_entries(model, runtimes, batch, Path(tmp), device, threads, resolution)
-            results += measure(entries, x, device, threads, timing, peak)
+            entries = model_entries(
+                model, runtimes, batch=batch, workdir=Path(tmp), device=device, threads=threads, resolution=resolution
+            )
+            results += measure(entries, x, device=device, threads=threads, timing=timing, peak=peak)
     # Rows by runtime, then batch, as asked.
     return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
 

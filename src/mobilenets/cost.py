@@ -218,13 +218,13 @@ def profile(name: str, resolution: int | None = None, **overrides: Any) -> CostR
 # --- The paper's analytic formulas for a single layer (Section 3, Table 3) -------------------
 
 
-def standard_conv_cost(kernel: int, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
+def standard_conv_cost(kernel: int, *, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
     """(mult-adds, params) of a D_K×D_K standard conv, M→N channels, on a D_F×D_F map (stride 1)."""
     params = kernel * kernel * in_channels * out_channels
     return params * feature * feature, params
 
 
-def depthwise_separable_cost(kernel: int, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
+def depthwise_separable_cost(kernel: int, *, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
     """(mult-adds, params) of a D_K×D_K depthwise + 1×1 pointwise conv on a D_F×D_F map."""
     mult_adds = kernel * kernel * in_channels * feature * feature + in_channels * out_channels * feature * feature
     return mult_adds, kernel * kernel * in_channels + in_channels * out_channels
@@ -245,8 +245,14 @@ def modification_table(
     thin = round(channels * width_mult)
     small = round(feature * resolution_mult)
     return [
-        ("Convolution", *standard_conv_cost(kernel, channels, channels, feature)),
-        ("Depthwise Separable Conv", *depthwise_separable_cost(kernel, channels, channels, feature)),
-        (f"α = {width_mult}", *depthwise_separable_cost(kernel, thin, thin, feature)),
-        (f"ρ = {resolution_mult}", *depthwise_separable_cost(kernel, thin, thin, small)),
+        ("Convolution", *standard_conv_cost(kernel, in_channels=channels, out_channels=channels, feature=feature)),
+        (
+            "Depthwise Separable Conv",
+            *depthwise_separable_cost(kernel, in_channels=channels, out_channels=channels, feature=feature),
+        ),
+        (f"α = {width_mult}", *depthwise_separable_cost(kernel, in_channels=thin, out_channels=thin, feature=feature)),
+        (
+            f"ρ = {resolution_mult}",
+            *depthwise_separable_cost(kernel, in_channels=thin, out_channels=thin, feature=small),
+        ),
     ]

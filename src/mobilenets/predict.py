@@ -46,7 +46,13 @@ def preprocessing(meta: ModelMeta) -> v2.Compose:
     the evaluation transform."""
     crop_pct = meta.resolution / resize_size(meta)
     evaluation = build_transform(
-        meta.resolution, meta.in_chans, meta.mean, meta.std, train=False, crop_pct=crop_pct, source_chans=meta.in_chans
+        meta.resolution,
+        in_chans=meta.in_chans,
+        mean=meta.mean,
+        std=meta.std,
+        train=False,
+        crop_pct=crop_pct,
+        source_chans=meta.in_chans,
     )
     return v2.Compose([partial(convert_image, mode=mode_for(meta.in_chans)), evaluation])
 

@@ -126,6 +126,7 @@ def runtime_version(runtime: str) -> str:
 def measure_latencies(
     names: Sequence[str],
     runtime: str = "eager",
+    *,
     device: torch.device | str | None = None,
     threads: int | None = None,
     timing: Timing = QUICK,
@@ -147,7 +148,9 @@ def measure_latencies(
     for name in names:
         key = prefix + name
         if key not in cached:
-            result = benchmark(create_model(name), [runtime], [1], threads, device, timing)[0]
+            result = benchmark(
+                create_model(name), [runtime], batches=[1], threads=threads, device=device, timing=timing
+            )[0]
             cached[key] = result.p50_ms
             if result.noisy:
                 warnings.warn(f"{name}: latency not cached, measured again next time", BenchWarning, stacklevel=2)
@@ -217,7 +220,9 @@ def select_models(
         device = resolve_device(device)
         threads = check_threads(threads)
         label = device_label(device, threads)
-        latencies = measure_latencies(names, runtime, device, threads, timing, cache_file, refresh)
+        latencies = measure_latencies(
+            names, runtime, device=device, threads=threads, timing=timing, cache_file=cache_file, refresh=refresh
+        )
     candidates = build_candidates(names, latencies)
     within = [c for c in candidates if c.cost(budget) <= limit]
     if not within:

@@ -121,7 +121,7 @@ def _listed(label: str, items: list[str], most: int = 10) -> str:
 
 
 def remap_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], names: Mapping[str, str], source: str
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, names: Mapping[str, str], source: str
 ) -> dict[str, torch.Tensor]:
     """``{our key: tensor}`` from ``state`` keyed by ``names[our key]``; strict on names and shapes.
 
@@ -171,7 +171,7 @@ def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[s
 
 
 def fit_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict", keep_head: bool | None = True
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """``({our key: tensor}, whether the classifier is among them)``: ``state`` checked against
     ``model`` as :func:`apply_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
@@ -183,11 +183,11 @@ def fit_state_dict(
     if not keep_head or getattr(model, "num_classes", None) == 0:
         state = {key: value for key, value in state.items() if not key.startswith(classifier)}
         names = {key: theirs for key, theirs in names.items() if key not in head}
-    return remap_state_dict(model, state, names, source), bool(head) and set(head) <= set(names)
+    return remap_state_dict(model, state, names=names, source=source), bool(head) and set(head) <= set(names)
 
 
 def apply_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict", keep_head: bool | None = True
 ) -> bool:
     """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
 
@@ -196,7 +196,7 @@ def apply_state_dict(
     file's many-channel first convolution summed over its input channels. Returns whether the
     classifier was loaded.
     """
-    fitted, head = fit_state_dict(model, state, source, keep_head)
+    fitted, head = fit_state_dict(model, state, source=source, keep_head=keep_head)
     model.load_state_dict(fitted, strict=head or getattr(model, "num_classes", None) == 0)
     return head
 
@@ -209,7 +209,7 @@ def load_weights(model: nn.Module, source: str | Path, keep_head: bool | None = 
     ``keep_head`` as in :func:`apply_state_dict` (class names are kept only with the classifier).
     Returns ``model``.
     """
-    _load(model, source, keep_head)
+    _load(model, source, keep_head=keep_head)
     return model
 
 
@@ -217,15 +217,15 @@ def init_from(model: nn.Module, source: str | Path) -> bool:
     """Fine-tuning's start: load ``source`` into ``model`` as :func:`load_weights` does, but its
     classifier only when it has the model's shape (the same classes), and leave ``model.meta`` as
     it is (the model keeps its own input size and classes). Returns whether the classifier was loaded."""
-    return _load(model, source, None, record=False)
+    return _load(model, source, keep_head=None, record=False)
 
 
-def _load(model: nn.Module, source: str | Path, keep_head: bool | None, record: bool = True) -> bool:
+def _load(model: nn.Module, source: str | Path, *, keep_head: bool | None, record: bool = True) -> bool:
     meta = getattr(model, "meta", None)
     if str(source) == PRETRAINED and meta is None:
         raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
     weights = read_weights_source(source, meta.name if meta else "")
-    return _apply(model, weights.path, weights.state, weights.info, keep_head, record)
+    return _apply(model, weights.path, state=weights.state, info=weights.info, keep_head=keep_head, record=record)
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,7 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
 def _apply(
     model: nn.Module,
     path: Path,
+    *,
     state: Mapping[str, torch.Tensor],
     info: Mapping[str, Any],
     keep_head: bool | None,
@@ -282,7 +283,7 @@ def _apply(
 ) -> bool:
     """Load ``state`` (read from ``path``) into ``model``; with ``record``, set ``model.meta`` from ``info``."""
     meta = getattr(model, "meta", None)
-    head = apply_state_dict(model, state, repr(str(path)), keep_head)
+    head = apply_state_dict(model, state, source=repr(str(path)), keep_head=keep_head)
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
     if meta is not None and record:
@@ -352,21 +353,21 @@ def model_from(
     recorded = dict(info.get("model_args", {}))
     arguments = {**(defaults or {}), **recorded, **overrides}
     keep_head = None if "num_classes" in overrides else True
-    skeleton = _skeleton(name, arguments, where, recorded)
+    skeleton = _skeleton(name, arguments, where=where, recorded=recorded)
     if "num_classes" not in recorded and "num_classes" not in overrides:
         classes = _classes_in(skeleton, state)
         if classes is not None and classes != skeleton.meta.num_classes:
             arguments["num_classes"] = classes
-            skeleton = _skeleton(name, arguments, where, recorded)
-    fit_state_dict(skeleton, state, repr(str(path)), keep_head)
+            skeleton = _skeleton(name, arguments, where=where, recorded=recorded)
+    fit_state_dict(skeleton, state, source=repr(str(path)), keep_head=keep_head)
     model = create_model(name, **arguments)
     # The file is read once; meta follows the arguments the model was built with (the caller's
     # resolution wins over the recorded one).
-    _apply(model, path, state, {**info, "model_args": arguments}, keep_head=keep_head, record=True)
+    _apply(model, path, state=state, info={**info, "model_args": arguments}, keep_head=keep_head, record=True)
     return model
 
 
-def _skeleton(name: str, arguments: Mapping[str, Any], where: str, recorded: Mapping[str, Any]) -> nn.Module:
+def _skeleton(name: str, arguments: Mapping[str, Any], *, where: str, recorded: Mapping[str, Any]) -> nn.Module:
     """Model ``name`` built on the meta device (no memory): its arguments checked, its shapes known."""
     try:
         with torch.device("meta"):

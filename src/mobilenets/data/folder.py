@@ -108,6 +108,7 @@ class ImageFolder(Dataset):
         self,
         samples: list[tuple[Path, int]],
         classes: list[str],
+        *,
         in_chans: int,
         transform: Callable[[Image.Image], torch.Tensor],
         blank_shape: tuple[int, ...],

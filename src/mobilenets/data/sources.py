@@ -125,12 +125,12 @@ class LabelledSubset(Subset):
 def load_dataset(
     source: str | os.PathLike,
     split: str,
+    *,
     resolution: int,
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
     train: bool = False,
-    *,
     crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
     crop_pct: float | None = None,
     hflip: bool = True,
@@ -165,10 +165,20 @@ def load_dataset(
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     info = inspect_source(source, fashion_mnist_dir)
     crop_pct = eval_crop_pct(info, crop_pct)
-    check_image_args(resolution, in_chans, crop_scale, crop_pct)
+    check_image_args(resolution, in_chans=in_chans, crop_scale=crop_scale, crop_pct=crop_pct)
     # Image folders are decoded straight to in_chans channels; the array sources store theirs.
     source_chans = in_chans if info.kind.startswith("folder") else info.channels
-    transform = build_transform(resolution, in_chans, mean, std, train, crop_scale, crop_pct, hflip, source_chans)
+    transform = build_transform(
+        resolution,
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
+        train=train,
+        crop_scale=crop_scale,
+        crop_pct=crop_pct,
+        hflip=hflip,
+        source_chans=source_chans,
+    )
     dataset: Dataset
     if info.kind == FASHION_MNIST:
         dataset = load_fashion_mnist(split, fashion_mnist_dir)
@@ -186,7 +196,9 @@ def load_dataset(
                     f"val_fraction {val_fraction} puts no image of data {str(info.train_dir)!r} in val "
                     "(each class gives round(images × val_fraction)): raise it, or give train/ and val/ folders"
                 )
-        dataset = ImageFolder(samples, classes, in_chans, transform, (in_chans, resolution, resolution))
+        dataset = ImageFolder(
+            samples, classes, in_chans=in_chans, transform=transform, blank_shape=(in_chans, resolution, resolution)
+        )
     if isinstance(dataset, ArrayImages):
         dataset.transform = transform
     if limit is not None:

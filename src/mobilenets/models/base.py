@@ -68,7 +68,14 @@ def check_num_classes(num_classes: int) -> int:
 
 
 def check_common(
-    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int, batchnorm: str
+    num_classes: int,
+    *,
+    in_chans: int,
+    dropout: float,
+    activation: str,
+    padding: str,
+    output_stride: int,
+    batchnorm: str,
 ) -> None:
     """Validate the arguments that every builder accepts; raise ``ValueError`` naming the culprit."""
     check_num_classes(num_classes)
@@ -88,6 +95,7 @@ def check_common(
 
 def check_arguments(
     width_mult: float,
+    *,
     num_classes: int,
     in_chans: int,
     dropout: float,
@@ -98,7 +106,15 @@ def check_arguments(
 ) -> float:
     """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    check_common(num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm)
+    check_common(
+        num_classes,
+        in_chans=in_chans,
+        dropout=dropout,
+        activation=activation,
+        padding=padding,
+        output_stride=output_stride,
+        batchnorm=batchnorm,
+    )
     return width_mult
 
 
@@ -174,6 +190,7 @@ class Backbone(nn.Module):
         features: nn.Sequential,
         feature_info: list[FeatureInfo],
         num_features: int,
+        *,
         num_classes: int,
         dropout: float,
         batchnorm: str,

@@ -54,7 +54,7 @@ UnitFactory = Callable[[int, int, int, int, bool, bool], nn.Module]
 
 
 def walk_table(
-    rows: Sequence[tuple[Row, int]], in_chans: int, activation: str, output_stride: int, make_unit: UnitFactory
+    rows: Sequence[tuple[Row, int]], in_chans: int, *, activation: str, output_stride: int, make_unit: UnitFactory
 ) -> tuple[nn.Sequential, list[FeatureInfo], int]:
     """Build the layers of a ShuffleNet table, given each row with its output channels.
 
@@ -119,7 +119,14 @@ class ShuffleNet(Backbone):
         if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
         width_mult = check_arguments(
-            width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
+            width_mult,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            activation=activation,
+            padding="symmetric",
+            output_stride=output_stride,
+            batchnorm=batchnorm,
         )
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
@@ -146,7 +153,10 @@ class ShuffleNet(Backbone):
             )
 
         self._assemble(
-            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+            *walk_table(rows, in_chans, activation=activation, output_stride=output_stride, make_unit=make_unit),
+            num_classes=num_classes,
+            dropout=dropout,
+            batchnorm=batchnorm,
         )
 
 

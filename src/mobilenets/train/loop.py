@@ -217,7 +217,12 @@ class Optimisation:
             eps=cfg.eps,
         )
         scheduler = build_scheduler(
-            optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.lr_decay
+            optimizer,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            schedule=cfg.schedule,
+            decay=cfg.lr_decay,
         )
         return cls(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp is torch.float16))
 
@@ -281,7 +286,9 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, env = self.config, self.env
         info = inspect_source(cfg.data)
-        self.in_chans, self.resolution = resolve_input(cfg.model, info, cfg.in_chans, cfg.resolution)
+        self.in_chans, self.resolution = resolve_input(
+            cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
+        )
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
@@ -291,10 +298,13 @@ class Trainer:
             "hflip": cfg.hflip,
             "val_fraction": cfg.val_fraction,
             "seed": cfg.seed,
+            "resolution": self.resolution,
+            "in_chans": self.in_chans,
+            "mean": self.mean,
+            "std": self.std,
         }
-        args = (self.resolution, self.in_chans, self.mean, self.std)
-        self.train_set = load_dataset(cfg.data, "train", *args, cfg.augment, limit=cfg.train_limit, **common)
-        val_set = load_dataset(cfg.data, "val", *args, False, limit=cfg.val_limit, **common)
+        self.train_set = load_dataset(cfg.data, "train", train=cfg.augment, limit=cfg.train_limit, **common)
+        val_set = load_dataset(cfg.data, "val", train=False, limit=cfg.val_limit, **common)
         self.classes: list[str] = list(self.train_set.classes)
         self.val_set = val_set
         if cfg.batch_size % env.world_size:
@@ -584,7 +594,13 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
         return evaluate(
-            model, self.val_loader, self.classes, self.device, self.env, self.amp, self.config.channels_last
+            model,
+            self.val_loader,
+            classes=self.classes,
+            device=self.device,
+            env=self.env,
+            amp_dtype=self.amp,
+            channels_last=self.config.channels_last,
         )
 
     def _end_epoch(self) -> None:
