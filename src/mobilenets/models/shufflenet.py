@@ -16,8 +16,8 @@ multiple of g: the released models' choice, which their published complexities r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from torch import nn
 
@@ -49,8 +49,13 @@ SHUFFLENET: tuple[Row, ...] = (
     Row("stage4", 3, 2, 4, (576, 800, 960, 1088, 1536)),  # stride 2 / 1, repeat 1 / 3
 )
 
-# (in_channels, out_channels, stride, dilation, downsample, first stage) -> one unit
-UnitFactory = Callable[[int, int, int, int, bool, bool], nn.Module]
+
+class UnitFactory(Protocol):
+    """Builds one unit of a stage: ``first_stage`` for the table's first stage of units."""
+
+    def __call__(
+        self, inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
+    ) -> nn.Module: ...
 
 
 def walk_table(
@@ -81,7 +86,16 @@ def walk_table(
             channels = body.channels
             for repeat in range(row.repeat):
                 stride, dilation = body.schedule.step(row.stride if repeat == 0 else 1)
-                units.append(make_unit(channels, out_channels, stride, dilation, repeat == 0, stages == 0))
+                units.append(
+                    make_unit(
+                        channels,
+                        out_channels,
+                        stride=stride,
+                        dilation=dilation,
+                        downsample=repeat == 0,
+                        first_stage=stages == 0,
+                    )
+                )
                 channels = out_channels
             layer = nn.Sequential(*units)
             stages += 1
@@ -138,7 +152,9 @@ class ShuffleNet(Backbone):
             for row in SHUFFLENET
         ]
 
-        def make_unit(inp: int, out: int, stride: int, dilation: int, downsample: bool, first_stage: bool) -> nn.Module:
+        def make_unit(
+            inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
+        ) -> nn.Module:
             # The first 1×1 of stage 2 takes conv1's 24 channels: too few to split into groups.
             group_first = not (downsample and first_stage)
             return ShuffleUnit(

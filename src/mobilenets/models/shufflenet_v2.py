@@ -63,7 +63,7 @@ class ShuffleNetV2(Backbone):
         )
 
         def make_unit(
-            inp: int, out: int, stride: int, dilation: int, downsample: bool, _first_stage: bool
+            inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
         ) -> nn.Module:
             return ShuffleV2Unit(
                 inp, out, stride=stride, dilation=dilation, downsample=downsample, activation=activation
