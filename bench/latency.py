@@ -106,7 +106,10 @@ def timm_entries(x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
                               dynamo=False)  # fmt: skip
         return onnx_runner(workdir / "timm.onnx", threads=threads, spin=False)
 
-    return [Entry(f"timm {PEER}", "eager", eager, mult_adds), Entry(f"timm {PEER}", "onnx", onnx_runtime, mult_adds)]
+    return [
+        Entry(model=f"timm {PEER}", runtime="eager", build=eager, mult_adds=mult_adds),
+        Entry(model=f"timm {PEER}", runtime="onnx", build=onnx_runtime, mult_adds=mult_adds),
+    ]
 
 
 def _kind(node: onnx.NodeProto) -> str:
@@ -219,7 +222,7 @@ def goals(results: list[BenchResult], accuracy: dict[str, float] | None, peak: f
 
 def main() -> int:
     args = parse_args()
-    timing = QUICK if args.quick else Timing(args.warmup, args.repeats)
+    timing = QUICK if args.quick else Timing(warmup=args.warmup, repeats=args.repeats)
     torch.manual_seed(0)
     gemm_size = QUICK_GEMM_SIZE if args.quick else GEMM_SIZE
     peak_before = gemm_peak("cpu", args.threads, size=gemm_size, refresh=True)

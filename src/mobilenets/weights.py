@@ -228,7 +228,7 @@ def _load(model: nn.Module, source: str | Path, *, keep_head: bool | None, recor
     return _apply(model, weights.path, state=weights.state, info=weights.info, keep_head=keep_head, record=record)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WeightsFile:
     """A weights source read once: where from, its state dict (CPU tensors) and what it records
     (``model``, ``model_args``, ``classes``, ``mean``, ``std``, ``crop_pct``...; ``{}`` for a bare state dict)."""
@@ -258,7 +258,8 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
     ``"pretrained"`` only."""
     if str(source) != PRETRAINED:
         path = Path(source)
-        return WeightsFile(path, *read_weights_file(path))
+        state, info = read_weights_file(path)
+        return WeightsFile(path=path, state=state, info=info)
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
@@ -269,7 +270,7 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
         "std": entry.std,
         "classes": packaged_class_names(entry.labels),
     }
-    return WeightsFile(path, read_weights_file(path)[0], info)
+    return WeightsFile(path=path, state=read_weights_file(path)[0], info=info)
 
 
 def _apply(

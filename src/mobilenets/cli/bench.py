@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     threads = check_threads(args.threads)
     runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
     batches = check_batches(args.batch)
-    timing = Timing(args.warmup, args.repeats)
+    timing = Timing(warmup=args.warmup, repeats=args.repeats)
     if args.quick:
         timing = QUICK
     models = [create_model(name) for name in args.models]

@@ -25,7 +25,7 @@ _WHAT_DATA_IS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceInfo:
     """What a source holds before it is loaded.
 
@@ -63,7 +63,9 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     """Recognise ``source``: the name "fashion-mnist", a CIFAR python-format folder, or an image folder."""
     text = _source_text(source)
     if text == FASHION_MNIST:
-        return SourceInfo(FASHION_MNIST, Path(fashion_mnist_dir) if fashion_mnist_dir else None, 1, 28)
+        return SourceInfo(
+            kind=FASHION_MNIST, path=Path(fashion_mnist_dir) if fashion_mnist_dir else None, channels=1, image_size=28
+        )
     path = Path(text)
     if not path.exists():
         raise FileNotFoundError(
@@ -74,9 +76,16 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     for candidate in (path, *(path / sub for sub in CIFAR_SUBFOLDERS)):
         kind = cifar_kind(candidate)
         if kind:
-            return SourceInfo(kind, candidate, 3, 32)
+            return SourceInfo(kind=kind, path=candidate, channels=3, image_size=32)
     train_dir, val_dir = _image_splits(path)
-    return SourceInfo("folders" if val_dir else "folder", path, 3, None, train_dir, val_dir)
+    return SourceInfo(
+        kind="folders" if val_dir else "folder",
+        path=path,
+        channels=3,
+        image_size=None,
+        train_dir=train_dir,
+        val_dir=val_dir,
+    )
 
 
 def _image_splits(path: Path) -> tuple[Path, Path | None]:

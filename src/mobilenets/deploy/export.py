@@ -77,7 +77,7 @@ class VerificationError(RuntimeError):
         self.report = report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportReport:
     """What was written and how well it reproduces PyTorch (fp32: output difference; int8: top-1)."""
 
@@ -392,7 +392,7 @@ def export_model(
     else:
         checks = _verify_fp32(model, runner, resolution=resolution, tolerance=tolerance)
     name = meta.name if meta else type(model).__name__
-    report = ExportReport(name, fmt, int8, resolution, files, **checks)
+    report = ExportReport(model=name, format=fmt, int8=int8, resolution=resolution, files=files, **checks)
     if not report.passed:
         raise VerificationError(report)
     return report

@@ -27,7 +27,7 @@ MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841; a 100,000-class head on 12
 MAX_IN_CHANS = 256  # RGB-D and multispectral inputs have a few to a few dozen; hyperspectral up to ~200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureInfo:
     """One feature map: the end point producing it, its channels and its reduction (input / map)."""
 
@@ -166,7 +166,7 @@ class EndPoints:
     def add(self, name: str, layer: nn.Module, channels: int) -> None:
         """Append ``layer``, giving ``channels``, as end point ``name``."""
         self.layers[name] = layer
-        self.infos.append(FeatureInfo(name, channels, self.schedule.reduction))
+        self.infos.append(FeatureInfo(name=name, channels=channels, reduction=self.schedule.reduction))
         self.channels = channels
 
     def build(self) -> tuple[nn.Sequential, list[FeatureInfo], int]:

@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .distributed import Dist, all_reduce
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalResult:
     """Counts over an evaluation set. ``confusion[i, j]``: images of class i predicted as j."""
 

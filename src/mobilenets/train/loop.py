@@ -63,7 +63,7 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """The outcome of a run: the best weights' evaluation, their cost, the speed, the files."""
 
@@ -161,7 +161,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """Where a run stands: epochs done, steps done in the current one and its running totals
     (``SUMS`` and seconds), the best epoch so far, the training time and speed of each epoch."""
@@ -189,7 +189,7 @@ class RunState:
         self.elapsed, self.images_per_s = state["elapsed"], state["images_per_s"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Optimisation:
     """The optimiser, its per-step learning-rate schedule and the gradient scaler (fp16 only)."""
 
@@ -224,7 +224,11 @@ class Optimisation:
             schedule=cfg.schedule,
             decay=cfg.lr_decay,
         )
-        return cls(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp is torch.float16))
+        return cls(
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+        )
 
     @property
     def lr(self) -> float:
@@ -659,15 +663,15 @@ class Trainer:
         evaluation = self._evaluate(model)
         records = self.files.records
         result = TrainResult(
-            self.config,
-            self.run_dir,
-            evaluation,
-            self.progress.best,
-            self.cost,
-            float(np.mean(self.progress.images_per_s)),
-            self.progress.elapsed,
-            records[-1]["skipped"] if records else 0,
-            self.files.names(),
+            config=self.config,
+            run_dir=self.run_dir,
+            evaluation=evaluation,
+            best=self.progress.best,
+            cost=self.cost,
+            images_per_s=float(np.mean(self.progress.images_per_s)),
+            seconds=self.progress.elapsed,
+            skipped=records[-1]["skipped"] if records else 0,
+            files=self.files.names(),
         )
         self.files.finish(evaluation, f"{self.config.model} on {self.config.data}", result.to_dict())
         return result
