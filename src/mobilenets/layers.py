@@ -27,7 +27,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 DEFAULT_ACTIVATION = "relu6"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchNormSettings:
     """BatchNorm's running-statistics update and variance floor."""
 
@@ -58,7 +58,7 @@ def make_activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name](inplace=True)
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, *, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "SAME" padding (before, after) along one axis of length ``size``.
 
     The output has ``ceil(size / stride)`` elements; any odd total goes after.
@@ -72,8 +72,8 @@ class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "SAME" padding computed per input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], stride=self.stride[0], dilation=self.dilation[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], stride=self.stride[1], dilation=self.dilation[1])
         x = F.pad(x, [left, right, top, bottom])
         return self._conv_forward(x, self.weight, self.bias)
 

@@ -110,17 +110,26 @@ def run(args: argparse.Namespace) -> int:
     threads = check_threads(args.threads)
     runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
     batches = check_batches(args.batch)
-    timing = Timing(args.warmup, args.repeats)
+    timing = Timing(warmup=args.warmup, repeats=args.repeats)
     if args.quick:
         timing = QUICK
     models = [create_model(name) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)
-        peak = gemm_peak(device, threads, QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
+        peak = gemm_peak(device, threads, size=QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
         results = [
             result
             for model in models
-            for result in benchmark(model, runtimes, batches, threads, device, timing, args.resolution, peak)
+            for result in benchmark(
+                model,
+                runtimes,
+                batches=batches,
+                threads=threads,
+                device=device,
+                timing=timing,
+                resolution=args.resolution,
+                peak=peak,
+            )
         ]
         if args.json:
             print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))

@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution or model.meta.resolution
     calibration = evaluation = None
     if args.int8:
-        calibration, evaluation = calibration_data(args.calib, model, resolution, args.calib_samples, args.eval_samples)
+        calibration, evaluation = calibration_data(
+            args.calib, model, resolution=resolution, calib_samples=args.calib_samples, eval_samples=args.eval_samples
+        )
     try:
         report = export_model(
             model,

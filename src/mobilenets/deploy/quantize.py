@@ -40,7 +40,7 @@ def dataset_batches(dataset: Dataset, batch_size: int = 32) -> Iterator[tuple[np
 
 
 def calibration_data(
-    source: str, model: nn.Module, resolution: int, calib_samples: int = 256, eval_samples: int = 1000
+    source: str, model: nn.Module, *, resolution: int, calib_samples: int = 256, eval_samples: int = 1000
 ) -> tuple[list[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray | None]]]:
     """Real images for int8: calibration batches from the train split of ``source`` ("fashion-mnist"
     or an image folder) and ``(images, labels)`` batches from its val split, read lazily, both
@@ -53,7 +53,9 @@ def calibration_data(
     in_chans = input_shape(model, resolution)[0]
 
     def split(name: str, limit: int) -> Dataset:
-        return load_dataset(source, name, resolution, in_chans, meta.mean, meta.std, limit=limit)
+        return load_dataset(
+            source, name, resolution=resolution, in_chans=in_chans, mean=meta.mean, std=meta.std, limit=limit
+        )
 
     calibration = [images for images, _ in dataset_batches(split("train", calib_samples))]
     held_out = split("val", eval_samples)
