@@ -36,6 +36,7 @@ def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_a_folder_in_use_is_refused(tmp_path: Path, folder: Path) -> None:
     run = tmp_path / "run"
+    run.mkdir()  # made by the user: kept when the lock ends
     with lock_run_dir(run):  # as another run holding the folder would
         with pytest.raises(ValueError, match="a run is in progress in"):
             train(tiny(folder, run, epochs=1))
@@ -243,3 +244,15 @@ def test_help_is_generated_from_the_config(capsys: pytest.CaptureFixture[str], m
         if default is not None:
             assert f"(default: {default})" in out, f.name
     assert "{exponential,cosine}" in out and "{auto,none,bf16,fp16}" in out and "--crop-scale LOW HIGH" in out
+
+
+def test_a_run_that_fails_to_start_leaves_no_folder(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "run"
+    with pytest.raises(FileNotFoundError):
+        train(tiny(tmp_path / "missing-data", out))
+    assert not out.exists() and not out.parent.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(FileNotFoundError):
+        train(tiny(tmp_path / "missing-data", kept))
+    assert kept.is_dir()  # a folder the user made stays

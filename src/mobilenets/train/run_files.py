@@ -39,6 +39,7 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder ``run_dir`` (made if missing) while the block runs;
     raise ``ValueError`` at once if another process holds it. The lock goes with the process."""
     check_run_dir(run_dir)
+    made = [path for path in (run_dir, *run_dir.parents) if not path.exists()]  # innermost first
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -51,6 +52,11 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
             ) from None
         yield
     finally:
+        # A run that stopped before writing anything (a bad value, missing data) leaves no folder behind.
+        if made and all(path.name == LOCK for path in run_dir.iterdir()):
+            (run_dir / LOCK).unlink(missing_ok=True)
+            for path in made:
+                path.rmdir()
         os.close(fd)
 
 
