@@ -56,7 +56,10 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
         if made and all(path.name == LOCK for path in run_dir.iterdir()):
             (run_dir / LOCK).unlink(missing_ok=True)
             for path in made:
-                path.rmdir()
+                try:
+                    path.rmdir()
+                except OSError:  # something else was put there meanwhile: it stays
+                    break
         os.close(fd)
 
 
