@@ -5,5 +5,5 @@
 # ramps the first steps up, so neither is used; extra options are passed on (e.g. --epochs 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/mobilenets train --model mobilenet_v1_0.25_128 --data fashion-mnist \
+exec .venv/bin/mobilenets train --model mobilenet_v1_0.25_32 --data fashion-mnist \
     --epochs 3 --no-augment --warmup-epochs 0 --lr 0.01 --out "${RUN_DIR:-runs/fashion-mnist-quick-$(date +%Y%m%d-%H%M%S)}" "$@"

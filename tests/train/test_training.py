@@ -60,6 +60,9 @@ def test_short_run_on_real_data_learns(tmp_path: Path) -> None:
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "report.json").read_text())["evaluation"]["top1"] == result.evaluation.top1
     assert "top-1" in result.format() and str(tmp_path) in result.format()
+    # The run is named for what it trained: MODEL (…_128) at 32 px.
+    assert result.model == "mobilenet_v1_0.25_32" and result.format().startswith("mobilenet_v1_0.25_32 on ")
+    assert read_saved_weights(tmp_path / "best.safetensors")[1]["model"] == "mobilenet_v1_0.25_32"
     # The report's deploy command works as printed: the weights file brings the model's arguments.
     deploy = next(line for line in result.format().splitlines() if line.strip().startswith("deploy"))
     assert main(shlex.split(deploy.split(maxsplit=1)[1])[1:]) == 0 and (tmp_path / "model.onnx").is_file()

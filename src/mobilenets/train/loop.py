@@ -36,7 +36,7 @@ from ..checkpoint import read_saved_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
 from ..device import default_threads, usable_cores
-from ..registry import create_model, get_entry
+from ..registry import create_model, get_entry, name_for
 from ..weights import init_from, load_model
 from . import distributed
 from .config import RESUMABLE, TrainConfig
@@ -68,6 +68,7 @@ class TrainResult:
     """The outcome of a run: the best weights' evaluation, their cost, the speed, the files."""
 
     config: TrainConfig
+    model: str  # the model trained, named for its width and input size (``config.model`` at 32 px: ..._32)
     run_dir: Path
     evaluation: EvalResult
     best: dict[str, Any]  # epoch, weights ("raw" or "ema"), val_top1
@@ -79,7 +80,7 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.config.model,
+            "model": self.model,
             "data": self.config.data,
             "resolution": self.cost.resolution,
             "best": self.best,
@@ -97,15 +98,15 @@ class TrainResult:
         ev, cfg = self.evaluation, self.config
         minutes, seconds = divmod(round(self.seconds), 60)
         lines = [
-            f"{cfg.model} on {cfg.data} at {self.cost.resolution}×{self.cost.resolution}: "
+            f"{self.model} on {cfg.data} at {self.cost.resolution}×{self.cost.resolution}: "
             f"{cfg.epochs} epochs, {minutes} min {seconds:02d} s of training",
             f"  accuracy   top-1 {100 * ev.top1:.2f} %, top-5 {100 * ev.top5:.2f} % on {ev.count:,} val images "
             f"(best epoch {self.best['epoch']}, {self.best['weights']} weights)",
             f"  cost       {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params",
             f"  speed      {self.images_per_s:,.0f} training images/s",
             f"  files      {self.run_dir}/: {', '.join(self.files)}",
-            f"  evaluate   mobilenets eval {cfg.model} --weights {self.run_dir / BEST} --data {cfg.data}",
-            f"  deploy     mobilenets export {cfg.model} --weights {self.run_dir / BEST} --format onnx "
+            f"  evaluate   mobilenets eval --weights {self.run_dir / BEST} --data {cfg.data}",
+            f"  deploy     mobilenets export --weights {self.run_dir / BEST} --format onnx "
             f"--out {self.run_dir / 'model.onnx'}",
         ]
         if self.skipped:
@@ -369,7 +370,9 @@ class Trainer:
             "resolution": self.resolution,
             **cfg.model_overrides(),
         }
-        net = create_model(cfg.model, **self.model_args)
+        # The run's name says what it trains: mobilenet_v1_0.25_128 trained at 32 px is mobilenet_v1_0.25_32.
+        self.name = name_for(cfg.model, **self.model_args)
+        net = create_model(self.name, **self.model_args)
         if cfg.init and not resume:  # a resumed run takes every weight from its checkpoint
             try:
                 head = init_from(net, cfg.init)
@@ -407,7 +410,7 @@ class Trainer:
     def info(self) -> dict[str, Any]:
         """What a weights file records so that the model can be rebuilt and fed the same way."""
         return {
-            "model": self.config.model,
+            "model": self.name,
             "model_args": self.model_args,
             "classes": self.classes,
             "mean": list(self.mean),
@@ -482,10 +485,10 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.config
-        self.files.start(cfg, self.progress.epoch)
+        self.files.start(cfg, self.progress.epoch, title=f"{self.name} on {cfg.data}", resolution=self.resolution)
         self.log(cfg.format())
         self.log(
-            f"{cfg.model}: {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params at "
+            f"{self.name}: {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params at "
             f"{self.resolution}×{self.resolution}×{self.in_chans}; {len(self.train_set):,} train / "
             f"{len(self.val_set):,} val images, {len(self.classes)} classes; {self.env.world_size} process(es) on "
             f"{self.device} ({torch.get_num_threads()} threads), {self.workers} loader process(es) each, amp {self.amp}"
@@ -650,12 +653,13 @@ class Trainer:
         if self.env.enabled:
             distributed.dist.barrier()
         state, _ = read_saved_weights(self.files.best)
-        model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
+        model = create_model(self.name, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         evaluation = self._evaluate(model)
         records = self.files.records
         result = TrainResult(
             config=self.config,
+            model=self.name,
             run_dir=self.run_dir,
             evaluation=evaluation,
             best=self.progress.best,
@@ -665,7 +669,7 @@ class Trainer:
             skipped=records[-1]["skipped"] if records else 0,
             files=self.files.names(),
         )
-        self.files.finish(evaluation, f"{self.config.model} on {self.config.data}", result.to_dict())
+        self.files.finish(evaluation, result.to_dict())
         return result
 
 

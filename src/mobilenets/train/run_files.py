@@ -75,6 +75,7 @@ class RunFiles:
         self.keep_previous = True  # whether the next checkpoint keeps the one it replaces
         self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk, once written or read
         self.metrics: MetricsLog | None = None
+        self.title, self.resolution = "", None  # the plots' labels, set by start
         check_run_dir(run_dir)
 
     def refuse_existing(self) -> None:
@@ -109,8 +110,10 @@ class RunFiles:
             return state
         raise ValueError(f"resume: no readable checkpoint in {str(self.dir)!r}: {'; '.join(errors)}")
 
-    def start(self, config: TrainConfig, epoch: int) -> None:
-        """Write ``config.json``; keep the metrics of the epochs up to ``epoch`` (those checkpointed)."""
+    def start(self, config: TrainConfig, epoch: int, *, title: str = "", resolution: int | None = None) -> None:
+        """Write ``config.json``; keep the metrics of the epochs up to ``epoch`` (those checkpointed).
+        ``title`` (the model and data) and ``resolution`` label the plots."""
+        self.title, self.resolution = title, resolution
         if self.write:
             self.dir.mkdir(parents=True, exist_ok=True)
             config.save(self.dir / "config.json")
@@ -136,7 +139,7 @@ class RunFiles:
         """Append an epoch's metrics and redraw the curves."""
         if self.metrics:
             self.metrics.append(record)
-            plot_curves(self.metrics.records, self.dir / "curves.png")
+            plot_curves(self.metrics.records, self.dir / "curves.png", self.title)
 
     def names(self) -> list[str]:
         """The files a finished run leaves, as listed in its report."""
@@ -145,8 +148,8 @@ class RunFiles:
             names.insert(2, PREVIOUS)
         return [*names, "report.json"]
 
-    def finish(self, evaluation: EvalResult, title: str, report: dict[str, Any]) -> None:
+    def finish(self, evaluation: EvalResult, report: dict[str, Any]) -> None:
         """Write the best weights' confusion matrix and ``report.json``."""
         if self.write:
-            plot_confusion(evaluation, self.dir / "confusion.png", title)
+            plot_confusion(evaluation, self.dir / "confusion.png", self.title, resolution=self.resolution, split="val")
             write_json(self.dir / "report.json", report)
