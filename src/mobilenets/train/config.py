@@ -28,6 +28,15 @@ RESUMABLE = ("epochs", "workers", "threads", "device")
 # The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
 # (with LARS); more only exhausts memory.
 MAX_BATCH_SIZE = 65536
+# Seeds are mixed with the epoch and rank into 64-bit generator seeds: non-negative, below 2**63.
+MAX_SEED = 2**63 - 1
+# (option, the option it needs): given without the second, the first would have no effect.
+NEEDS = (
+    ("freeze_features", "init"),
+    ("teacher_model", "teacher"),
+    ("distill_alpha", "teacher"),
+    ("distill_temperature", "teacher"),
+)
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -163,6 +172,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
         check_types(vars(self))
         cores = usable_cores()
+        weights = "a weights file or 'pretrained', not empty"
         checks: list[tuple[str, bool, str]] = [
             ("out", self.out.strip() != "", "a folder path, not empty"),
             (
@@ -195,8 +205,11 @@ class TrainConfig:
             ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 1, "an integer >= 1"),
             ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),
-            ("workers", self.workers is None or self.workers >= 0, "an integer >= 0"),
+            ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}] (the cores)"),
             ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}] (the cores)"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+            ("init", self.init is None or self.init.strip() != "", weights),
+            ("teacher", self.teacher is None or self.teacher.strip() != "", weights),
         ]
         for name, ok, allowed in checks:
             value = getattr(self, name)
@@ -209,6 +222,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices and not (value is None and f.default is None):
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, needed in NEEDS:
+            if getattr(self, name) != defaults[name] and getattr(self, needed) is None:
+                raise ValueError(f"{name} is only used with {needed}, got {getattr(self, name)!r} without it")
         return self
 
     def model_overrides(self) -> dict[str, Any]:
