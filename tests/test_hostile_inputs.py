@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from mobilenets.bench import benchmark
 from mobilenets.cli import main
+from mobilenets.data.synthetic import make_image_folder
 from mobilenets.deploy import export_model
 from mobilenets.registry import create_model
 
@@ -17,10 +19,21 @@ EXPORT = ["export", MODEL, "--format", "onnx", "--out", "{tmp}/m.onnx"]
 SELECT = ["select", "--models", MODEL]
 PREDICT = ["predict", MODEL, "{tmp}/afile.txt"]
 EVAL = ["eval", MODEL, "--weights", "{tmp}/missing.safetensors", "--data", "{tmp}/afolder"]
+EVAL_READ = ["eval", MODEL, "--weights", "{shared}/w.safetensors", "--data", "{shared}/data"]  # both readable
 # A data folder that does not exist: a check that is missing fails on it, not by training.
 TRAIN = ["train", "--out", "{tmp}/run", "--data", "{tmp}/missing", "--workers", "0", "--threads", "1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-class image folder ``data`` and weights for it, ``w.safetensors``: for checks made once they are read."""
+    root = tmp_path_factory.mktemp("hostile")
+    make_image_folder(root / "data", num_classes=2, per_class=2, val_per_class=1)
+    save_file(create_model(MODEL, num_classes=2).state_dict(), str(root / "w.safetensors"))
+    return root
+
 
 CASES = [
     # list, profile
@@ -101,6 +114,7 @@ CASES = [
     ([*EVAL, "--workers", "-1"], "--workers"),
     ([*EVAL, "--split", "test"], "--split"),
     ([*EVAL, "--in-chans", "0"], "--in-chans"),
+    ([*EVAL_READ, "--crop-pct", "1e-300"], "crop_pct"),
     (["eval", MODEL, "--weights", ""], "--weights"),
     # train
     ([*TRAIN, "--out", ""], "--out"),
@@ -109,6 +123,9 @@ CASES = [
     ([*TRAIN, "--epochs", "0"], "--epochs"),
     ([*TRAIN, "--batch-size", "1000000000000"], "--batch-size"),
     ([*TRAIN, "--lr", "inf"], "--lr"),
+    ([*TRAIN, "--lr", "1e300"], "--lr"),
+    ([*TRAIN, "--weight-decay", "1e39"], "--weight-decay"),
+    ([*TRAIN[:4], "{shared}/data", "--resolution", "32", "--crop-pct", "1e-300"], "crop_pct"),
     ([*TRAIN, "--crop-scale", "0.1"], "--crop-scale"),
     ([*TRAIN, "--workers", "1000000"], "--workers"),
     ([*TRAIN, "--seed", "-1"], "--seed"),
@@ -131,12 +148,12 @@ def names_option(line: str, option: str) -> bool:
 
 @pytest.mark.parametrize(("argv", "option"), CASES, ids=[" ".join(argv[:1] + argv[-2:]) for argv, _ in CASES])
 def test_bad_value_is_one_line_naming_the_option(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], option: str
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shared: Path, argv: list[str], option: str
 ) -> None:
     (tmp_path / "afile.txt").write_text("not an image, not weights")
     (tmp_path / "afolder").mkdir()
     try:
-        code = main([word.format(tmp=tmp_path) for word in argv])
+        code = main([word.format(tmp=tmp_path, shared=shared) for word in argv])
     except SystemExit as exit_:  # argparse's usage errors
         code = exit_.code
     out, err = capsys.readouterr()

@@ -8,13 +8,14 @@ nothing. Every value is checked by :meth:`TrainConfig.validate` (types, then ran
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
@@ -28,6 +29,8 @@ RESUMABLE = ("epochs", "workers", "threads", "device")
 # The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
 # (with LARS); more only exhausts memory.
 MAX_BATCH_SIZE = 65536
+# Numbers become float32 tensors (learning rate, decays): larger ones would overflow.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Seeds are mixed with the epoch and rank into 64-bit generator seeds: non-negative, below 2**63.
 MAX_SEED = 2**63 - 1
 # (option, the option it needs): given without the second, the first would have no effect.
@@ -213,8 +216,9 @@ class TrainConfig:
         ]
         for name, ok, allowed in checks:
             value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # NaN too
+                largest = f"the largest float32 is {FLOAT32_MAX:.3g}"
+                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r} ({largest})")
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
         for f in fields(self):
