@@ -104,9 +104,12 @@ def timm_entries(x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
             warnings.simplefilter("ignore")  # the exporter's deprecation notice
             torch.onnx.export(model, (torch.from_numpy(x),), str(workdir / "timm.onnx"), input_names=["input"],
                               dynamo=False)  # fmt: skip
-        return onnx_runner(workdir / "timm.onnx", threads, spin=False)
+        return onnx_runner(workdir / "timm.onnx", threads=threads, spin=False)
 
-    return [Entry(f"timm {PEER}", "eager", eager, mult_adds), Entry(f"timm {PEER}", "onnx", onnx_runtime, mult_adds)]
+    return [
+        Entry(model=f"timm {PEER}", runtime="eager", build=eager, mult_adds=mult_adds),
+        Entry(model=f"timm {PEER}", runtime="onnx", build=onnx_runtime, mult_adds=mult_adds),
+    ]
 
 
 def _kind(node: onnx.NodeProto) -> str:
@@ -158,7 +161,9 @@ def int8_accuracy(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     overrides = {"num_classes": args.num_classes, "in_chans": args.in_chans, "resolution": args.resolution}
     model = load_model(args.weights, args.accuracy_model, **{k: v for k, v in overrides.items() if v is not None})
-    calibration, evaluation = calibration_data(args.calib, model, model.meta.resolution, 256, args.eval_samples)
+    calibration, evaluation = calibration_data(
+        args.calib, model, resolution=model.meta.resolution, calib_samples=256, eval_samples=args.eval_samples
+    )
     with tempfile.TemporaryDirectory() as tmp:
         report = export_model(
             model,
@@ -217,10 +222,10 @@ def goals(results: list[BenchResult], accuracy: dict[str, float] | None, peak: f
 
 def main() -> int:
     args = parse_args()
-    timing = QUICK if args.quick else Timing(args.warmup, args.repeats)
+    timing = QUICK if args.quick else Timing(warmup=args.warmup, repeats=args.repeats)
     torch.manual_seed(0)
     gemm_size = QUICK_GEMM_SIZE if args.quick else GEMM_SIZE
-    peak_before = gemm_peak("cpu", args.threads, gemm_size, refresh=True)
+    peak_before = gemm_peak("cpu", args.threads, size=gemm_size, refresh=True)
     ours = create_model(args.model)
     resolution = ours.meta.resolution
     x = np.random.default_rng(0).standard_normal((args.batch, 3, resolution, resolution), dtype=np.float32)
@@ -228,10 +233,19 @@ def main() -> int:
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
         entries = timm_entries(x, args.threads, Path(tmp))
-        entries += model_entries(ours, runtimes, args.batch, Path(tmp), cpu, args.threads, resolution, alone=False)
-        results = measure(entries, x, cpu, args.threads, timing)
+        entries += model_entries(
+            ours,
+            runtimes,
+            batch=args.batch,
+            workdir=Path(tmp),
+            device=cpu,
+            threads=args.threads,
+            resolution=resolution,
+            alone=False,
+        )
+        results = measure(entries, x, device=cpu, threads=args.threads, timing=timing)
         # The GEMM once more after the runs: the better of the two is the less disturbed by other programs.
-        peak = max(peak_before, gemm_peak("cpu", args.threads, gemm_size, refresh=True))
+        peak = max(peak_before, gemm_peak("cpu", args.threads, size=gemm_size, refresh=True))
         results = [replace(r, gemm_peak_gflops=peak) for r in results]
         profile = profiles(ours, x, args.threads, Path(tmp)) if args.profile else {}
         accuracy = int8_accuracy(args)

@@ -72,12 +72,16 @@ def test_onnx_runtime_threads_sleep_when_timed_beside_others(
         return options
 
     monkeypatch.setattr("mobilenets.deploy.runtimes.ort_session_options", recording)
-    benchmark(create_model(MODEL), runtimes, [1], 1, "cpu", QUICK, resolution=32, peak=10.0)
+    benchmark(
+        create_model(MODEL), runtimes, batches=[1], threads=1, device="cpu", timing=QUICK, resolution=32, peak=10.0
+    )
     assert seen == [spinning]
 
 
 def test_table_names_every_column() -> None:
-    results = benchmark(create_model(MODEL), ["eager"], [1], 1, "cpu", QUICK, resolution=32, peak=10.0)
+    results = benchmark(
+        create_model(MODEL), ["eager"], batches=[1], threads=1, device="cpu", timing=QUICK, resolution=32, peak=10.0
+    )
     table = format_table(results)
     for column in ("p50 ms", "p90 ms", "p90/p50", "IQR ms", "images/s", "GFLOP/s", "of peak", "peak MB"):
         assert column in table
@@ -157,10 +161,30 @@ def test_wide_spread_is_reported_and_warned() -> None:
 
     x = np.zeros((1, 3, 32, 32), dtype=np.float32)
     with pytest.warns(BenchWarning, match="too noisy to trust"):
-        (result,) = measure([Entry("m", "eager", build, 10**6)], x, resolve_device("cpu"), 1, Timing(0, 12, 4))
+        (result,) = measure(
+            [Entry(model="m", runtime="eager", build=build, mult_adds=10**6)],
+            x,
+            device=resolve_device("cpu"),
+            threads=1,
+            timing=Timing(warmup=0, repeats=12, block=4),
+        )
     assert result.noisy and result.p90_over_p50 > 3 and result.iqr_ms > 0
     assert f"{result.p90_over_p50:.2f} !" in format_table([result])
-    steady = BenchResult("m", "eager", "cpu", 1, 1, 32, 10**6, 2.0, 2.1, 0.1, 10, 0.1, None)
+    steady = BenchResult(
+        model="m",
+        runtime="eager",
+        device="cpu",
+        batch=1,
+        threads=1,
+        resolution=32,
+        mult_adds=10**6,
+        p50_ms=2.0,
+        p90_ms=2.1,
+        iqr_ms=0.1,
+        repeats=10,
+        setup_s=0.1,
+        peak_memory_mb=None,
+    )
     assert not steady.noisy and "1.05" in format_table([steady]) and "1.05 !" not in format_table([steady])
 
 

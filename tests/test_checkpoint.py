@@ -12,7 +12,7 @@ from mobilenets.checkpoint import (
     atomic_write,
     flatten,
     load_checkpoint,
-    read_weights,
+    read_saved_weights,
     rng_state,
     save_checkpoint,
     save_weights,
@@ -68,7 +68,7 @@ def test_checkpoint_round_trip_without_pickle(tmp_path: Path, monkeypatch: pytes
         monkeypatch.setattr(pickle, name, forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
     assert_same(load_checkpoint(path), state)
-    weights, info = read_weights(path)  # a checkpoint without EMA gives its model weights
+    weights, info = read_saved_weights(path)  # a checkpoint without EMA gives its model weights
     assert_same(weights, state["model"])
     assert info == {"model": "m"}
 
@@ -76,14 +76,14 @@ def test_checkpoint_round_trip_without_pickle(tmp_path: Path, monkeypatch: pytes
 def test_weights_file_and_bare_state_dict(tmp_path: Path) -> None:
     weights = {"w": torch.arange(4.0)}
     save_weights(tmp_path / "best.safetensors", weights, {"classes": ["a", "b"]})
-    state, info = read_weights(tmp_path / "best.safetensors")
+    state, info = read_saved_weights(tmp_path / "best.safetensors")
     assert torch.equal(state["w"], weights["w"]) and info == {"classes": ["a", "b"]}
     save_file(weights, tmp_path / "bare.safetensors")
-    assert read_weights(tmp_path / "bare.safetensors")[1] == {}
+    assert read_saved_weights(tmp_path / "bare.safetensors")[1] == {}
     with pytest.raises(ValueError, match="not a mobilenets training checkpoint"):
         load_checkpoint(tmp_path / "bare.safetensors")
     with pytest.raises(FileNotFoundError, match="is not a file"):
-        read_weights(tmp_path / "missing.safetensors")
+        read_saved_weights(tmp_path / "missing.safetensors")
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

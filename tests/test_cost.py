@@ -138,10 +138,12 @@ def test_table3_analytic() -> None:
 def test_table3_formulas_agree_with_counting_a_real_layer() -> None:
     block = DepthwiseSeparable(512, 512)
     report = count_cost(block, resolution=14, name="layer")
-    assert (report.mult_adds, report.params) == depthwise_separable_cost(3, 512, 512, 14)
+    assert (report.mult_adds, report.params) == depthwise_separable_cost(
+        3, in_channels=512, out_channels=512, feature=14
+    )
     full = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False)
     report = count_cost(full, resolution=14, name="layer")
-    assert (report.mult_adds, report.params) == standard_conv_cost(3, 512, 512, 14)
+    assert (report.mult_adds, report.params) == standard_conv_cost(3, in_channels=512, out_channels=512, feature=14)
 
 
 def test_resolution_scales_cost_quadratically_and_not_params() -> None:

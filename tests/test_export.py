@@ -239,8 +239,12 @@ def fashion_model() -> tuple[nn.Module, list, list]:
     model = create_model("mobilenet_v1_0.25_128", num_classes=10, in_chans=1, resolution=RES, dropout=0.0)
     meta = model.meta
     try:
-        train = load_dataset(FASHION_MNIST, "train", RES, 1, meta.mean, meta.std, limit=4096)
-        held_out = load_dataset(FASHION_MNIST, "val", RES, 1, meta.mean, meta.std, limit=64)
+        train = load_dataset(
+            FASHION_MNIST, "train", resolution=RES, in_chans=1, mean=meta.mean, std=meta.std, limit=4096
+        )
+        held_out = load_dataset(
+            FASHION_MNIST, "val", resolution=RES, in_chans=1, mean=meta.mean, std=meta.std, limit=64
+        )
     except FileNotFoundError as err:
         pytest.skip(f"Fashion-MNIST files are not installed: {err}")
     batches = list(dataset_batches(train, batch_size=64))
@@ -333,7 +337,9 @@ from mobilenets import create_model
 from mobilenets.bench import QUICK, benchmark
 
 model = create_model("mobilenet_v1_0.25_128")
-benchmark(model, ["openvino", "openvino-int8"], [1], 1, "cpu", QUICK, resolution=32, peak=1.0)
+benchmark(
+    model, ["openvino", "openvino-int8"], batches=[1], threads=1, device="cpu", timing=QUICK, resolution=32, peak=1.0
+)
 got = []
 signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
 os.kill(os.getpid(), signal.SIGTERM)

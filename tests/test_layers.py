@@ -12,7 +12,7 @@ from mobilenets.layers import Conv2dSame, ConvBNAct, DepthwiseSeparable, conv2d,
     [(224, 2, (0, 1)), (112, 2, (0, 1)), (123, 2, (1, 1)), (7, 2, (1, 1)), (14, 1, (1, 1)), (150, 2, (0, 1))],
 )
 def test_same_padding_amounts(size: int, stride: int, expected: tuple[int, int]) -> None:
-    assert same_padding(size, 3, stride) == expected
+    assert same_padding(size, 3, stride=stride) == expected
 
 
 @pytest.mark.parametrize("size", [224, 123, 150, 32, 33])

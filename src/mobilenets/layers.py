@@ -27,7 +27,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 DEFAULT_ACTIVATION = "relu6"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchNormSettings:
     """BatchNorm's running-statistics update and variance floor."""
 
@@ -58,7 +58,7 @@ def make_activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name](inplace=True)
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def same_padding(size: int, kernel: int, *, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "SAME" padding (before, after) along one axis of length ``size``.
 
     The output has ``ceil(size / stride)`` elements; any odd total goes after.
@@ -72,8 +72,8 @@ class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "SAME" padding computed per input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], stride=self.stride[0], dilation=self.dilation[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], stride=self.stride[1], dilation=self.dilation[1])
         x = F.pad(x, [left, right, top, bottom])
         return self._conv_forward(x, self.weight, self.bias)
 
@@ -135,6 +135,27 @@ class ConvBNAct(nn.Sequential):
         self.act = make_activation(activation)
 
 
+def depthwise_3x3(
+    channels: int,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    activation: str | None = DEFAULT_ACTIVATION,
+    padding: Padding = "symmetric",
+) -> ConvBNAct:
+    """3×3 depthwise conv–BN–act, one filter per channel: (N, C, H, W) -> (N, C, ⌈H / stride⌉, ⌈W / stride⌉)."""
+    return ConvBNAct(
+        channels,
+        channels,
+        kernel_size=3,
+        stride=stride,
+        dilation=dilation,
+        groups=channels,
+        activation=activation,
+        padding=padding,
+    )
+
+
 class DepthwiseSeparable(nn.Sequential):
     """The MobileNet block: 3×3 depthwise conv, BN, act; then 1×1 pointwise conv, BN, act.
 
@@ -152,16 +173,7 @@ class DepthwiseSeparable(nn.Sequential):
         padding: Padding = "symmetric",
     ) -> None:
         super().__init__()
-        self.dw = ConvBNAct(
-            in_channels,
-            in_channels,
-            kernel_size=3,
-            stride=stride,
-            dilation=dilation,
-            groups=in_channels,
-            activation=activation,
-            padding=padding,
-        )
+        self.dw = depthwise_3x3(in_channels, stride=stride, dilation=dilation, activation=activation, padding=padding)
         self.pw = ConvBNAct(in_channels, out_channels, kernel_size=1, activation=activation)
 
 
@@ -210,16 +222,7 @@ class InvertedResidual(nn.Sequential):
         hidden = in_channels * expansion
         if expansion != 1:
             self.expand = ConvBNAct(in_channels, hidden, kernel_size=1, activation=activation)
-        self.dw = ConvBNAct(
-            hidden,
-            hidden,
-            kernel_size=3,
-            stride=stride,
-            dilation=dilation,
-            groups=hidden,
-            activation=activation,
-            padding=padding,
-        )
+        self.dw = depthwise_3x3(hidden, stride=stride, dilation=dilation, activation=activation, padding=padding)
         # Linear: a ReLU on the thin bottleneck would destroy information (the paper's section 3.2).
         self.project = ConvBNAct(hidden, out_channels, kernel_size=1, activation=None)
         self.residual = stride == 1 and in_channels == out_channels

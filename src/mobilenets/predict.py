@@ -23,10 +23,10 @@ from .data.folder import is_image_file
 from .data.transforms import DEFAULT_CROP_PCT, build_transform
 from .device import resolve_device
 from .registry import ModelMeta
-from .weights import class_names
+from .weights import packaged_class_names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """One of the top classes: its index, name and softmax probability (0-1)."""
 
@@ -46,7 +46,13 @@ def preprocessing(meta: ModelMeta) -> v2.Compose:
     the evaluation transform."""
     crop_pct = meta.resolution / resize_size(meta)
     evaluation = build_transform(
-        meta.resolution, meta.in_chans, meta.mean, meta.std, train=False, crop_pct=crop_pct, source_chans=meta.in_chans
+        meta.resolution,
+        in_chans=meta.in_chans,
+        mean=meta.mean,
+        std=meta.std,
+        train=False,
+        crop_pct=crop_pct,
+        source_chans=meta.in_chans,
     )
     return v2.Compose([partial(convert_image, mode=mode_for(meta.in_chans)), evaluation])
 
@@ -56,7 +62,7 @@ def labels_for(meta: ModelMeta) -> tuple[str, ...]:
     if meta.labels:
         return meta.labels
     if meta.num_classes == 1000:
-        return class_names()
+        return packaged_class_names()
     return tuple(f"class {i}" for i in range(meta.num_classes))
 
 
@@ -115,4 +121,7 @@ class Classifier:
         with torch.inference_mode():
             probs = self.model(x).softmax(dim=1)[0]
         values, indices = probs.topk(self.topk)
-        return [Prediction(i, self.labels[i], p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        return [
+            Prediction(index=i, label=self.labels[i], prob=p)
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]

@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PublishedResult:
     model: str
     source: str
@@ -32,12 +32,12 @@ def published_results() -> dict[str, PublishedResult]:
     text = resources.files("mobilenets.resources").joinpath("published.csv").read_text(encoding="utf-8")
     return {
         row["model"]: PublishedResult(
-            row["model"],
-            row["source"],
-            _number(row["top1"]),
-            _number(row["top5"]),
-            _number(row["mult_adds_m"]),
-            _number(row["params_m"]),
+            model=row["model"],
+            source=row["source"],
+            top1=_number(row["top1"]),
+            top5=_number(row["top5"]),
+            mult_adds_m=_number(row["mult_adds_m"]),
+            params_m=_number(row["params_m"]),
         )
         for row in csv.DictReader(text.splitlines())
     }

@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = 224  # ImageNet's usual crop, the papers' full-size input
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelMeta:
     """What a user needs to feed a model: default input size and normalisation (RGB, 0-1 scale);
     once weights are loaded (``mobilenets.weights``), where from, their resize and class names."""
@@ -40,7 +40,7 @@ class ModelMeta:
     weights: str | None = None  # the file the weights came from; None: randomly initialised
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainedWeights:
     """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
 
@@ -59,7 +59,7 @@ class PretrainedWeights:
 TorchvisionLayout = Callable[[nn.Module], dict[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelEntry:
     """A registered model: its builder, the arguments it is built with, and its input convention
     (default input size in pixels, normalisation). The layers never depend on the input size: it
@@ -101,7 +101,15 @@ def register_model(
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = ModelEntry(
-        name, builder, family, dict(defaults or {}), resolution, mean, std, pretrained, torchvision
+        name=name,
+        builder=builder,
+        family=family,
+        defaults=dict(defaults or {}),
+        resolution=resolution,
+        mean=mean,
+        std=std,
+        pretrained=pretrained,
+        torchvision=torchvision,
     )
 
 

@@ -57,7 +57,7 @@ LABEL_OFFSETS = [
 PUBLISHED_NOTE = "top-1: published ImageNet figures (papers and released checkpoints), not measured here"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Candidate:
     """A model with its published top-1 (%), counted cost and, when measured, its p50 latency (ms)."""
 
@@ -75,7 +75,7 @@ class Candidate:
         return {"latency_ms": self.latency_ms, "mult_adds": self.mult_adds / 1e6, "params": self.params / 1e6}[budget]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Selection:
     """Every candidate, those within the budget, and the Pareto front among those (cheapest first)."""
 
@@ -127,6 +127,7 @@ def runtime_version(runtime: str) -> str:
 def measure_latencies(
     names: Sequence[str],
     runtime: str = "eager",
+    *,
     device: torch.device | str | None = None,
     threads: int | None = None,
     timing: Timing = QUICK,
@@ -148,7 +149,9 @@ def measure_latencies(
     for name in names:
         key = prefix + name
         if key not in cached:
-            result = benchmark(create_model(name), [runtime], [1], threads, device, timing)[0]
+            result = benchmark(
+                create_model(name), [runtime], batches=[1], threads=threads, device=device, timing=timing
+            )[0]
             cached[key] = result.p50_ms
             if result.noisy:
                 warnings.warn(f"{name}: latency not cached, measured again next time", BenchWarning, stacklevel=2)
@@ -169,10 +172,16 @@ def build_candidates(names: Sequence[str], latencies: dict[str, float] | None = 
         latency = latencies.get(name) if latencies else None
         candidates.append(
             Candidate(
-                name, model.meta.family, model.meta.resolution, ref.top1, ref.source,
-                report.mult_adds, report.params, latency,
+                model=name,
+                family=model.meta.family,
+                resolution=model.meta.resolution,
+                top1=ref.top1,
+                source=ref.source,
+                mult_adds=report.mult_adds,
+                params=report.params,
+                latency_ms=latency,
             )
-        )  # fmt: skip
+        )
     return candidates
 
 
@@ -218,7 +227,9 @@ def select_models(
         device = resolve_device(device)
         threads = check_threads(threads)
         label = device_label(device, threads)
-        latencies = measure_latencies(names, runtime, device, threads, timing, cache_file, refresh)
+        latencies = measure_latencies(
+            names, runtime, device=device, threads=threads, timing=timing, cache_file=cache_file, refresh=refresh
+        )
     candidates = build_candidates(names, latencies)
     within = [c for c in candidates if c.cost(budget) <= limit]
     if not within:
@@ -228,7 +239,15 @@ def select_models(
             f"at {cheapest.cost(budget):.4g} ({BUDGETS[budget][1]})"
         )
     front = pareto_front(within, lambda c: c.cost(budget))
-    return Selection(budget, limit, runtime if measure else None, label, candidates, within, front)
+    return Selection(
+        budget=budget,
+        limit=limit,
+        runtime=runtime if measure else None,
+        device=label,
+        candidates=candidates,
+        within=within,
+        front=front,
+    )
 
 
 def format_selection(selection: Selection) -> str:

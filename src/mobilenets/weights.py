@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import read_weights
+from .checkpoint import read_saved_weights
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
@@ -42,7 +42,7 @@ PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
 
 
 @cache
-def class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
+def packaged_class_names(resource: str = "imagenet_classes.txt") -> tuple[str, ...]:
     """Class names shipped in ``mobilenets.resources``, in index order (ImageNet's 1000 by default)."""
     text = resources.files("mobilenets.resources").joinpath(resource).read_text(encoding="utf-8")
     return tuple(text.splitlines())
@@ -81,7 +81,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
     try:
         if path.suffix == ".safetensors":
-            state, info = read_weights(path)
+            state, info = read_saved_weights(path)
         else:
             state, info = torch.load(path, map_location="cpu", weights_only=True), {}
     # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
@@ -125,7 +125,7 @@ def _listed(label: str, items: list[str], most: int = 10) -> str:
 
 
 def remap_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], names: Mapping[str, str], source: str
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, names: Mapping[str, str], source: str
 ) -> dict[str, torch.Tensor]:
     """``{our key: tensor}`` from ``state`` keyed by ``names[our key]``; strict on names and shapes.
 
@@ -175,10 +175,10 @@ def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[s
 
 
 def fit_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict", keep_head: bool | None = True
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """``({our key: tensor}, whether the classifier is among them)``: ``state`` checked against
-    ``model`` as :func:`load_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
+    ``model`` as :func:`apply_state_dict` loads it, without loading it (``model`` may be on the meta device)."""
     ours = model.state_dict()
     names, classifier = _layout(model, state)
     head = [key for key in ours if key.startswith("classifier.")]
@@ -187,11 +187,11 @@ def fit_state_dict(
     if not keep_head or getattr(model, "num_classes", None) == 0:
         state = {key: value for key, value in state.items() if not key.startswith(classifier)}
         names = {key: theirs for key, theirs in names.items() if key not in head}
-    return remap_state_dict(model, state, names, source), bool(head) and set(head) <= set(names)
+    return remap_state_dict(model, state, names=names, source=source), bool(head) and set(head) <= set(names)
 
 
-def load_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", keep_head: bool | None = True
+def apply_state_dict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict", keep_head: bool | None = True
 ) -> bool:
     """Load ``state``, in our names or torchvision's, into ``model``; strict (see :func:`remap_state_dict`).
 
@@ -200,7 +200,7 @@ def load_state_dict(
     file's many-channel first convolution summed over its input channels. Returns whether the
     classifier was loaded.
     """
-    fitted, head = fit_state_dict(model, state, source, keep_head)
+    fitted, head = fit_state_dict(model, state, source=source, keep_head=keep_head)
     model.load_state_dict(fitted, strict=head or getattr(model, "num_classes", None) == 0)
     return head
 
@@ -210,10 +210,10 @@ def load_weights(model: nn.Module, source: str | Path, keep_head: bool | None = 
 
     Pretrained weights also set the meta's preprocessing (resize, crop, mean, std) and class names;
     so do files written by ``train`` (their resolution, evaluation crop, normalisation and classes).
-    ``keep_head`` as in :func:`load_state_dict` (class names are kept only with the classifier).
+    ``keep_head`` as in :func:`apply_state_dict` (class names are kept only with the classifier).
     Returns ``model``.
     """
-    _load(model, source, keep_head)
+    _load(model, source, keep_head=keep_head)
     return model
 
 
@@ -221,18 +221,18 @@ def init_from(model: nn.Module, source: str | Path) -> bool:
     """Fine-tuning's start: load ``source`` into ``model`` as :func:`load_weights` does, but its
     classifier only when it has the model's shape (the same classes), and leave ``model.meta`` as
     it is (the model keeps its own input size and classes). Returns whether the classifier was loaded."""
-    return _load(model, source, None, record=False)
+    return _load(model, source, keep_head=None, record=False)
 
 
-def _load(model: nn.Module, source: str | Path, keep_head: bool | None, record: bool = True) -> bool:
+def _load(model: nn.Module, source: str | Path, *, keep_head: bool | None, record: bool = True) -> bool:
     meta = getattr(model, "meta", None)
     if str(source) == PRETRAINED and meta is None:
         raise ValueError("weights 'pretrained' need a model from create_model (its name picks the weights)")
     weights = read_weights_source(source, meta.name if meta else "")
-    return _apply(model, weights.path, weights.state, weights.info, keep_head, record)
+    return _apply(model, weights.path, state=weights.state, info=weights.info, keep_head=keep_head, record=record)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WeightsFile:
     """A weights source read once: where from, its state dict (CPU tensors) and what it records
     (``model``, ``model_args``, ``classes``, ``mean``, ``std``, ``crop_pct``...; ``{}`` for a bare state dict)."""
@@ -261,7 +261,8 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
     against their SHA-256 prefix; their info from the registry entry). ``name`` is used for
     ``"pretrained"`` only."""
     if str(source) != PRETRAINED:
-        return WeightsFile(Path(source), *read_weights_file(source))
+        state, info = read_weights_file(source)  # the text given: Path("") would be the working folder
+        return WeightsFile(path=Path(source), state=state, info=info)
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)
@@ -270,14 +271,15 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
         "crop_pct": entry.crop / entry.resize,
         "mean": entry.mean,
         "std": entry.std,
-        "classes": class_names(entry.labels),
+        "classes": packaged_class_names(entry.labels),
     }
-    return WeightsFile(path, read_weights_file(path)[0], info)
+    return WeightsFile(path=path, state=read_weights_file(path)[0], info=info)
 
 
 def _apply(
     model: nn.Module,
     path: Path,
+    *,
     state: Mapping[str, torch.Tensor],
     info: Mapping[str, Any],
     keep_head: bool | None,
@@ -285,7 +287,7 @@ def _apply(
 ) -> bool:
     """Load ``state`` (read from ``path``) into ``model``; with ``record``, set ``model.meta`` from ``info``."""
     meta = getattr(model, "meta", None)
-    head = load_state_dict(model, state, repr(str(path)), keep_head)
+    head = apply_state_dict(model, state, source=repr(str(path)), keep_head=keep_head)
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
     if meta is not None and record:
@@ -355,21 +357,21 @@ def model_from(
     recorded = dict(info.get("model_args", {}))
     arguments = {**(defaults or {}), **recorded, **overrides}
     keep_head = None if "num_classes" in overrides else True
-    skeleton = _skeleton(name, arguments, where, recorded)
+    skeleton = _skeleton(name, arguments, where=where, recorded=recorded)
     if "num_classes" not in recorded and "num_classes" not in overrides:
         classes = _classes_in(skeleton, state)
         if classes is not None and classes != skeleton.meta.num_classes:
             arguments["num_classes"] = classes
-            skeleton = _skeleton(name, arguments, where, recorded)
-    fit_state_dict(skeleton, state, repr(str(path)), keep_head)
+            skeleton = _skeleton(name, arguments, where=where, recorded=recorded)
+    fit_state_dict(skeleton, state, source=repr(str(path)), keep_head=keep_head)
     model = create_model(name, **arguments)
     # The file is read once; meta follows the arguments the model was built with (the caller's
     # resolution wins over the recorded one).
-    _apply(model, path, state, {**info, "model_args": arguments}, keep_head=keep_head, record=True)
+    _apply(model, path, state=state, info={**info, "model_args": arguments}, keep_head=keep_head, record=True)
     return model
 
 
-def _skeleton(name: str, arguments: Mapping[str, Any], where: str, recorded: Mapping[str, Any]) -> nn.Module:
+def _skeleton(name: str, arguments: Mapping[str, Any], *, where: str, recorded: Mapping[str, Any]) -> nn.Module:
     """Model ``name`` built on the meta device (no memory): its arguments checked, its shapes known."""
     try:
         with torch.device("meta"):

@@ -57,7 +57,7 @@ def test_read_idx_round_trip_and_truncation(tmp_path: Path) -> None:
 def test_fashion_mnist_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = fake_fashion_mnist(tmp_path)
     monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
-    train = load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD)
+    train = load_dataset("fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD)
     assert len(train) == len(images) and train.classes == list(FASHION_MNIST_CLASSES)
     x, y = train[3]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y == 3
@@ -66,13 +66,17 @@ def test_fashion_mnist_from_another_folder(tmp_path: Path, monkeypatch: pytest.M
         torch.from_numpy(images[3]).float()[None, None], size=32, mode="bilinear", antialias=True
     )
     torch.testing.assert_close(x, (expected[0] / 255 - 0.5) / 0.5, atol=0.02, rtol=0)
-    rgb, _ = load_dataset("fashion-mnist", "val", 40, 3, MEAN, STD, fashion_mnist_dir=tmp_path)[0]
+    rgb, _ = load_dataset(
+        "fashion-mnist", "val", resolution=40, in_chans=3, mean=MEAN, std=STD, fashion_mnist_dir=tmp_path
+    )[0]
     assert rgb.shape == (3, 40, 40) and torch.equal(rgb[0], rgb[2])
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
-        load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, fashion_mnist_dir=tmp_path)
+        load_dataset(
+            "fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD, fashion_mnist_dir=tmp_path
+        )
     message = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert FASHION_MNIST_ENV in message and "--data" in message
@@ -80,8 +84,8 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAS_FASHION_MNIST, reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist() -> None:
-    train = load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, train=True)
-    val = load_dataset("fashion-mnist", "val", 32, 1, MEAN, STD, limit=100)
+    train = load_dataset("fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD, train=True)
+    val = load_dataset("fashion-mnist", "val", resolution=32, in_chans=1, mean=MEAN, std=STD, limit=100)
     assert len(train) == 60_000 and len(val) == 100
     labels = torch.tensor([val[i][1] for i in range(len(val))])
     assert labels.min() >= 0 and labels.max() <= 9 and len(labels.unique()) > 5
@@ -90,8 +94,8 @@ def test_real_fashion_mnist() -> None:
 def test_image_folder_with_train_and_val(tmp_path: Path) -> None:
     make_image_folder(tmp_path, num_classes=3, per_class=4, val_per_class=2, size=48)
     assert inspect_source(tmp_path).kind == "folders"
-    train = load_dataset(tmp_path, "train", 32, 3, MEAN, STD, train=True)
-    val = load_dataset(str(tmp_path), "val", 32, 1, MEAN, STD)
+    train = load_dataset(tmp_path, "train", resolution=32, in_chans=3, mean=MEAN, std=STD, train=True)
+    val = load_dataset(str(tmp_path), "val", resolution=32, in_chans=1, mean=MEAN, std=STD)
     assert (len(train), len(val)) == (12, 6)
     assert train.classes == val.classes == ["class_0", "class_1", "class_2"]
     assert train[0][0].shape == (3, 32, 32) and val[5][0].shape == (1, 32, 32)
@@ -101,21 +105,24 @@ def test_image_folder_with_train_and_val(tmp_path: Path) -> None:
 def test_one_folder_split_per_class(tmp_path: Path) -> None:
     make_image_folder(tmp_path, num_classes=2, per_class=10)
     assert inspect_source(tmp_path).kind == "folder"
-    splits = {s: load_dataset(tmp_path, s, 32, 3, MEAN, STD, val_fraction=0.3, seed=1) for s in ("train", "val")}
+    splits = {
+        s: load_dataset(tmp_path, s, resolution=32, in_chans=3, mean=MEAN, std=STD, val_fraction=0.3, seed=1)
+        for s in ("train", "val")
+    }
     paths = {s: {p for p, _ in d.samples} for s, d in splits.items()}
     assert len(paths["val"]) == 6 and len(paths["train"]) == 14 and not paths["val"] & paths["train"]
     assert sorted(label for _, label in splits["val"].samples) == [0, 0, 0, 1, 1, 1]
-    again = load_dataset(tmp_path, "val", 32, 3, MEAN, STD, val_fraction=0.3, seed=1)
+    again = load_dataset(tmp_path, "val", resolution=32, in_chans=3, mean=MEAN, std=STD, val_fraction=0.3, seed=1)
     assert {p for p, _ in again.samples} == paths["val"]
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither 'fashion-mnist' nor an existing folder"):
-        load_dataset(tmp_path / "nope", "train", 32, 3, MEAN, STD)
+        load_dataset(tmp_path / "nope", "train", resolution=32, in_chans=3, mean=MEAN, std=STD)
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match="holds no images"):
-        load_dataset(tmp_path, "train", 32, 3, MEAN, STD)
+        load_dataset(tmp_path, "train", resolution=32, in_chans=3, mean=MEAN, std=STD)
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -123,7 +130,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path) -> None:
     good = (tmp_path / "class_0" / "0000.png").read_bytes()
     (tmp_path / "class_0" / "truncated.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "class_1" / "garbage.jpg").write_bytes(b"not a jpeg at all")
-    dataset = load_dataset(tmp_path, "train", 32, 3, MEAN, STD, val_fraction=0.01)
+    dataset = load_dataset(tmp_path, "train", resolution=32, in_chans=3, mean=MEAN, std=STD, val_fraction=0.01)
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         labels = torch.cat([y for _, y in DataLoader(dataset, batch_size=4)])
     assert len(labels) == 8 and int((labels == UNREADABLE).sum()) == 2
@@ -147,7 +154,9 @@ def test_non_rgb_images_are_converted(tmp_path: Path, mode: str) -> None:
     (folder / f"img.{'jpg' if mode == 'CMYK' else 'tif' if mode == 'I;16' else 'png'}").write_bytes(buffer.getvalue())
     shutil.copytree(folder, tmp_path / "other")  # a data set needs at least 2 classes
     for in_chans in (1, 3):
-        dataset = load_dataset(tmp_path, "train", 32, in_chans, MEAN, STD, val_fraction=0.01)
+        dataset = load_dataset(
+            tmp_path, "train", resolution=32, in_chans=in_chans, mean=MEAN, std=STD, val_fraction=0.01
+        )
         x, y = dataset[0]
         assert y == 0 and x.shape == (in_chans, 32, 32) and torch.isfinite(x).all()
     if mode == "RGBA":
@@ -176,8 +185,8 @@ def write_cifar(folder: Path, kind: str, n: int = 6) -> None:
 def test_cifar_python_format(tmp_path: Path, kind: str, subfolder: str, train_size: int) -> None:
     write_cifar(tmp_path / subfolder if subfolder else tmp_path, kind)
     assert inspect_source(tmp_path).kind == kind
-    train = load_dataset(tmp_path, "train", 32, 3, MEAN, STD, train=True)
-    val = load_dataset(tmp_path, "val", 32, 1, MEAN, STD)
+    train = load_dataset(tmp_path, "train", resolution=32, in_chans=3, mean=MEAN, std=STD, train=True)
+    val = load_dataset(tmp_path, "val", resolution=32, in_chans=1, mean=MEAN, std=STD)
     assert len(train) == train_size and len(val) == 6 and val.classes == ["cat", "dog", "emu"]
     assert train[0][0].shape == (3, 32, 32) and val[0][0].shape == (1, 32, 32)
 
@@ -191,14 +200,16 @@ def test_cifar_files_cannot_run_code(tmp_path: Path) -> None:
     write_cifar(tmp_path, "cifar-10")
     (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Boom()}, protocol=2))
     with pytest.raises(ValueError, match=r"refusing to load .*print"):
-        load_dataset(tmp_path, "val", 32, 3, MEAN, STD)
+        load_dataset(tmp_path, "val", resolution=32, in_chans=3, mean=MEAN, std=STD)
 
 
 def test_train_transform_is_random_eval_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_fashion_mnist(tmp_path)
     monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path))
-    train = load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, train=True, crop_scale=(0.2, 0.5))
-    val = load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD)
+    train = load_dataset(
+        "fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD, train=True, crop_scale=(0.2, 0.5)
+    )
+    val = load_dataset("fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD)
     assert not torch.equal(train[0][0], train[0][0])
     assert torch.equal(val[0][0], val[0][0])
 
@@ -217,5 +228,7 @@ def test_bad_arguments_name_themselves(tmp_path: Path, kwargs: dict, fragment: s
     make_image_folder(tmp_path, num_classes=2, per_class=2)
     args = {"split": "train", "in_chans": 3, **kwargs}
     with pytest.raises(ValueError) as info:
-        load_dataset(tmp_path, args.pop("split"), 32, args.pop("in_chans"), MEAN, STD, **args)
+        load_dataset(
+            tmp_path, args.pop("split"), resolution=32, in_chans=args.pop("in_chans"), mean=MEAN, std=STD, **args
+        )
     assert fragment in str(info.value)

@@ -25,7 +25,7 @@ def png_claiming_size(width: int, height: int) -> bytes:
 
 def folder_pixels(path: Path, in_chans: int = 3) -> tuple[np.ndarray | None, int]:
     """What training and evaluation read from ``path``: (H, W[, C]) uint8 pixels, or None, and the label."""
-    dataset = ImageFolder([(path, 0)], ["only"], in_chans, np.asarray, (in_chans, 4, 4))
+    dataset = ImageFolder([(path, 0)], ["only"], in_chans=in_chans, transform=np.asarray, blank_shape=(in_chans, 4, 4))
     image, label = dataset[0]
     return (None if label == UNREADABLE else image), label
 

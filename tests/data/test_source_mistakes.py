@@ -18,7 +18,7 @@ from mobilenets.data.synthetic import make_image_folder
 
 
 def load(source: Path | str, split: str = "train", **kwargs):
-    return load_dataset(source, split, 32, 3, MEAN, STD, **kwargs)
+    return load_dataset(source, split, resolution=32, in_chans=3, mean=MEAN, std=STD, **kwargs)
 
 
 def one_line_error(error: type[Exception], call, *fragments: str) -> str:
@@ -257,7 +257,9 @@ def test_fashion_mnist_labels_outside_the_classes(tmp_path: Path) -> None:
     fake_fashion_mnist(tmp_path, n=12)
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
     write_idx(labels, np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]))
-    call = lambda: load_dataset("fashion-mnist", "val", 32, 1, MEAN, STD, fashion_mnist_dir=tmp_path)  # noqa: E731
+    call = lambda: load_dataset(  # noqa: E731
+        "fashion-mnist", "val", resolution=32, in_chans=1, mean=MEAN, std=STD, fashion_mnist_dir=tmp_path
+    )
     one_line_error(ValueError, call, str(labels), "label 10 (sample 10", "10 classes 0..9")
 
 
@@ -267,7 +269,9 @@ def test_fashion_mnist_damaged_gzip(tmp_path: Path, damage: str) -> None:
     images = tmp_path / "train-images-idx3-ubyte.gz"
     raw = images.read_bytes()
     images.write_bytes(raw[: len(raw) // 2] if damage == "cut" else gzip.decompress(raw))
-    call = lambda: load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, fashion_mnist_dir=tmp_path)  # noqa: E731
+    call = lambda: load_dataset(  # noqa: E731
+        "fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD, fashion_mnist_dir=tmp_path
+    )
     one_line_error(ValueError, call, str(images), "not a complete gzip file")
 
 
@@ -284,5 +288,7 @@ def test_fashion_mnist_images_of_another_type(tmp_path: Path) -> None:
     header = bytes([0, 0, 0x0D, 3]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     with gzip.open(images, "wb") as f:
         f.write(header + array.tobytes())
-    call = lambda: load_dataset("fashion-mnist", "train", 32, 1, MEAN, STD, fashion_mnist_dir=tmp_path)  # noqa: E731
+    call = lambda: load_dataset(  # noqa: E731
+        "fashion-mnist", "train", resolution=32, in_chans=1, mean=MEAN, std=STD, fashion_mnist_dir=tmp_path
+    )
     one_line_error(ValueError, call, "uint8 images", "float32 (4, 28, 28)")

@@ -61,7 +61,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(
     assert f"distill: teacher {TEACHER} from {teacher}" in capsys.readouterr().out
     train(one_epoch(folder, tmp_path / "plain", distill_alpha=0.0, epochs=3, **distil))
     entry = get_entry(MODEL)
-    images = torch.stack([x for x, _ in load_dataset(folder, "train", 32, 3, entry.mean, entry.std)])
+    images = torch.stack(
+        [x for x, _ in load_dataset(folder, "train", resolution=32, in_chans=3, mean=entry.mean, std=entry.std)]
+    )
     with torch.no_grad():
         target = load_model(teacher, TEACHER, num_classes=4).eval()(images)
 

@@ -67,20 +67,28 @@ def test_param_groups_spare_depthwise_bn_and_biases() -> None:
 
 def test_schedules() -> None:
     steps, epochs = 10, 5
-    exp = [lr_factor(s, steps, epochs, 1.0, "exponential", 0.5) for s in range(steps * epochs)]
+    exp = [
+        lr_factor(s, steps_per_epoch=steps, epochs=epochs, warmup_epochs=1.0, schedule="exponential", decay=0.5)
+        for s in range(steps * epochs)
+    ]
     assert exp[0] == pytest.approx(0.1) and exp[9] == pytest.approx(1.0)  # warm-up ends as epoch 1 ends
     assert exp[10:20] == [0.5] * 10 and exp[20] == pytest.approx(0.25)  # ×0.5 per whole epoch
-    cos = [lr_factor(s, steps, epochs, 1.0, "cosine", 0.0) for s in range(steps * epochs + 1)]
+    cos = [
+        lr_factor(s, steps_per_epoch=steps, epochs=epochs, warmup_epochs=1.0, schedule="cosine", decay=0.0)
+        for s in range(steps * epochs + 1)
+    ]
     assert cos[10] == pytest.approx(1.0) and cos[30] == pytest.approx(0.5) and cos[-1] == pytest.approx(0.0)
     assert all(a >= b for a, b in itertools.pairwise(cos[10:]))
     opt = RMSpropTF([nn.Parameter(torch.ones(1))], lr=0.2)
-    scheduler = build_scheduler(opt, steps, epochs, 1.0, "cosine", 0.98)
+    scheduler = build_scheduler(
+        opt, steps_per_epoch=steps, epochs=epochs, warmup_epochs=1.0, schedule="cosine", decay=0.98
+    )
     for _ in range(30):
         opt.step()
         scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        build_scheduler(opt, steps, epochs, 0.0, "linear", 0.98)
+        build_scheduler(opt, steps_per_epoch=steps, epochs=epochs, warmup_epochs=0.0, schedule="linear", decay=0.98)
 
 
 def test_ema_warms_up_then_averages() -> None:

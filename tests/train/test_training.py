@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from mobilenets import create_model
-from mobilenets.checkpoint import read_weights
+from mobilenets.checkpoint import read_saved_weights
 from mobilenets.cli import main
 from mobilenets.data import FASHION_MNIST_DIR
 from mobilenets.data.synthetic import make_image_folder
@@ -183,7 +183,7 @@ def test_sigterm_writes_a_checkpoint_then_exits(tmp_path: Path, folder: Path) ->
 
 def test_init_starts_from_trained_weights(tmp_path: Path, folder: Path) -> None:
     train(tiny(folder, tmp_path / "a", epochs=1))
-    state, _ = read_weights(tmp_path / "a" / "best.safetensors")
+    state, _ = read_saved_weights(tmp_path / "a" / "best.safetensors")
     trainer = Trainer(tiny(folder, tmp_path / "b", init=str(tmp_path / "a" / "best.safetensors")), False, setup("cpu"))
     assert all(torch.equal(trainer.net.state_dict()[key].cpu(), value) for key, value in state.items())
     assert trainer.notes == [f"init: weights from {tmp_path / 'a' / 'best.safetensors'} and its classifier"]
@@ -204,7 +204,7 @@ def test_init_with_other_classes_keeps_a_fresh_classifier(tmp_path: Path, folder
 
 def test_freeze_features_trains_the_classifier_only(tmp_path: Path, folder: Path) -> None:
     train(tiny(folder, tmp_path / "a", epochs=1))
-    start, _ = read_weights(tmp_path / "a" / "best.safetensors")
+    start, _ = read_saved_weights(tmp_path / "a" / "best.safetensors")
     train(tiny(folder, tmp_path / "probe", init=str(tmp_path / "a" / "best.safetensors"), freeze_features=True))
     end = load_checkpoint(tmp_path / "probe" / "last.safetensors")["model"]
     features = [key for key in start if key.startswith("features.")]

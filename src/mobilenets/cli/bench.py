@@ -131,11 +131,20 @@ def run(args: argparse.Namespace) -> int:
     models = [create_model(name) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)
-        peak = gemm_peak(device, threads, QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
+        peak = gemm_peak(device, threads, size=QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
         results = [
             result
             for model in models
-            for result in benchmark(model, runtimes, batches, threads, device, timing, args.resolution, peak)
+            for result in benchmark(
+                model,
+                runtimes,
+                batches=batches,
+                threads=threads,
+                device=device,
+                timing=timing,
+                resolution=args.resolution,
+                peak=peak,
+            )
         ]
         if args.json:
             print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))

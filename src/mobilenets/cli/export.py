@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if args.int8:
         calib_samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
         eval_samples = DEFAULT_EVAL_SAMPLES if args.eval_samples is None else args.eval_samples
-        calibration, evaluation = calibration_data(args.calib, model, resolution, calib_samples, eval_samples)
+        calibration, evaluation = calibration_data(
+            args.calib, model, resolution=resolution, calib_samples=calib_samples, eval_samples=eval_samples
+        )
     limits = ("tolerance", "min_agreement", "min_calibration", "min_eval_samples")
     given_limits = {name: getattr(args, name) for name in limits if getattr(args, name) is not None}
     try:

@@ -55,6 +55,7 @@ class ArrayImages(Dataset):
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
+        *,
         classes: list[str],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -125,7 +126,9 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> Arr
             f"got {images.dtype} {images.shape} and {labels.dtype} {labels.shape}"
         )
     _check_labels(labels, len(FASHION_MNIST_CLASSES), labels_path)
-    return ArrayImages(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), list(FASHION_MNIST_CLASSES))
+    return ArrayImages(
+        torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels), classes=list(FASHION_MNIST_CLASSES)
+    )
 
 
 def cifar_kind(folder: Path) -> str | None:
@@ -212,4 +215,6 @@ def load_cifar(folder: str | os.PathLike, split: str) -> ArrayImages:
         _check_labels(batch_labels, len(classes), folder / name)
         images.append(batch_images)
         labels.append(batch_labels)
-    return ArrayImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+    return ArrayImages(
+        torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes=classes
+    )

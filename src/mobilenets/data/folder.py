@@ -27,7 +27,7 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def class_names(root: str | os.PathLike, name: str = "source") -> list[str]:
+def class_folders(root: str | os.PathLike, name: str = "source") -> list[str]:
     """The class subfolders of ``root``, sorted: label i is the i-th name."""
     root = Path(root)
     if not root.is_dir():
@@ -44,7 +44,7 @@ def scan_folder(
     without it the subfolders define the classes, and there must be at least 2, none without images.
     """
     root = Path(root)
-    found = class_names(root, name)
+    found = class_folders(root, name)
     defines = classes is None
     classes = found if classes is None else classes
     unknown = sorted(set(found) - set(classes))
@@ -108,6 +108,7 @@ class ImageFolder(Dataset):
         self,
         samples: list[tuple[Path, int]],
         classes: list[str],
+        *,
         in_chans: int,
         transform: Callable[[Image.Image], torch.Tensor],
         blank_shape: tuple[int, ...],

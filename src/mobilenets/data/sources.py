@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .arrays import ArrayImages, cifar_kind, load_cifar, load_fashion_mnist
-from .folder import ImageFolder, class_names, scan_folder, split_samples
+from .folder import ImageFolder, class_folders, scan_folder, split_samples
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, check_image_args
 
 FASHION_MNIST = "fashion-mnist"
@@ -25,7 +25,7 @@ _WHAT_DATA_IS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceInfo:
     """What a source holds before it is loaded.
 
@@ -63,7 +63,9 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     """Recognise ``source``: the name "fashion-mnist", a CIFAR python-format folder, or an image folder."""
     text = _source_text(source)
     if text == FASHION_MNIST:
-        return SourceInfo(FASHION_MNIST, Path(fashion_mnist_dir) if fashion_mnist_dir else None, 1, 28)
+        return SourceInfo(
+            kind=FASHION_MNIST, path=Path(fashion_mnist_dir) if fashion_mnist_dir else None, channels=1, image_size=28
+        )
     path = Path(text)
     if not path.exists():
         raise FileNotFoundError(
@@ -74,19 +76,26 @@ def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLi
     for candidate in (path, *(path / sub for sub in CIFAR_SUBFOLDERS)):
         kind = cifar_kind(candidate)
         if kind:
-            return SourceInfo(kind, candidate, 3, 32)
+            return SourceInfo(kind=kind, path=candidate, channels=3, image_size=32)
     train_dir, val_dir = _image_splits(path)
-    return SourceInfo("folders" if val_dir else "folder", path, 3, None, train_dir, val_dir)
+    return SourceInfo(
+        kind="folders" if val_dir else "folder",
+        path=path,
+        channels=3,
+        image_size=None,
+        train_dir=train_dir,
+        val_dir=val_dir,
+    )
 
 
 def _image_splits(path: Path) -> tuple[Path, Path | None]:
     """(training folder, evaluation folder or None) of an image folder: its train/ and val/ (or
     valid/, validation/, test/), or train/ alone, or the folder itself when it holds classes only."""
-    subfolders = class_names(path, "data")
+    subfolders = class_folders(path, "data")
     named = {name.lower(): path / name for name in subfolders if name.lower() in ("train", *EVAL_FOLDERS)}
     # Split folders hold class subfolders, or are all there is: a class may be called "train" or
     # "test" among others, but classes "train" and "test" alone are a layout mistake.
-    if not named or (len(named) < len(subfolders) and not any(class_names(p) for p in named.values())):
+    if not named or (len(named) < len(subfolders) and not any(class_folders(p) for p in named.values())):
         return path, None
     others = [name for name in subfolders if name.lower() not in named]
     problems = (["no train/"] if "train" not in named else []) + ([f"other folders {others}"] if others else [])
@@ -125,12 +134,12 @@ class LabelledSubset(Subset):
 def load_dataset(
     source: str | os.PathLike,
     split: str,
+    *,
     resolution: int,
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
     train: bool = False,
-    *,
     crop_scale: Sequence[float] = DEFAULT_CROP_SCALE,
     crop_pct: float | None = None,
     hflip: bool = True,
@@ -165,10 +174,20 @@ def load_dataset(
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     info = inspect_source(source, fashion_mnist_dir)
     crop_pct = eval_crop_pct(info, crop_pct)
-    check_image_args(resolution, in_chans, crop_scale, crop_pct)
+    check_image_args(resolution, in_chans=in_chans, crop_scale=crop_scale, crop_pct=crop_pct)
     # Image folders are decoded straight to in_chans channels; the array sources store theirs.
     source_chans = in_chans if info.kind.startswith("folder") else info.channels
-    transform = build_transform(resolution, in_chans, mean, std, train, crop_scale, crop_pct, hflip, source_chans)
+    transform = build_transform(
+        resolution,
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
+        train=train,
+        crop_scale=crop_scale,
+        crop_pct=crop_pct,
+        hflip=hflip,
+        source_chans=source_chans,
+    )
     dataset: Dataset
     if info.kind == FASHION_MNIST:
         dataset = load_fashion_mnist(split, fashion_mnist_dir)
@@ -176,7 +195,7 @@ def load_dataset(
         dataset = load_cifar(info.path, split)
     else:
         if info.val_dir is not None:
-            train_classes = None if split == "train" else class_names(info.train_dir, "data")
+            train_classes = None if split == "train" else class_folders(info.train_dir, "data")
             samples, classes = scan_folder(info.train_dir if split == "train" else info.val_dir, "data", train_classes)
         else:
             all_samples, classes = scan_folder(info.train_dir, "data")
@@ -186,7 +205,9 @@ def load_dataset(
                     f"val_fraction {val_fraction} puts no image of data {str(info.train_dir)!r} in val "
                     "(each class gives round(images × val_fraction)): raise it, or give train/ and val/ folders"
                 )
-        dataset = ImageFolder(samples, classes, in_chans, transform, (in_chans, resolution, resolution))
+        dataset = ImageFolder(
+            samples, classes, in_chans=in_chans, transform=transform, blank_shape=(in_chans, resolution, resolution)
+        )
     if isinstance(dataset, ArrayImages):
         dataset.transform = transform
     if limit is not None:

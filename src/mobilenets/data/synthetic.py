@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 
-def synthetic_image(label: int, num_classes: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def synthetic_image(label: int, num_classes: int, *, size: int, rng: np.random.Generator) -> np.ndarray:
     """One (size, size, 3) uint8 image of class ``label``."""
     angle = math.pi / 2 * label / num_classes
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - (size - 1) / 2
@@ -45,5 +45,5 @@ def make_image_folder(
             folder = root / split / f"class_{label}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                Image.fromarray(synthetic_image(label, num_classes, size, rng)).save(folder / f"{i:04d}.png")
+                Image.fromarray(synthetic_image(label, num_classes, size=size, rng=rng)).save(folder / f"{i:04d}.png")
     return root

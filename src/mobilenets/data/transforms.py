@@ -36,7 +36,7 @@ def fit_channels(values: Sequence[float], in_chans: int, name: str) -> tuple[flo
     raise ValueError(f"{name} must have 1 or {in_chans} values for in_chans={in_chans}, got {len(values)}")
 
 
-def check_image_args(resolution: int, in_chans: int, crop_scale: Sequence[float], crop_pct: float) -> None:
+def check_image_args(resolution: int, *, in_chans: int, crop_scale: Sequence[float], crop_pct: float) -> None:
     if not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
     if in_chans not in IMAGE_CHANNELS:
@@ -50,6 +50,7 @@ def check_image_args(resolution: int, in_chans: int, crop_scale: Sequence[float]
 
 def build_transform(
     resolution: int,
+    *,
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
@@ -68,7 +69,7 @@ def build_transform(
     ratio in [3/4, 4/3], then a random horizontal flip (``hflip``). Evaluation: resize the shorter
     side to ``resolution / crop_pct``, then the central ``resolution``² crop.
     """
-    check_image_args(resolution, in_chans, crop_scale, crop_pct)
+    check_image_args(resolution, in_chans=in_chans, crop_scale=crop_scale, crop_pct=crop_pct)
     if train:
         geometry: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=tuple(crop_scale), antialias=True)]
         if hflip:

@@ -77,7 +77,7 @@ class VerificationError(RuntimeError):
         self.report = report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportReport:
     """What was written and how well it reproduces PyTorch (fp32: output difference; int8: top-1)."""
 
@@ -256,6 +256,7 @@ def write_artifact(
     model: nn.Module,
     fmt: str,
     out: Path,
+    *,
     resolution: int,
     calibration: Sequence[np.ndarray] | None = None,
 ) -> list[Path]:
@@ -281,7 +282,7 @@ def _nonfinite(output: np.ndarray) -> int:
     return int(output.size - np.count_nonzero(np.isfinite(output)))
 
 
-def _verify_fp32(model: nn.Module, runner: Runner, resolution: int, tolerance: float) -> dict[str, Any]:
+def _verify_fp32(model: nn.Module, runner: Runner, *, resolution: int, tolerance: float) -> dict[str, Any]:
     reference = _reference(model)
     generator = torch.Generator().manual_seed(0)
     worst, scale, nonfinite = 0.0, 1.0, 0
@@ -306,7 +307,7 @@ def _verify_fp32(model: nn.Module, runner: Runner, resolution: int, tolerance: f
 
 
 def _verify_int8(
-    model: nn.Module, runner: Runner, evaluation: Iterable[Batch], min_agreement: float, min_samples: int
+    model: nn.Module, runner: Runner, *, evaluation: Iterable[Batch], min_agreement: float, min_samples: int
 ) -> dict[str, Any]:
     reference = _reference(model)
     agree = correct_fp32 = correct_int8 = total = nonfinite = 0
@@ -382,16 +383,18 @@ def export_model(
     meta = getattr(model, "meta", None)
     resolution = check_resolution(resolution if resolution is not None else (meta.resolution if meta else 224))
 
-    files = write_artifact(model, fmt, out, resolution, calibration)
+    files = write_artifact(model, fmt, out, resolution=resolution, calibration=calibration)
     runner = load_runner(out, fmt, device="cpu")
     if int8:
         evaluation = [(images, None) for images in calibration] if evaluation is None else evaluation
-        checks = _verify_int8(model, runner, evaluation, min_agreement, min_eval_samples)
+        checks = _verify_int8(
+            model, runner, evaluation=evaluation, min_agreement=min_agreement, min_samples=min_eval_samples
+        )
         checks |= {"calibration_images": calibration_images, "calibration_asked": calibration_asked}
     else:
-        checks = _verify_fp32(model, runner, resolution, tolerance)
+        checks = _verify_fp32(model, runner, resolution=resolution, tolerance=tolerance)
     name = meta.name if meta else type(model).__name__
-    report = ExportReport(name, fmt, int8, resolution, files, **checks)
+    report = ExportReport(model=name, format=fmt, int8=int8, resolution=resolution, files=files, **checks)
     if not report.passed:
         raise VerificationError(report)
     return report

@@ -44,6 +44,7 @@ def dataset_batches(dataset: Dataset, batch_size: int = 32) -> Iterator[tuple[np
 def calibration_data(
     source: str,
     model: nn.Module,
+    *,
     resolution: int,
     calib_samples: int = DEFAULT_CALIB_SAMPLES,
     eval_samples: int = DEFAULT_EVAL_SAMPLES,
@@ -59,7 +60,9 @@ def calibration_data(
     in_chans = input_shape(model, resolution)[0]
 
     def split(name: str, limit: int) -> Dataset:
-        return load_dataset(source, name, resolution, in_chans, meta.mean, meta.std, limit=limit)
+        return load_dataset(
+            source, name, resolution=resolution, in_chans=in_chans, mean=meta.mean, std=meta.std, limit=limit
+        )
 
     calibration = [images for images, _ in dataset_batches(split("train", calib_samples))]
     held_out = split("val", eval_samples)

@@ -83,7 +83,7 @@ def ort_session_options(threads: int | None = None, spin: bool = True):
 
 
 def onnx_runner(
-    path: str | Path, threads: int | None = None, device: torch.device | str | None = None, spin: bool = True
+    path: str | Path, *, threads: int | None = None, device: torch.device | str | None = None, spin: bool = True
 ) -> Runner:
     """An ONNX file in ONNX Runtime: the CUDA provider for a CUDA ``device`` (onnxruntime-gpu), else the CPU;
     ``spin`` as in :func:`ort_session_options`."""
@@ -136,7 +136,7 @@ def kept_signal_stack() -> Iterator[None]:
 
 
 def openvino_runner(
-    path: str | Path, threads: int | None = None, device: torch.device | str | None = None, batch: int | None = None
+    path: str | Path, *, threads: int | None = None, device: torch.device | str | None = None, batch: int | None = None
 ) -> Runner:
     """An OpenVINO IR (``.xml``) or ONNX file on OpenVINO's CPU plugin (the only ``device`` accepted).
 
@@ -160,13 +160,13 @@ def openvino_runner(
 
 
 def load_runner(
-    path: str | Path, fmt: str, threads: int | None = None, device: torch.device | str | None = None
+    path: str | Path, fmt: str, *, threads: int | None = None, device: torch.device | str | None = None
 ) -> Runner:
     """A runner for an exported artifact of format ``fmt`` ("onnx", "torchscript" or "openvino")."""
     if fmt == "onnx":
-        return onnx_runner(path, threads, device)
+        return onnx_runner(path, threads=threads, device=device)
     if fmt == "openvino":
-        return openvino_runner(path, threads, device)
+        return openvino_runner(path, threads=threads, device=device)
     if fmt == "torchscript":
         return torchscript_runner(path, device)
     raise ValueError(f"format must be one of onnx, torchscript, openvino, got {fmt!r}")

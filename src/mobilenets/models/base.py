@@ -27,7 +27,7 @@ MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841; a 100,000-class head on 12
 MAX_IN_CHANS = 256  # RGB-D and multispectral inputs have a few to a few dozen; hyperspectral up to ~200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FeatureInfo:
     """One feature map: the end point producing it, its channels and its reduction (input / map)."""
 
@@ -68,7 +68,14 @@ def check_num_classes(num_classes: int) -> int:
 
 
 def check_common(
-    num_classes: int, in_chans: int, dropout: float, activation: str, padding: str, output_stride: int, batchnorm: str
+    num_classes: int,
+    *,
+    in_chans: int,
+    dropout: float,
+    activation: str,
+    padding: str,
+    output_stride: int,
+    batchnorm: str,
 ) -> None:
     """Validate the arguments that every builder accepts; raise ``ValueError`` naming the culprit."""
     check_num_classes(num_classes)
@@ -88,6 +95,7 @@ def check_common(
 
 def check_arguments(
     width_mult: float,
+    *,
     num_classes: int,
     in_chans: int,
     dropout: float,
@@ -98,7 +106,15 @@ def check_arguments(
 ) -> float:
     """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    check_common(num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm)
+    check_common(
+        num_classes,
+        in_chans=in_chans,
+        dropout=dropout,
+        activation=activation,
+        padding=padding,
+        output_stride=output_stride,
+        batchnorm=batchnorm,
+    )
     return width_mult
 
 
@@ -150,7 +166,7 @@ class EndPoints:
     def add(self, name: str, layer: nn.Module, channels: int) -> None:
         """Append ``layer``, giving ``channels``, as end point ``name``."""
         self.layers[name] = layer
-        self.infos.append(FeatureInfo(name, channels, self.schedule.reduction))
+        self.infos.append(FeatureInfo(name=name, channels=channels, reduction=self.schedule.reduction))
         self.channels = channels
 
     def build(self) -> tuple[nn.Sequential, list[FeatureInfo], int]:
@@ -174,6 +190,7 @@ class Backbone(nn.Module):
         features: nn.Sequential,
         feature_info: list[FeatureInfo],
         num_features: int,
+        *,
         num_classes: int,
         dropout: float,
         batchnorm: str,

@@ -82,7 +82,14 @@ class MobileNetV1(Backbone):
         if not isinstance(variant, str) or variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
         width_mult = check_arguments(
-            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
+            width_mult,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            activation=activation,
+            padding=padding,
+            output_stride=output_stride,
+            batchnorm=batchnorm,
         )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
@@ -109,7 +116,7 @@ class MobileNetV1(Backbone):
                     padding=padding,
                 )
             body.add(f"conv{index}" if row.kind == "conv" else f"block{index}", layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout, batchnorm)
+        self._assemble(*body.build(), num_classes=num_classes, dropout=dropout, batchnorm=batchnorm)
 
 
 # The released TF models scale pixels to [-1, 1].

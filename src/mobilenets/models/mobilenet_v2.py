@@ -71,7 +71,14 @@ class MobileNetV2(Backbone):
     ) -> None:
         super().__init__()
         width_mult = check_arguments(
-            width_mult, num_classes, in_chans, dropout, activation, padding, output_stride, batchnorm
+            width_mult,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            activation=activation,
+            padding=padding,
+            output_stride=output_stride,
+            batchnorm=batchnorm,
         )
         self.width_mult = width_mult
         body = EndPoints(in_chans, output_stride)
@@ -106,7 +113,7 @@ class MobileNetV2(Backbone):
                         padding=padding,
                     )
                 body.add(name, layer, out_channels)
-        self._assemble(*body.build(), num_classes, dropout, batchnorm)
+        self._assemble(*body.build(), num_classes=num_classes, dropout=dropout, batchnorm=batchnorm)
 
 
 def torchvision_modules(model: MobileNetV2) -> dict[str, str]:

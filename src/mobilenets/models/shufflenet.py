@@ -16,8 +16,8 @@ multiple of g: the released models' choice, which their published complexities r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from torch import nn
 
@@ -49,12 +49,17 @@ SHUFFLENET: tuple[Row, ...] = (
     Row("stage4", 3, 2, 4, (576, 800, 960, 1088, 1536)),  # stride 2 / 1, repeat 1 / 3
 )
 
-# (in_channels, out_channels, stride, dilation, downsample, first stage) -> one unit
-UnitFactory = Callable[[int, int, int, int, bool, bool], nn.Module]
+
+class UnitFactory(Protocol):
+    """Builds one unit of a stage: ``first_stage`` for the table's first stage of units."""
+
+    def __call__(
+        self, inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
+    ) -> nn.Module: ...
 
 
 def walk_table(
-    rows: Sequence[tuple[Row, int]], in_chans: int, activation: str, output_stride: int, make_unit: UnitFactory
+    rows: Sequence[tuple[Row, int]], in_chans: int, *, activation: str, output_stride: int, make_unit: UnitFactory
 ) -> tuple[nn.Sequential, list[FeatureInfo], int]:
     """Build the layers of a ShuffleNet table, given each row with its output channels.
 
@@ -81,7 +86,16 @@ def walk_table(
             channels = body.channels
             for repeat in range(row.repeat):
                 stride, dilation = body.schedule.step(row.stride if repeat == 0 else 1)
-                units.append(make_unit(channels, out_channels, stride, dilation, repeat == 0, stages == 0))
+                units.append(
+                    make_unit(
+                        channels,
+                        out_channels,
+                        stride=stride,
+                        dilation=dilation,
+                        downsample=repeat == 0,
+                        first_stage=stages == 0,
+                    )
+                )
                 channels = out_channels
             layer = nn.Sequential(*units)
             stages += 1
@@ -119,7 +133,14 @@ class ShuffleNet(Backbone):
         if isinstance(groups, bool) or groups not in GROUPS:
             raise ValueError(f"groups must be one of {list(GROUPS)}, got {groups!r}")
         width_mult = check_arguments(
-            width_mult, num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
+            width_mult,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            activation=activation,
+            padding="symmetric",
+            output_stride=output_stride,
+            batchnorm=batchnorm,
         )
         self.groups, self.width_mult = groups, width_mult
         column = GROUPS.index(groups)
@@ -131,7 +152,9 @@ class ShuffleNet(Backbone):
             for row in SHUFFLENET
         ]
 
-        def make_unit(inp: int, out: int, stride: int, dilation: int, downsample: bool, first_stage: bool) -> nn.Module:
+        def make_unit(
+            inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
+        ) -> nn.Module:
             # The first 1×1 of stage 2 takes conv1's 24 channels: too few to split into groups.
             group_first = not (downsample and first_stage)
             return ShuffleUnit(
@@ -146,7 +169,10 @@ class ShuffleNet(Backbone):
             )
 
         self._assemble(
-            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+            *walk_table(rows, in_chans, activation=activation, output_stride=output_stride, make_unit=make_unit),
+            num_classes=num_classes,
+            dropout=dropout,
+            batchnorm=batchnorm,
         )
 
 

@@ -52,11 +52,18 @@ class ShuffleNetV2(Backbone):
         column = WIDTHS.index(width_mult)
         # The table's value: equal to width_mult, which may be a type check_width_mult rejects (np.float32).
         self.width_mult = check_arguments(
-            WIDTHS[column], num_classes, in_chans, dropout, activation, "symmetric", output_stride, batchnorm
+            WIDTHS[column],
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=dropout,
+            activation=activation,
+            padding="symmetric",
+            output_stride=output_stride,
+            batchnorm=batchnorm,
         )
 
         def make_unit(
-            inp: int, out: int, stride: int, dilation: int, downsample: bool, _first_stage: bool
+            inp: int, out: int, *, stride: int, dilation: int, downsample: bool, first_stage: bool
         ) -> nn.Module:
             return ShuffleV2Unit(
                 inp, out, stride=stride, dilation=dilation, downsample=downsample, activation=activation
@@ -64,7 +71,10 @@ class ShuffleNetV2(Backbone):
 
         rows = [(row, row.channels[column]) for row in SHUFFLENET_V2]
         self._assemble(
-            *walk_table(rows, in_chans, activation, output_stride, make_unit), num_classes, dropout, batchnorm
+            *walk_table(rows, in_chans, activation=activation, output_stride=output_stride, make_unit=make_unit),
+            num_classes=num_classes,
+            dropout=dropout,
+            batchnorm=batchnorm,
         )
 
 

@@ -6,7 +6,7 @@ The run folder (``TrainConfig.out``) holds ``config.json``, ``metrics.jsonl``/``
 ``report.json``; ``.lock`` is locked by the run writing into the folder.
 """
 
-from ..checkpoint import load_checkpoint, read_weights, save_checkpoint, save_weights
+from ..checkpoint import load_checkpoint, read_saved_weights, save_checkpoint, save_weights
 from .config import TrainConfig
 from .ema import ModelEma
 from .evaluate import EvalResult, evaluate
@@ -26,7 +26,7 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "param_groups",
-    "read_weights",
+    "read_saved_weights",
     "resume_config",
     "save_checkpoint",
     "save_weights",

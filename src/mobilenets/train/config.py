@@ -47,7 +47,7 @@ def option(default: Any, help: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, **cli})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """A training run. ``None`` means "choose from the model and the data" (see ``docs/training.md``).
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from ..device import resolve_device
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dist:
     """This process's place in the job and the device it trains on."""
 
@@ -49,7 +49,7 @@ def setup(device: str | None) -> Dist:
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-    return Dist(rank, local_rank, world_size, resolved)
+    return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
 
 
 def teardown(env: Dist) -> None:

@@ -21,7 +21,7 @@ from .config import MAX_BATCH_SIZE, TrainConfig
 from .distributed import Dist, all_reduce
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalResult:
     """Counts over an evaluation set. ``confusion[i, j]``: images of class i predicted as j."""
 
@@ -96,6 +96,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
+    *,
     classes: list[str],
     device: torch.device,
     env: Dist | None = None,
@@ -135,7 +136,7 @@ def evaluate(
     )
 
 
-def resolve_input(model: str, source: SourceInfo, in_chans: int | None, resolution: int | None) -> tuple[int, int]:
+def resolve_input(model: str, source: SourceInfo, *, in_chans: int | None, resolution: int | None) -> tuple[int, int]:
     """(in_chans, resolution) given, else the source's channels, and the images' own size (at least
     32) for Fashion-MNIST and CIFAR or the model's default size for image folders."""
     in_chans = in_chans or source.channels
@@ -176,8 +177,8 @@ def evaluate_weights(
     in_chans, resolution = resolve_input(
         name,
         inspect_source(data),
-        in_chans if in_chans is not None else recorded.get("in_chans"),
-        resolution if resolution is not None else recorded.get("resolution"),
+        in_chans=in_chans if in_chans is not None else recorded.get("in_chans"),
+        resolution=resolution if resolution is not None else recorded.get("resolution"),
     )
     # Built before the data: its arguments and the file's tensors are checked first, and its meta
     # holds the normalisation the weights were trained with.
@@ -189,11 +190,11 @@ def evaluate_weights(
     dataset = load_dataset(
         data,
         split,
-        resolution,
-        in_chans,
-        meta.mean,
-        meta.std,
-        False,
+        resolution=resolution,
+        in_chans=in_chans,
+        mean=meta.mean,
+        std=meta.std,
+        train=False,
         crop_pct=crop_pct,
         val_fraction=val_fraction,
         limit=limit,
@@ -205,4 +206,4 @@ def evaluate_weights(
         )
     target = resolve_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda")
-    return replace(evaluate(net.to(target), loader, classes, target), model=name, resolution=resolution)
+    return replace(evaluate(net.to(target), loader, classes=classes, device=target), model=name, resolution=resolution)

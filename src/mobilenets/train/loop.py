@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..checkpoint import read_weights, rng_state, set_rng_state
+from ..checkpoint import read_saved_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
 from ..device import default_threads, usable_cores
@@ -63,7 +63,7 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """The outcome of a run: the best weights' evaluation, their cost, the speed, the files."""
 
@@ -161,7 +161,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """Where a run stands: epochs done, steps done in the current one and its running totals
     (``SUMS`` and seconds), the best epoch so far, the training time and speed of each epoch."""
@@ -174,22 +174,14 @@ class RunState:
     images_per_s: list[float] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "partial": self.partial,
-            "best": self.best,
-            "elapsed": self.elapsed,
-            "images_per_s": self.images_per_s,
-        }
+        return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.partial, self.best = state["partial"], state["best"]
-        self.elapsed, self.images_per_s = state["elapsed"], state["images_per_s"]
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Optimisation:
     """The optimiser, its per-step learning-rate schedule and the gradient scaler (fp16 only)."""
 
@@ -217,9 +209,18 @@ class Optimisation:
             eps=cfg.eps,
         )
         scheduler = build_scheduler(
-            optimizer, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule, cfg.lr_decay
+            optimizer,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            schedule=cfg.schedule,
+            decay=cfg.lr_decay,
         )
-        return cls(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp is torch.float16))
+        return cls(
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+        )
 
     @property
     def lr(self) -> float:
@@ -281,7 +282,9 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, env = self.config, self.env
         info = inspect_source(cfg.data)
-        self.in_chans, self.resolution = resolve_input(cfg.model, info, cfg.in_chans, cfg.resolution)
+        self.in_chans, self.resolution = resolve_input(
+            cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
+        )
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
@@ -291,10 +294,13 @@ class Trainer:
             "hflip": cfg.hflip,
             "val_fraction": cfg.val_fraction,
             "seed": cfg.seed,
+            "resolution": self.resolution,
+            "in_chans": self.in_chans,
+            "mean": self.mean,
+            "std": self.std,
         }
-        args = (self.resolution, self.in_chans, self.mean, self.std)
-        self.train_set = load_dataset(cfg.data, "train", *args, cfg.augment, limit=cfg.train_limit, **common)
-        val_set = load_dataset(cfg.data, "val", *args, False, limit=cfg.val_limit, **common)
+        self.train_set = load_dataset(cfg.data, "train", train=cfg.augment, limit=cfg.train_limit, **common)
+        val_set = load_dataset(cfg.data, "val", train=False, limit=cfg.val_limit, **common)
         self.classes: list[str] = list(self.train_set.classes)
         self.val_set = val_set
         if cfg.batch_size % env.world_size:
@@ -584,7 +590,13 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
         return evaluate(
-            model, self.val_loader, self.classes, self.device, self.env, self.amp, self.config.channels_last
+            model,
+            self.val_loader,
+            classes=self.classes,
+            device=self.device,
+            env=self.env,
+            amp_dtype=self.amp,
+            channels_last=self.config.channels_last,
         )
 
     def _end_epoch(self) -> None:
@@ -637,21 +649,21 @@ class Trainer:
         """Evaluate the best weights in full, write the confusion matrix and report.json."""
         if self.env.enabled:
             distributed.dist.barrier()
-        state, _ = read_weights(self.files.best)
+        state, _ = read_saved_weights(self.files.best)
         model = create_model(self.config.model, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         evaluation = self._evaluate(model)
         records = self.files.records
         result = TrainResult(
-            self.config,
-            self.run_dir,
-            evaluation,
-            self.progress.best,
-            self.cost,
-            float(np.mean(self.progress.images_per_s)),
-            self.progress.elapsed,
-            records[-1]["skipped"] if records else 0,
-            self.files.names(),
+            config=self.config,
+            run_dir=self.run_dir,
+            evaluation=evaluation,
+            best=self.progress.best,
+            cost=self.cost,
+            images_per_s=float(np.mean(self.progress.images_per_s)),
+            seconds=self.progress.elapsed,
+            skipped=records[-1]["skipped"] if records else 0,
+            files=self.files.names(),
         )
         self.files.finish(evaluation, f"{self.config.model} on {self.config.data}", result.to_dict())
         return result

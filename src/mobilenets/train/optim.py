@@ -112,7 +112,9 @@ def param_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: 
     return [{"params": ps, "weight_decay": decay[key], "name": key} for key, ps in groups.items() if ps]
 
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str, decay: float) -> float:
+def lr_factor(
+    step: int, *, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str, decay: float
+) -> float:
     """Learning rate at optimiser ``step`` as a fraction of the peak.
 
     Linear warm-up over ``warmup_epochs``, times either ``decay`` ** (whole epochs done)
@@ -128,7 +130,7 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float
 
 
 def build_scheduler(
-    optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str, decay: float
+    optimizer: Optimizer, *, steps_per_epoch: int, epochs: int, warmup_epochs: float, schedule: str, decay: float
 ) -> LambdaLR:
     """A per-step scheduler following :func:`lr_factor`; call ``step()`` after each optimiser step."""
     if schedule not in SCHEDULES:
