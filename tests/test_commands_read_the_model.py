@@ -1,5 +1,6 @@
 """eval, predict and export take the model's name from the weights file; eval prints figures before files."""
 
+import errno
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from PIL import Image
 
 from mobilenets.checkpoint import save_weights
+from mobilenets.cli import eval as eval_command
 from mobilenets.cli import main
 from mobilenets.data.synthetic import make_image_folder
 from mobilenets.registry import create_model
@@ -43,15 +45,17 @@ def test_a_name_other_than_the_recorded_one_says_what_the_file_records(
 
 
 def test_unwritable_confusion_matrix_after_the_figures_any_user(
-    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A path below a file cannot be created, whoever runs the test.
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    code = main(["eval", "--weights", str(trained), "--json", "--confusion", str(blocker / "c.png")])
+    # A path that cannot be written is refused before evaluating; a disk that fills up meanwhile is not.
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c.png"))
+
+    monkeypatch.setattr(eval_command, "plot_confusion", full_disk)
+    code = main(["eval", "--weights", str(trained), "--json", "--confusion", str(tmp_path / "c.png")])
     out, err = capsys.readouterr()
     assert json.loads(out)["images"] == 9
-    assert code == 1 and f"not written to {str(blocker / 'c.png')!r}" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and f"not written to {str(tmp_path / 'c.png')!r}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_empty_data_is_an_error_not_the_recorded_source(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -57,6 +57,7 @@ from .deploy.quantize import quantize_onnx
 from .deploy.runtimes import Runner, onnx_runner, openvino_runner, torch_runner
 from .device import default_threads, resolve_device, usable_cores
 from .models.base import check_resolution
+from .train.config import MAX_BATCH_SIZE
 
 RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")
 CPU_ONLY = ("openvino", "openvino-int8")
@@ -347,9 +348,9 @@ def check_runtimes(runtimes: Sequence[str], device: torch.device) -> list[str]:
 
 
 def check_batches(batches: Sequence[int]) -> list[int]:
-    """``batches`` checked to be one or more integers >= 1."""
-    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
-        raise ValueError(f"batch sizes must be one or more integers >= 1, got {list(batches)}")
+    """``batches`` checked to be one or more integers from 1 to ``MAX_BATCH_SIZE``."""
+    if not batches or any(not isinstance(b, int) or not 1 <= b <= MAX_BATCH_SIZE for b in batches):
+        raise ValueError(f"batch sizes must be one or more integers >= 1 and <= {MAX_BATCH_SIZE}, got {list(batches)}")
     return list(batches)
 
 
@@ -521,7 +522,7 @@ def benchmark(
     runtimes = check_runtimes(runtimes, device)
     batches = check_batches(batches)
     meta = getattr(model, "meta", None)
-    resolution = check_resolution(resolution or (meta.resolution if meta else 224))
+    resolution = check_resolution(resolution if resolution is not None else (meta.resolution if meta else 224))
     rng = np.random.default_rng(0)
     results = []
     with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):

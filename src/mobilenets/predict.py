@@ -74,8 +74,8 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     """
     files: list[Path] = []
     for given in paths:
-        if not str(given):
-            raise ValueError("image path '' is empty: give image files or folders of them")
+        if not str(given).strip():
+            raise ValueError(f"image path {str(given)!r} is empty: give image files or folders of them")
         path = Path(given)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if is_image_file(p))

@@ -12,6 +12,7 @@ the budget: those that no other candidate beats in both cost and accuracy.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -215,8 +216,8 @@ def select_models(
     """
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {list(BUDGETS)}, got {budget!r}")
-    if not limit > 0:
-        raise ValueError(f"the {budget} budget must be > 0, got {limit}")
+    if not 0 < limit < math.inf:
+        raise ValueError(f"the {budget} budget must be > 0 and finite, got {limit}")
     if budget == "latency_ms" and not measure:
         raise ValueError("a latency budget needs latency measurement")
     names = candidate_names(families, pattern)
@@ -282,8 +283,8 @@ def format_selection(selection: Selection) -> str:
 
 def check_plot_folder(out_dir: str | Path) -> Path:
     """``out_dir`` as a folder plots can be written into (created if missing); ``ValueError`` naming it if not."""
-    if not str(out_dir):
-        raise ValueError("plot must be a folder path, got ''")
+    if not str(out_dir).strip():
+        raise ValueError(f"plot must be a folder path, got {str(out_dir)!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"plot {str(out_dir)!r} is a file; give a folder to write the PNGs into")

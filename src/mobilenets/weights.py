@@ -72,7 +72,11 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     ``classes``, ``mean``, ``std``, ``crop_pct``), or any safetensors state dict (info ``{}``).
     Otherwise a PyTorch file loaded with ``torch.load(weights_only=True)`` (info ``{}``).
     """
+    if not str(path).strip():  # Path("") would be the working folder
+        raise ValueError(f"weights must be a file path or '{PRETRAINED}', got {str(path)!r}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"weights file {str(path)!r} is a folder (give a file or '{PRETRAINED}')")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
     try:
@@ -257,9 +261,8 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
     against their SHA-256 prefix; their info from the registry entry). ``name`` is used for
     ``"pretrained"`` only."""
     if str(source) != PRETRAINED:
-        path = Path(source)
-        state, info = read_weights_file(path)
-        return WeightsFile(path=path, state=state, info=info)
+        state, info = read_weights_file(source)  # the text given: Path("") would be the working folder
+        return WeightsFile(path=Path(source), state=state, info=info)
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry.sha256_prefix)

@@ -3,8 +3,9 @@
 Each command lives in its own module exposing ``configure(parser)``, which adds its description
 and options and sets ``handler``. Only the module of the command being run is imported, so that
 ``mobilenets --help`` answers at once. Errors caused by the user's input or the system (``ValueError``,
-``OSError``: missing or unwritable files, a full disk) are printed as one line, without a traceback, and
-the exit status is 2. A closed output pipe (``mobilenets list | head``) ends the command quietly.
+``OSError``: missing or unwritable files, a full disk; ``MemoryError``) and argparse's usage errors are
+printed as one line, without a traceback, and the exit status is 2. A closed output pipe
+(``mobilenets list | head``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 
@@ -33,12 +35,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like the commands' own errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(
     commands: Sequence[str] = tuple(COMMANDS),
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each command's parser; the options of those in ``commands`` only
     (their modules are imported)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mobilenets",
         description="MobileNets and their family: build models sized to a budget and count what they cost.",
         epilog="Run `mobilenets COMMAND --help` for the options of each command.",
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, MemoryError) as err:
         print(f"mobilenets {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
 

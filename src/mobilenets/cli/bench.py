@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..bench import (
+    DEFAULT_TIMING,
     GEMM_SIZE,
     QUICK,
     QUICK_GEMM_SIZE,
@@ -26,6 +27,7 @@ from ..bench import (
     warn_if_busy,
 )
 from ..device import resolve_device
+from ..models.base import check_resolution
 from ..registry import create_model
 
 
@@ -88,8 +90,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels (default: each model's)")
     parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
-    parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed calls first (default 10)")
-    parser.add_argument("--repeats", type=int, default=50, metavar="N", help="timed calls per runtime (default 50)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        metavar="N",
+        help=f"untimed calls first (default {DEFAULT_TIMING.warmup}; not with --quick)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help=f"timed calls per runtime (default {DEFAULT_TIMING.repeats}; not with --quick)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -110,9 +122,12 @@ def run(args: argparse.Namespace) -> int:
     threads = check_threads(args.threads)
     runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
     batches = check_batches(args.batch)
-    timing = Timing(warmup=args.warmup, repeats=args.repeats)
-    if args.quick:
-        timing = QUICK
+    if args.resolution is not None:
+        check_resolution(args.resolution)
+    calls = {name: getattr(args, name) for name in ("warmup", "repeats") if getattr(args, name) is not None}
+    if args.quick and calls:
+        raise ValueError(f"--quick sets the calls itself: give --quick or --{next(iter(calls))}, not both")
+    timing = QUICK if args.quick else Timing(**calls)
     models = [create_model(name) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..deploy.export import check_writable_file
 from ..train.evaluate import evaluate_weights
 from ..train.records import plot_confusion
 from . import describe_error
@@ -55,10 +56,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    # Checked before evaluating, which may take long; a full disk is still reported after the figures.
+    if args.confusion is None:
+        confusion = Path(args.weights).parent / "eval-confusion.png"
+    elif Path(args.confusion).suffix.lower() != ".png":
+        raise ValueError(f"--confusion must end with .png (a PNG is written), got {args.confusion!r}")
+    else:
+        confusion = check_writable_file(args.confusion, "--confusion", make_folder=True)
     result = evaluate_weights(
         args.model,
         args.weights,
@@ -72,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         limit=args.limit,
     )
-    confusion = Path(args.confusion) if args.confusion else Path(args.weights).parent / "eval-confusion.png"
     # The figures first: a confusion matrix that cannot be written must not hide them.
     if args.json:
         print(json.dumps({**result.to_dict(), "confusion_png": str(confusion)}, indent=2))

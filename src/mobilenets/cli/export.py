@@ -14,6 +14,7 @@ from ..deploy.export import (
     DEFAULT_TOLERANCE,
     check_destination,
 )
+from ..deploy.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_EVAL_SAMPLES
 from ..registry import create_model
 from ..weights import PRETRAINED, load_model
 from . import NO_MODEL
@@ -63,35 +64,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="calibration data for --int8: 'fashion-mnist' or an image folder (class subfolders, optionally train/ "
         "and val/); calibrated on its train split, verified on its val split",
     )
-    parser.add_argument("--calib-samples", type=int, default=256, metavar="N", help="calibration images (default 256)")
+    # The int8 options and --tolerance default to None, so that one given where it has no use is refused.
     parser.add_argument(
-        "--eval-samples", type=int, default=1000, metavar="N", help="images the int8 check runs on (default 1000)"
+        "--calib-samples", type=int, metavar="N", help=f"int8: calibration images (default {DEFAULT_CALIB_SAMPLES})"
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        metavar="N",
+        help=f"int8: images the check runs on (default {DEFAULT_EVAL_SAMPLES})",
     )
     parser.add_argument(
         "--min-calibration",
         type=int,
-        default=DEFAULT_MIN_CALIBRATION,
         metavar="N",
         help=f"int8: fewer calibration images found is an error (default {DEFAULT_MIN_CALIBRATION})",
     )
     parser.add_argument(
         "--min-eval-samples",
         type=int,
-        default=DEFAULT_MIN_EVAL_SAMPLES,
         metavar="N",
         help=f"int8: a check on fewer images fails (default {DEFAULT_MIN_EVAL_SAMPLES})",
     )
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=DEFAULT_TOLERANCE,
         metavar="T",
         help=f"fp32: allowed max |difference|, times the largest output when above 1 (default {DEFAULT_TOLERANCE})",
     )
     parser.add_argument(
         "--min-agreement",
         type=float,
-        default=DEFAULT_MIN_AGREEMENT,
         metavar="F",
         help=f"int8: required top-1 agreement with fp32 PyTorch, in (0, 1] (default {DEFAULT_MIN_AGREEMENT})",
     )
@@ -102,8 +105,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DATA: 'fashion-mnist' or a folder of images in class subfolders")
-    if args.calib and not args.int8:
-        raise ValueError("--calib is only used with --int8")
+    int8_only = ("calib", "calib_samples", "eval_samples", "min_calibration", "min_eval_samples", "min_agreement")
+    unused = [name for name in int8_only if getattr(args, name) is not None] if not args.int8 else []
+    if unused:
+        raise ValueError(f"--{unused[0].replace('_', '-')} is only used with --int8")
+    if args.int8 and args.tolerance is not None:
+        raise ValueError("--tolerance is only used without --int8 (the fp32 check; int8 is checked by --min-agreement)")
     out = check_destination(args.format, args.out, args.int8)
     chosen = {
         "num_classes": args.num_classes,
@@ -115,13 +122,19 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model or args.weights):
         raise ValueError(NO_MODEL)
     # Weights set meta too (resolution, normalisation); files from `train` also the model's name and arguments.
-    model = load_model(args.weights, args.model, **given) if args.weights else create_model(args.model, **given)
-    resolution = args.resolution or model.meta.resolution
-    calibration = evaluation = None
+    model = (
+        load_model(args.weights, args.model, **given) if args.weights is not None else create_model(args.model, **given)
+    )
+    resolution = args.resolution if args.resolution is not None else model.meta.resolution
+    calibration = evaluation = calib_samples = None
     if args.int8:
+        calib_samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
+        eval_samples = DEFAULT_EVAL_SAMPLES if args.eval_samples is None else args.eval_samples
         calibration, evaluation = calibration_data(
-            args.calib, model, resolution=resolution, calib_samples=args.calib_samples, eval_samples=args.eval_samples
+            args.calib, model, resolution=resolution, calib_samples=calib_samples, eval_samples=eval_samples
         )
+    limits = ("tolerance", "min_agreement", "min_calibration", "min_eval_samples")
+    given_limits = {name: getattr(args, name) for name in limits if getattr(args, name) is not None}
     try:
         report = export_model(
             model,
@@ -130,11 +143,8 @@ def run(args: argparse.Namespace) -> int:
             resolution=resolution,
             calibration=calibration,
             evaluation=evaluation,
-            tolerance=args.tolerance,
-            min_agreement=args.min_agreement,
-            calibration_asked=args.calib_samples if args.int8 else None,
-            min_calibration=args.min_calibration,
-            min_eval_samples=args.min_eval_samples,
+            calibration_asked=calib_samples,
+            **given_limits,
         )
     except VerificationError as err:
         print(f"mobilenets export: error: {err} (the file is kept for inspection)", file=sys.stderr)

@@ -74,7 +74,7 @@ def _model_and_images(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     except ValueError:
         if not Path(first).exists():
             raise  # an unknown name, with the names it is close to
-        if not args.weights:
+        if args.weights is None:
             raise ValueError(NO_MODEL) from None
         return None, [first, *rest]
     if not rest:
@@ -85,13 +85,13 @@ def _model_and_images(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     name, paths = _model_and_images(args)
     images = image_files(paths)
-    model = load_model(args.weights, name) if args.weights else create_model(name)
+    model = load_model(args.weights, name) if args.weights is not None else create_model(name)
     num_classes = model.meta.num_classes
     if args.topk is not None and not 1 <= args.topk <= num_classes:
         raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
     topk = args.topk or min(5, num_classes)
     classifier = Classifier(model, topk, args.device, draft=args.draft)
-    if not args.weights:
+    if args.weights is None:
         print(
             f"mobilenets predict: warning: no --weights: {model.meta.name} is untrained, its predictions are random "
             f"(try --weights {PRETRAINED} with mobilenet_v2_1.0_224)",

@@ -9,6 +9,10 @@ from ..bench import QUICK, RUNTIMES, Timing
 from ..selection import PUBLISHED_NOTE, check_plot_folder, format_selection, plot_selection, select_models
 from .bench import bench_warnings, comma_list
 
+REPEATS = 20  # timed calls per model, after 3 untimed ones
+# Options that only change how latency is measured: refused with --no-measure (their defaults are None or False).
+MEASURING = ("runtime", "threads", "device", "repeats", "quick", "refresh", "cache")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``select`` command's description and options to its parser."""
@@ -22,9 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--latency-ms", type=float, metavar="X", help="budget: p50 latency in ms, measured here")
     budget.add_argument("--mult-adds", type=float, metavar="M", help="budget: millions of mult-adds per image")
     budget.add_argument("--params", type=float, metavar="P", help="budget: millions of parameters")
-    parser.add_argument(
-        "--runtime", default="eager", choices=RUNTIMES, help="runtime latency is measured in (default eager)"
-    )
+    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime latency is measured in (default eager)")
     parser.add_argument(
         "--families", type=comma_list(str), metavar="F,...", help="comma-separated families (default: all)"
     )
@@ -34,7 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", metavar="D", help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--no-measure", action="store_true", help="skip latency measurement (not with --latency-ms)")
-    parser.add_argument("--repeats", type=int, default=20, metavar="N", help="timed calls per model (default 20)")
+    parser.add_argument(
+        "--repeats", type=int, metavar="N", help=f"timed calls per model (default {REPEATS}; not with --quick)"
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.repeats} timed calls per model: a smoke test")
     parser.add_argument("--refresh", action="store_true", help="measure again, ignoring cached latencies")
     parser.add_argument(
@@ -51,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         for key, value in (("latency_ms", args.latency_ms), ("mult_adds", args.mult_adds), ("params", args.params))
         if value is not None
     )
-    timing = QUICK if args.quick else Timing(warmup=3, repeats=args.repeats)
+    if args.no_measure:
+        measuring = [name for name in MEASURING if getattr(args, name) is not None and getattr(args, name) is not False]
+        if measuring:
+            raise ValueError(f"--{measuring[0]} is only used when latency is measured, not with --no-measure")
+    if args.quick and args.repeats is not None:
+        raise ValueError("--quick sets the timed calls itself: give --quick or --repeats, not both")
+    timing = QUICK if args.quick else Timing(warmup=3, repeats=REPEATS if args.repeats is None else args.repeats)
     if args.plot is not None:
         check_plot_folder(args.plot)  # before anything is measured
     with bench_warnings("select"):
@@ -60,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             limit,
             families=args.families,
             pattern=args.models,
-            runtime=args.runtime,
+            runtime="eager" if args.runtime is None else args.runtime,
             device=args.device,
             threads=args.threads,
             measure=not args.no_measure,

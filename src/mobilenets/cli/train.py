@@ -62,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    if args.resume:
+    if args.resume is not None:
         if "out" in given and given.pop("out") != args.resume:
             raise ValueError("--out must not differ from --resume RUN_DIR: a resumed run stays in its folder")
         config = resume_config(args.resume, **given)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**given)
     main = is_main_process()
     try:
-        result = train(config, resume=bool(args.resume))
+        result = train(config, resume=args.resume is not None)
     except NonFiniteLoss as err:
         if main:
             print(f"mobilenets train: stopped: {err}", file=sys.stderr)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from ..models.base import MAX_RESOLUTION
+
 # The paper's "reduced distortion": Inception's crop samples 8-100 % of the image area; MobileNets
 # were trained with smaller distortions, so the smallest crop here keeps 35 % of the area.
 DEFAULT_CROP_SCALE = (0.35, 1.0)
@@ -42,8 +44,8 @@ def check_image_args(resolution: int, *, in_chans: int, crop_scale: Sequence[flo
     low, high = crop_scale
     if not 0 < low <= high <= 1:
         raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {tuple(crop_scale)}")
-    if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    if not 0 < crop_pct <= 1 or resolution / crop_pct > MAX_RESOLUTION:  # the side images are resized to
+        raise ValueError(f"crop_pct must be in (0, 1] and >= resolution / {MAX_RESOLUTION}, got {crop_pct!r}")
 
 
 def build_transform(

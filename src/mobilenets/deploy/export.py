@@ -143,8 +143,8 @@ class ExportReport:
 def check_writable_file(path: str | Path, option: str, *, make_folder: bool = False) -> Path:
     """``path`` as a file that can be written: not a folder, in an existing folder (``make_folder``:
     created). Raises ``ValueError`` naming ``option`` and the user's path."""
-    if not str(path):
-        raise ValueError(f"{option} must be a file path, got ''")
+    if not str(path).strip():
+        raise ValueError(f"{option} must be a file path, got {str(path)!r}")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {str(path)!r} is a folder; give a file path")
@@ -365,8 +365,10 @@ def export_model(
     """
     int8 = calibration is not None
     out = check_destination(fmt, out, int8)
-    if not tolerance > 0 or not 0 < min_agreement <= 1:
-        raise ValueError(f"tolerance must be > 0 and min_agreement in (0, 1], got {tolerance}, {min_agreement}")
+    if not 0 < tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number > 0, got {tolerance}")
+    if not 0 < min_agreement <= 1:
+        raise ValueError(f"min_agreement must be in (0, 1], got {min_agreement}")
     for name, value in (("min_calibration", min_calibration), ("min_eval_samples", min_eval_samples)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -379,7 +381,7 @@ def export_model(
                 f"min_calibration {min_calibration}: give more images or lower min_calibration"
             )
     meta = getattr(model, "meta", None)
-    resolution = check_resolution(resolution or (meta.resolution if meta else 224))
+    resolution = check_resolution(resolution if resolution is not None else (meta.resolution if meta else 224))
 
     files = write_artifact(model, fmt, out, resolution=resolution, calibration=calibration)
     runner = load_runner(out, fmt, device="cpu")

@@ -22,6 +22,8 @@ from .fuse import input_shape
 from .runtimes import require
 
 CALIBRATION_BATCH = 8  # images per calibration run
+DEFAULT_CALIB_SAMPLES = 256  # images calibrated on
+DEFAULT_EVAL_SAMPLES = 1000  # held-out images the int8 model is checked on
 
 
 def dataset_batches(dataset: Dataset, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -40,7 +42,12 @@ def dataset_batches(dataset: Dataset, batch_size: int = 32) -> Iterator[tuple[np
 
 
 def calibration_data(
-    source: str, model: nn.Module, *, resolution: int, calib_samples: int = 256, eval_samples: int = 1000
+    source: str,
+    model: nn.Module,
+    *,
+    resolution: int,
+    calib_samples: int = DEFAULT_CALIB_SAMPLES,
+    eval_samples: int = DEFAULT_EVAL_SAMPLES,
 ) -> tuple[list[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray | None]]]:
     """Real images for int8: calibration batches from the train split of ``source`` ("fashion-mnist"
     or an image folder) and ``(images, labels)`` batches from its val split, read lazily, both

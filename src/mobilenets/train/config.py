@@ -8,13 +8,14 @@ nothing. Every value is checked by :meth:`TrainConfig.validate` (types, then ran
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
@@ -28,6 +29,17 @@ RESUMABLE = ("epochs", "workers", "threads", "device")
 # The largest global batch accepted: 64k is the largest ImageNet batch trained in the literature
 # (with LARS); more only exhausts memory.
 MAX_BATCH_SIZE = 65536
+# Numbers become float32 tensors (learning rate, decays): larger ones would overflow.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Seeds are mixed with the epoch and rank into 64-bit generator seeds: non-negative, below 2**63.
+MAX_SEED = 2**63 - 1
+# (option, the option it needs): given without the second, the first would have no effect.
+NEEDS = (
+    ("freeze_features", "init"),
+    ("teacher_model", "teacher"),
+    ("distill_alpha", "teacher"),
+    ("distill_temperature", "teacher"),
+)
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -163,6 +175,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
         check_types(vars(self))
         cores = usable_cores()
+        weights = "a weights file or 'pretrained', not empty"
         checks: list[tuple[str, bool, str]] = [
             ("out", self.out.strip() != "", "a folder path, not empty"),
             (
@@ -195,13 +208,17 @@ class TrainConfig:
             ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 1, "an integer >= 1"),
             ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),
-            ("workers", self.workers is None or self.workers >= 0, "an integer >= 0"),
+            ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}] (the cores)"),
             ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}] (the cores)"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+            ("init", self.init is None or self.init.strip() != "", weights),
+            ("teacher", self.teacher is None or self.teacher.strip() != "", weights),
         ]
         for name, ok, allowed in checks:
             value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r}")
+            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # NaN too
+                largest = f"the largest float32 is {FLOAT32_MAX:.3g}"
+                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r} ({largest})")
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
         for f in fields(self):
@@ -209,6 +226,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices and not (value is None and f.default is None):
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name, needed in NEEDS:
+            if getattr(self, name) != defaults[name] and getattr(self, needed) is None:
+                raise ValueError(f"{name} is only used with {needed}, got {getattr(self, name)!r} without it")
         return self
 
     def model_overrides(self) -> dict[str, Any]:

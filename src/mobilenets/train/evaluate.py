@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
-from ..device import resolve_device
+from ..device import resolve_device, usable_cores
 from ..models.base import MIN_RESOLUTION
 from ..registry import get_entry
 from ..weights import model_from, read_weights_source
-from .config import TrainConfig
+from .config import MAX_BATCH_SIZE, TrainConfig
 from .distributed import Dist, all_reduce
 
 
@@ -165,6 +165,11 @@ def evaluate_weights(
     torchvision's names) on a split of ``data``; the model's name (``model=None``), arguments and
     normalisation come from the file's metadata when it has them, and the arguments given here
     override them. A ``model`` other than the one the file records is an error."""
+    cores = usable_cores()
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be an integer in [1, {MAX_BATCH_SIZE}], got {batch_size!r}")
+    if not isinstance(workers, int) or not 0 <= workers <= cores:
+        raise ValueError(f"workers must be an integer in [0, {cores}] (the cores), got {workers!r}")
     read = read_weights_source(weights)
     info, recorded = read.info, read.info.get("model_args", {})
     name = read.model_name(model)

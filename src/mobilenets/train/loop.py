@@ -696,6 +696,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
     """The config of the run in ``run_dir``, with ``changes`` to the fields that may change on resume."""
+    if not str(run_dir).strip():  # Path("") would be the working folder
+        raise ValueError(f"resume must be a training run's folder, got {str(run_dir)!r}")
     not_allowed = sorted(set(changes) - set(RESUMABLE))
     if not_allowed:
         raise ValueError(
