@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,28 +94,11 @@ def check_common(
         raise ValueError(f"batchnorm must be one of {list(BATCHNORMS)}, got {batchnorm!r}")
 
 
-def check_arguments(
-    width_mult: float,
-    *,
-    num_classes: int,
-    in_chans: int,
-    dropout: float,
-    activation: str,
-    padding: str,
-    output_stride: int,
-    batchnorm: str,
-) -> float:
-    """Validate a family constructor's arguments, in signature order; return ``width_mult`` as a float."""
+def check_arguments(width_mult: float, **common: Any) -> float:
+    """Validate a family constructor's arguments (``common``: those of :func:`check_common`); return
+    ``width_mult`` as a float."""
     width_mult = check_width_mult(width_mult)
-    check_common(
-        num_classes,
-        in_chans=in_chans,
-        dropout=dropout,
-        activation=activation,
-        padding=padding,
-        output_stride=output_stride,
-        batchnorm=batchnorm,
-    )
+    check_common(**common)
     return width_mult
 
 
