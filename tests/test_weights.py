@@ -20,10 +20,10 @@ from mobilenets.registry import PretrainedWeights, get_entry, registry
 from mobilenets.weights import (
     PRETRAINED_WEIGHTS,
     apply_state_dict,
+    foreign_names,
     init_from,
     packaged_class_names,
     read_weights_file,
-    torchvision_names,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
@@ -67,12 +67,12 @@ def test_same_outputs_as_torchvision(name: str, build) -> None:
 
 def test_mapping_is_one_to_one() -> None:
     model = create_model("shufflenet_v2_1.0")
-    names, classifier = torchvision_names(model)
+    names, classifier = foreign_names(model, "torchvision")
     assert len(set(names.values())) == len(names) == len(torchvision.models.shufflenet_v2_x1_0().state_dict())
     assert names["features.stage2.0.branch.dw.conv.weight"] == "stage2.0.branch2.3.weight"
     assert names["features.stage3.1.branch.pw2.bn.running_var"] == "stage3.1.branch2.6.running_var"
     assert classifier == "fc."
-    names, classifier = torchvision_names(create_model("mobilenet_v2_1.0_224"))
+    names, classifier = foreign_names(create_model("mobilenet_v2_1.0_224"), "torchvision")
     assert names["features.block1.project.conv.weight"] == "features.1.conv.1.weight"
     assert names["features.block2.project.bn.bias"] == "features.2.conv.3.bias"
     assert classifier == "classifier.1."
@@ -93,8 +93,8 @@ def test_mismatches_are_listed_by_name_in_one_error() -> None:
 
 
 def test_unsupported_family_in_torchvision_layout() -> None:
-    with pytest.raises(ValueError, match="torchvision's layout is known for MobileNetV2, ShuffleNetV2 only"):
-        torchvision_names(create_model("mobilenet_v1_0.25_128"))
+    with pytest.raises(ValueError, match="torchvision's layout is not known for MobileNetV1 \\(known: none\\)"):
+        foreign_names(create_model("mobilenet_v1_0.25_128"), "torchvision")
     state = torchvision.models.shufflenet_v2_x0_5().state_dict()
     with pytest.raises(ValueError, match=r"missing: features\.conv0\.conv\.weight"):
         apply_state_dict(create_model("mobilenet_v1_0.25_128"), state)

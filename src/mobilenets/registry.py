@@ -55,8 +55,10 @@ class PretrainedWeights:
     labels: str  # resource file of class names, one a line, in index order
 
 
-# A model -> {our module name: torchvision's}, with "classifier" among them (``mobilenets.weights``).
-TorchvisionLayout = Callable[[nn.Module], dict[str, str]]
+# Another library's names for a model's modules: a model -> {our module name: theirs}, with
+# "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
+# running_mean...). Keyed by the library: "torchvision", "timm", "keras".
+Layout = Callable[[nn.Module], dict[str, str]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +75,7 @@ class ModelEntry:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: PretrainedWeights | None = None  # the weights that ``"pretrained"`` loads, if any
-    torchvision: TorchvisionLayout | None = None  # torchvision's names for the builder's modules, if it has any
+    layouts: dict[str, Layout] = field(default_factory=dict)  # other libraries' names for the builder's modules
 
     def arguments(self) -> list[str]:
         """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
@@ -94,10 +96,10 @@ def register_model(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     pretrained: PretrainedWeights | None = None,
-    torchvision: TorchvisionLayout | None = None,
+    layouts: dict[str, Layout] | None = None,
 ) -> None:
     """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
-    normalisation, packaged ``pretrained`` weights and ``torchvision`` layout (see :class:`ModelEntry`)."""
+    normalisation, packaged ``pretrained`` weights and other libraries' ``layouts`` (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = ModelEntry(
@@ -109,7 +111,7 @@ def register_model(
         mean=mean,
         std=std,
         pretrained=pretrained,
-        torchvision=torchvision,
+        layouts=dict(layouts or {}),
     )
 
 
@@ -131,9 +133,13 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
 
 
-def torchvision_layouts() -> dict[Callable[..., nn.Module], TorchvisionLayout]:
-    """``{builder: torchvision layout}`` for the builders that have one (a builder is its model's class)."""
-    return {entry.builder: entry.torchvision for entry in registry().values() if entry.torchvision}
+def layouts_of(model: nn.Module) -> dict[str, Layout]:
+    """``{library: layout}`` of the other libraries whose files ``model`` (built by a registered
+    builder, which is its class) can load; empty for an unregistered class."""
+    for entry in registry().values():
+        if entry.builder is type(model):
+            return entry.layouts
+    return {}
 
 
 def list_aliases(pattern: str = "*") -> dict[str, str]:

@@ -29,9 +29,9 @@ from .registry import (
     PretrainedWeights,
     create_model,
     get_entry,
+    layouts_of,
     registry,
     same_architecture,
-    torchvision_layouts,
 )
 
 PRETRAINED = "pretrained"
@@ -105,13 +105,14 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 # --- torchvision's names for our modules ---------------------------------------------------------
 
 
-def torchvision_names(model: nn.Module) -> tuple[dict[str, str], str]:
-    """``({our state-dict key: torchvision's key}, torchvision's classifier prefix)`` for ``model``."""
-    layouts = torchvision_layouts()
-    if type(model) not in layouts:
-        supported = ", ".join(cls.__name__ for cls in layouts)
-        raise ValueError(f"torchvision's layout is known for {supported} only, not for {type(model).__name__}")
-    modules = layouts[type(model)](model)
+def foreign_names(model: nn.Module, library: str) -> tuple[dict[str, str], str]:
+    """``({our state-dict key: the library's key}, the library's classifier prefix)`` for ``model``
+    in ``library``'s layout ("torchvision", "timm", "keras": see :func:`~mobilenets.registry.layouts_of`)."""
+    layouts = layouts_of(model)
+    if library not in layouts:
+        known = ", ".join(sorted(layouts)) or "none"
+        raise ValueError(f"{library}'s layout is not known for {type(model).__name__} (known: {known})")
+    modules = layouts[library](model)
     names = {}
     for key in model.state_dict():
         module, _, tensor = key.rpartition(".")
@@ -167,11 +168,14 @@ def _first_conv_to_one_channel(
 
 
 def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], str]:
-    """``({our key: the file's key}, the file's classifier prefix)``: our names, or torchvision's."""
+    """``({our key: the file's key}, the file's classifier prefix)``: our names, or those of the other
+    library whose layout shares the most keys with ``state`` (torchvision's, timm's, Keras's)."""
     ours = model.state_dict()
-    if set(ours) & set(state) or type(model) not in torchvision_layouts():
+    layouts = layouts_of(model)
+    if set(ours) & set(state) or not layouts:
         return {key: key for key in ours}, "classifier."
-    return torchvision_names(model)
+    candidates = [foreign_names(model, library) for library in sorted(layouts)]
+    return max(candidates, key=lambda names: len(set(names[0].values()) & set(state)))
 
 
 def fit_state_dict(

@@ -159,7 +159,7 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         defaults={"width_mult": float(_alpha)},
         resolution=_res,
         pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
-        torchvision=torchvision_modules,
+        layouts={"torchvision": torchvision_modules},
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):

@@ -109,6 +109,6 @@ for _width in ("0.5", "1.0", "1.5", "2.0"):
         ShuffleNetV2,
         family="shufflenet_v2",
         defaults={"width_mult": float(_width)},
-        torchvision=torchvision_modules,
+        layouts={"torchvision": torchvision_modules},
     )
     register_alias(f"shufflenet_v2_x{_width.replace('.', '_')}", f"shufflenet_v2_{_width}")  # torchvision
