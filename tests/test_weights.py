@@ -167,10 +167,16 @@ def test_pretrained_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="need a model from create_model"):
         load_weights(MobileNetV2(), "pretrained")
     missing = PretrainedWeights(
+        name="w.pth",
+        model="mobilenet_v2_1.0_224",
+        library="torchvision",
+        file="w.pth",
+        source="nowhere",
+        licence="none",
         package="no_such_package_here",
         distribution="no-such-package",
         path="w.pth",
-        sha256_prefix="00",
+        sha256="00",
         resize=256,
         crop=224,
         mean=(0,),

