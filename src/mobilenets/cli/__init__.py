@@ -25,6 +25,8 @@ NO_MODEL = "give a model name (see `mobilenets list`), or --weights FILE from `m
 # command: (its module in this package, one line for `mobilenets --help`), in the order listed there
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("models", "list the registered models"),
+    "weights": ("weights", "list the published weights files, their provenance and how to import them"),
+    "convert": ("convert", "convert a weights file (ours, torchvision's...) to our format for a registered model"),
     "profile": ("profile", "count mult-adds and parameters"),
     "export": ("export", "export a model (ONNX, TorchScript, OpenVINO; fp32 or int8) and verify it"),
     "bench": ("bench", "time models in PyTorch, ONNX Runtime and OpenVINO"),

@@ -1,0 +1,37 @@
+"""``mobilenets convert``: a weights file in another library's names, or ours, written in our format."""
+
+from __future__ import annotations
+
+import argparse
+
+from tabulate import tabulate
+
+from ..weights import convert_weights
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``convert`` command's description and options to its parser."""
+    parser.description = (
+        "Read a weights file (a .pth/.pt/.safetensors state dict in our or torchvision's names, a file from "
+        "`mobilenets train`, or 'pretrained'), fit it to a registered model strictly (every tensor used, every "
+        "shape checked) and write it as .safetensors recording the model's name, arguments and preprocessing, "
+        "so that --weights OUT needs no model name. Prints each tensor mapped (the file's name -> ours, shape). "
+        "A file published in the catalogue (`mobilenets weights`) keeps its input size, normalisation, class "
+        "names and provenance, and is checked against its SHA-256 where known."
+    )
+    parser.add_argument("source", metavar="SRC", help="the weights file to convert, or 'pretrained'")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="registered model the weights are for (see `mobilenets list`); may be left out when SRC records it "
+        "(a file from `mobilenets train`) or is a catalogue file under its published name",
+    )
+    parser.add_argument("--out", metavar="OUT.safetensors", required=True, help="the file to write")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, mapping = convert_weights(args.source, args.out, args.model)
+    print(tabulate(mapping, headers=("source tensor", "ours", "shape")))
+    print(f"\nwrote {args.out}: {model.meta.name}, {len(mapping)} tensors")
+    return 0
