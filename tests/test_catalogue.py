@@ -155,12 +155,17 @@ def test_weights_command_says_how_to_import(cli: Cli, monkeypatch: pytest.Monkey
     entry = get_entry(name)
     monkeypatch.setitem(registry(), name, replace(entry, layouts={**entry.layouts, "timm": lambda model: {}}))
     code, out, _ = cli("weights", "mobilenetv2_050*")
-    assert code == 0 and f"mobilenets convert model.safetensors --model {name} --out OUT.safetensors" in out
+    assert (
+        code == 0
+        and "mobilenets convert model.safetensors --catalogue mobilenetv2_050.lamb_in1k --out OUT.safetensors" in out
+    )
 
 
-def torchvision_file(tmp_path: Path, name: str = "tv.pth") -> tuple[torch.nn.Module, Path]:
-    """A small torchvision MobileNetV2 (α 0.35, 10 classes) with random weights and BN statistics, saved."""
-    theirs = torchvision.models.mobilenet_v2(weights=None, num_classes=10, width_mult=0.35)
+def torchvision_file(
+    tmp_path: Path, name: str = "tv.pth", *, width_mult: float = 0.35, num_classes: int = 10
+) -> tuple[torch.nn.Module, Path]:
+    """A small torchvision MobileNetV2 with random weights and BN statistics, saved as ``name``."""
+    theirs = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult)
     with torch.no_grad():
         for key, tensor in theirs.state_dict().items():
             if key.endswith("running_var"):
@@ -231,3 +236,51 @@ def test_convert_packaged_file_keeps_its_preprocessing_and_provenance(cli: Cli, 
     assert info["provenance"] == {"weights": PACKAGED.name, "source": PACKAGED.source, "licence": PACKAGED.licence}
     meta = load_model(out).meta
     assert (meta.resize, meta.resolution, meta.labels[281]) == (256, 224, "tabby")
+
+
+def test_convert_as_a_catalogue_entry_records_its_input(cli: Cli, tmp_path: Path) -> None:
+    _, source = torchvision_file(tmp_path, "model.pth", width_mult=0.5, num_classes=1000)
+    out = tmp_path / "v2.safetensors"
+    code, _, err = cli("convert", str(source), "--catalogue", "mobilenetv2_050.lamb_in1k", "--out", str(out))
+    assert code == 0, err
+    info = read_weights_file(out)[1]
+    assert info["model"] == "mobilenet_v2_0.5_224" and info["crop_pct"] == 224 / 256  # timm's 0.875
+    assert (
+        info["provenance"]["weights"] == "mobilenetv2_050.lamb_in1k" and "huggingface" in info["provenance"]["source"]
+    )
+    assert len(info["classes"]) == 1000 and load_model(out).meta.resize == 256
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--catalogue", "mobilenetv2_051.lamb_in1k"], "not in the catalogue (see `mobilenets weights`); similar:"),
+        (["--catalogue", "mobilenetv2_050.lamb_in1k", "--model", "mobilenet_v2_1.0_224"], "not 'mobilenet_v2_1.0_224'"),
+    ],
+)
+def test_convert_catalogue_mistakes(cli: Cli, tmp_path: Path, argv: list[str], fragment: str) -> None:
+    _, source = torchvision_file(tmp_path, width_mult=0.5, num_classes=1000)
+    code, _, err = cli("convert", str(source), *argv, "--out", str(tmp_path / "x.safetensors"))
+    assert code == 2 and err.count("\n") == 1 and fragment in err
+
+
+def test_convert_our_file_as_a_catalogue_entry_is_refused(cli: Cli, tmp_path: Path) -> None:
+    _, source = torchvision_file(tmp_path)
+    ours = tmp_path / "ours.safetensors"
+    assert cli("convert", str(source), "--model", "mobilenet_v2_0.35_224", "--out", str(ours))[0] == 0
+    code, _, err = cli(
+        "convert", str(ours), "--catalogue", "mobilenetv2_050.lamb_in1k", "--out", str(tmp_path / "y.safetensors")
+    )
+    assert code == 2 and "record their own model and input" in err
+    code, _, err = cli("convert", "pretrained", "--out", str(tmp_path / "z.safetensors"))
+    assert code == 2 and "do not record their model: give its name" in err
+    argv = [
+        "--model",
+        "mobilenet_v2",
+        "--catalogue",
+        "mobilenetv2_100.ra_in1k",
+        "--out",
+        str(tmp_path / "z.safetensors"),
+    ]
+    code, _, err = cli("convert", "pretrained", *argv)
+    assert code == 2 and "packaged catalogue entry: give no other entry" in err

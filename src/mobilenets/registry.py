@@ -186,6 +186,16 @@ def weights_catalogue(pattern: str = "*") -> list[PretrainedWeights]:
     return sorted(found, key=lambda w: (w.model, w.name))
 
 
+def get_weights(name: str) -> PretrainedWeights:
+    """The catalogue entry called ``name`` (see `mobilenets weights`)."""
+    registry()
+    if name not in _CATALOGUE:
+        close = difflib.get_close_matches(name, list(_CATALOGUE), n=3, cutoff=0.75)
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ValueError(f"weights {name!r} are not in the catalogue (see `mobilenets weights`){hint}")
+    return _CATALOGUE[name]
+
+
 def packaged_file(weights: PretrainedWeights) -> Path | None:
     """The file of ``weights`` where an installed package ships it; None otherwise."""
     if weights.package is None or weights.path is None or find_spec(weights.package) is None:

@@ -6,7 +6,8 @@ torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``). Loading is strict: every
 is used, every tensor of the model is filled, every shape is checked; any problem raises one
 ``ValueError`` naming the tensors. A model built with ``num_classes=0`` takes all but the classifier.
 ``load_model(source)`` rebuilds a model from a file written by ``train``, which records the model's
-name and arguments. Nothing is ever downloaded.
+name and arguments. ``convert_weights`` writes any of these in that format, with a published file's
+provenance from the weights catalogue (``registry.weights_catalogue``). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .registry import (
     PretrainedWeights,
     create_model,
     get_entry,
+    get_weights,
     layouts_of,
     name_for,
     packaged_file,
@@ -270,6 +272,8 @@ def read_weights_source(source: str | Path, name: str = "") -> WeightsFile:
     if str(source) != PRETRAINED:
         state, info = read_weights_file(source)  # the text given: Path("") would be the working folder
         return WeightsFile(path=Path(source), state=state, info=info)
+    if not name:
+        raise ValueError(f"weights {PRETRAINED!r} do not record their model: give its name")
     path = pretrained_path(name)
     entry = get_entry(name).pretrained
     _check_sha256(path, entry)
@@ -352,8 +356,6 @@ def load_model(
     The recorded arguments are checked as given ones are, and the file's tensors against the model
     they describe before it is built: a file cannot make the model allocate without bound.
     """
-    if str(source) == PRETRAINED and not name:
-        raise ValueError(f"weights {PRETRAINED!r} do not record their model: give its name")
     return model_from(read_weights_source(source, name or ""), name, defaults, **overrides)
 
 
@@ -383,26 +385,26 @@ def model_from(
 
 
 def convert_weights(
-    source: str | Path, out: str | Path, name: str | None = None
+    source: str | Path, out: str | Path, name: str | None = None, *, entry: str | None = None
 ) -> tuple[nn.Module, list[tuple[str, str, tuple[int, ...]]]]:
     """Write ``source`` (any file :func:`load_model` reads, or ``"pretrained"``) to ``out`` in our
     format (:func:`~mobilenets.checkpoint.save_weights`), recording the model's name, arguments and
     preprocessing as ``train`` does, so that ``load_model(out)`` rebuilds it without a name.
 
-    A bare state dict that is a catalogue file (by its published name; checked against its SHA-256
-    where known) records that entry's input size, crop, normalisation, class names and provenance,
-    and names its model when ``name`` is not given. Returns (the model, ``[(the source's key, our key,
-    shape)]`` for every tensor); a file that does not fit raises one ``ValueError`` naming the tensors.
+    A bare state dict that is a catalogue file (``entry``, its catalogue name, or else its published
+    file name when no other entry shares it) is checked against its SHA-256 where known and records
+    that entry's input size, crop, normalisation, class names and provenance; it names the model when
+    ``name`` does not. Returns (the model, ``[(the source's key, our key, shape)]`` for every tensor);
+    a file that does not fit raises one ``ValueError`` naming the missing, unused and mis-shaped tensors.
     """
     if Path(out).suffix != ".safetensors":
         raise ValueError(f"output {str(out)!r} must be a .safetensors file (the format load_model reads)")
+    if str(source) == PRETRAINED and entry is not None:
+        raise ValueError(f"weights {PRETRAINED!r} are their model's packaged catalogue entry: give no other entry")
     weights = read_weights_source(source, name or "")
-    catalogued = get_entry(name).pretrained if str(source) == PRETRAINED and name else None
-    if not weights.info:
-        catalogued = _catalogued(weights.path, name)
-        if catalogued is not None:
-            _check_sha256(weights.path, catalogued)
-            weights = replace(weights, info={"model": catalogued.model, **catalogue_info(catalogued)})
+    published = get_entry(name).pretrained if str(source) == PRETRAINED else _published_as(weights, name, entry)
+    if published is not None and not weights.info:
+        weights = replace(weights, info={"model": published.model, **catalogue_info(published)})
     model = model_from(weights, name)
     names, _ = _layout(model, weights.state)
     mapping = [(names[key], key, tuple(value.shape)) for key, value in model.state_dict().items()]
@@ -424,17 +426,29 @@ def convert_weights(
         info["classes"] = list(meta.labels)
     if meta.resize:
         info["crop_pct"] = meta.resolution / meta.resize
-    if catalogued is not None:
-        info["provenance"] = {"weights": catalogued.name, "source": catalogued.source, "licence": catalogued.licence}
+    if published is not None:
+        info["provenance"] = {"weights": published.name, "source": published.source, "licence": published.licence}
     save_weights(out, model.state_dict(), info)
     return model, mapping
 
 
-def _catalogued(path: Path, name: str | None) -> PretrainedWeights | None:
-    """The catalogue entry published as ``path``'s file name (for a model of ``name``'s layers, if
-    given); None when none or several are."""
-    found = [w for w in weights_catalogue() if w.file == path.name and (not name or same_architecture(w.model, name))]
-    return found[0] if len(found) == 1 else None
+def _published_as(weights: WeightsFile, name: str | None, entry: str | None) -> PretrainedWeights | None:
+    """The catalogue entry that the bare state dict ``weights`` is: ``entry``, or the one published
+    under its file name (a name no other entry shares); checked against its SHA-256 where known."""
+    where = f"weights {str(weights.path)!r}"
+    if entry is not None:
+        published = get_weights(entry)
+        if weights.info:
+            raise ValueError(f"{where} record their own model and input: a catalogue entry is for published files")
+    else:
+        found = [w for w in weights_catalogue() if w.file == weights.path.name]
+        published = found[0] if len(found) == 1 and not weights.info else None
+    if published is None:
+        return None
+    if name and not same_architecture(published.model, name):
+        raise ValueError(f"{where} are catalogue entry {published.name!r}, for {published.model!r}, not {name!r}")
+    _check_sha256(weights.path, published)
+    return published
 
 
 def _skeleton(name: str, arguments: Mapping[str, Any], *, where: str, recorded: Mapping[str, Any]) -> nn.Module:

@@ -44,7 +44,7 @@ def next_step(weights: PretrainedWeights, status: str) -> str:
     if status == PRESENT:
         return f"present at {packaged_file(weights)}: load it with `--weights pretrained`"
     if status == IMPORTABLE:
-        return f"fetch it, then `mobilenets convert {weights.file} --model {weights.model} --out OUT.safetensors`"
+        return f"fetch it, then `mobilenets convert {weights.file} --catalogue {weights.name} --out OUT.safetensors`"
     return weights.note or f"this project reads no {weights.library} files of {get_entry(weights.model).family} yet"
 
 
