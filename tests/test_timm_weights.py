@@ -87,6 +87,7 @@ def test_every_timm_model_of_our_architectures_fits(timm_name: str) -> None:
         ("mobilenetv2_110d", "mobilenetv2_100", {"width_mult": 1.1}, "unexpected: blocks.1.2.bn1.bias"),
         ("mobilenetv2_120d", "mobilenetv2_100", {"width_mult": 1.2}, "unexpected: blocks.1.2.bn1.bias"),
     ],
+    ids=["mobilenetv1_100h", "mobilenetv2_110d", "mobilenetv2_120d"],
 )
 def test_timm_models_of_other_architectures_are_refused(timm_name: str, name: str, arguments, problem: str) -> None:
     """timm's ``100h`` has a head conv that V1 lacks; ``110d`` / ``120d`` have more blocks per stage."""
@@ -112,6 +113,7 @@ def test_timm_models_of_other_architectures_are_refused(timm_name: str, name: st
             "(16, 48, 1, 1)",
         ),
     ],
+    ids=["v1", "v2"],
 )
 def test_a_file_of_another_width_is_one_error_naming_the_tensors(fixture: str, name: str, mismatch: str) -> None:
     with pytest.raises(ValueError) as info:
