@@ -93,7 +93,9 @@ def test_mismatches_are_listed_by_name_in_one_error() -> None:
 
 
 def test_unsupported_family_in_torchvision_layout() -> None:
-    with pytest.raises(ValueError, match="torchvision's layout is not known for MobileNetV1 \\(known: none\\)"):
+    with pytest.raises(ValueError, match="torchvision's layout is not known for ShuffleNet \\(known: none\\)"):
+        foreign_names(create_model("shufflenet_g3_0.25"), "torchvision")
+    with pytest.raises(ValueError, match=r"torchvision's layout is not known for MobileNetV1 \(known: .*timm"):
         foreign_names(create_model("mobilenet_v1_0.25_128"), "torchvision")
     state = torchvision.models.shufflenet_v2_x0_5().state_dict()
     with pytest.raises(ValueError, match=r"missing: features\.conv0\.conv\.weight"):

@@ -1,8 +1,9 @@
-"""Loading weights: our own files, torchvision's layout, and the packaged pretrained ImageNet weights.
+"""Loading weights: our own files, torchvision's and timm's layouts, and the packaged pretrained ImageNet weights.
 
 ``load_weights(model, source)`` takes ``"pretrained"`` or a file (``.safetensors``, or a PyTorch
-file read with ``torch.load(weights_only=True)``) holding a state dict in our names or in
-torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``). Loading is strict: every tensor of the file
+file read with ``torch.load(weights_only=True)``) holding a state dict in our names, in
+torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``) or in timm's (``mobilenetv1_100``, ``_125``,
+``mobilenetv2_035`` ... ``_140``). Loading is strict: every tensor of the file
 is used, every tensor of the model is filled, every shape is checked; any problem raises one
 ``ValueError`` naming the tensors. A model built with ``num_classes=0`` takes all but the classifier.
 ``load_model(source)`` rebuilds a model from a file written by ``train``, which records the model's
@@ -107,7 +108,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     return dict(state), info
 
 
-# --- torchvision's names for our modules ---------------------------------------------------------
+# --- other libraries' names for our modules ---------------------------------------------------
 
 
 def foreign_names(model: nn.Module, library: str) -> tuple[dict[str, str], str]:
@@ -173,13 +174,11 @@ def _first_conv_to_one_channel(
 
 
 def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], str]:
-    """``({our key: the file's key}, the file's classifier prefix)``: our names, or those of the other
-    library whose layout shares the most keys with ``state`` (torchvision's, timm's, Keras's)."""
-    ours = model.state_dict()
-    layouts = layouts_of(model)
-    if set(ours) & set(state) or not layouts:
-        return {key: key for key in ours}, "classifier."
-    candidates = [foreign_names(model, library) for library in sorted(layouts)]
+    """``({our key: the file's key}, the file's classifier prefix)``: the names, ours or another
+    library's (torchvision's, timm's, Keras's), that share the most keys with ``state``; ours on a tie.
+    Ours are a candidate like the others: timm's ``classifier.weight`` is also ours."""
+    ours = {key: key for key in model.state_dict()}, "classifier."
+    candidates = [ours, *(foreign_names(model, library) for library in sorted(layouts_of(model)))]
     return max(candidates, key=lambda names: len(set(names[0].values()) & set(state)))
 
 

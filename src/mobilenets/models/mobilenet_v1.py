@@ -13,7 +13,7 @@ from torch import nn
 from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, DepthwiseSeparable, Padding
 from ..published import published_accuracy
 from ..registry import PretrainedWeights, register_alias, register_model, register_weights
-from .base import Backbone, EndPoints, check_arguments
+from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
 
 class Layer(NamedTuple):
@@ -92,7 +92,7 @@ class MobileNetV1(Backbone):
             output_stride=output_stride,
             batchnorm=batchnorm,
         )
-        self.width_mult = width_mult
+        self.variant, self.width_mult = variant, width_mult
         body = EndPoints(in_chans, output_stride)
         for index, row in enumerate(VARIANTS[variant]):
             out_channels = scale_channels(row.out_channels, width_mult)
@@ -120,6 +120,30 @@ class MobileNetV1(Backbone):
         self._assemble(*body.build(), num_classes=num_classes, dropout=dropout, batchnorm=batchnorm)
 
 
+def timm_modules(model: MobileNetV1) -> dict[str, str]:
+    """timm 1.0 ``mobilenetv1_100`` / ``_125``: stem ``conv_stem`` + ``bn1``; ``blocks.{stage}.{i}``, a
+    stage per channel count of the table (a ``ds`` row is ``conv_dw`` + ``bn1``, ``conv_pw`` + ``bn2``;
+    a full conv row ``conv`` + ``bn1``); no head conv."""
+    names = {"classifier": "classifier"}
+    stage, index = -1, 0
+    rows = VARIANTS[model.variant]
+    for position, ((name, layer), row) in enumerate(zip(model.features.named_children(), rows, strict=True)):
+        if position == 0:
+            names |= conv_bn_names(f"features.{name}", "conv_stem", "bn1")
+            continue
+        if row.out_channels == rows[position - 1].out_channels:
+            index += 1
+        else:
+            stage, index = stage + 1, 0
+        block = f"blocks.{stage}.{index}"
+        if isinstance(layer, DepthwiseSeparable):
+            names |= conv_bn_names(f"features.{name}.dw", f"{block}.conv_dw", f"{block}.bn1")
+            names |= conv_bn_names(f"features.{name}.pw", f"{block}.conv_pw", f"{block}.bn2")
+        else:
+            names |= conv_bn_names(f"features.{name}", f"{block}.conv", f"{block}.bn1")
+    return names
+
+
 # The released TF models scale pixels to [-1, 1].
 _TF_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -132,6 +156,7 @@ for _alpha in ("1.0", "0.75", "0.5", "0.25"):
             defaults={"width_mult": float(_alpha)},
             resolution=_res,
             **_TF_NORM,
+            layouts={"timm": timm_modules},
         )
 for _variant in ("conv", "shallow"):
     register_model(
@@ -141,6 +166,7 @@ for _variant in ("conv", "shallow"):
         defaults={"variant": _variant, "width_mult": 1.0},
         resolution=224,
         **_TF_NORM,
+        layouts={"timm": timm_modules},
     )
 register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm
 

