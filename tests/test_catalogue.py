@@ -20,6 +20,7 @@ from mobilenets.registry import (
     NOT_IMPORTABLE,
     PRESENT,
     get_entry,
+    get_weights,
     packaged_file,
     register_weights,
     registry,
@@ -150,15 +151,12 @@ def test_weights_command_lists_provenance(cli: Cli) -> None:
     assert code == 2 and out == "" and err.count("\n") == 1 and "matches no weights" in err
 
 
-def test_weights_command_says_how_to_import(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    name = "mobilenet_v2_0.5_224"  # timm's mobilenetv2_050 weights, importable once timm's layout is known
-    entry = get_entry(name)
-    monkeypatch.setitem(registry(), name, replace(entry, layouts={**entry.layouts, "timm": lambda model: {}}))
+def test_weights_command_says_how_to_import(cli: Cli) -> None:
+    timm = get_weights("mobilenetv2_050.lamb_in1k")
+    assert weights_status(timm) == IMPORTABLE  # timm's layout of MobileNetV2 is read
     code, out, _ = cli("weights", "mobilenetv2_050*")
-    assert (
-        code == 0
-        and "mobilenets convert model.safetensors --catalogue mobilenetv2_050.lamb_in1k --out OUT.safetensors" in out
-    )
+    command = "mobilenets convert model.safetensors --catalogue mobilenetv2_050.lamb_in1k --out OUT.safetensors"
+    assert code == 0 and command in out
 
 
 def torchvision_file(
@@ -284,3 +282,16 @@ def test_convert_our_file_as_a_catalogue_entry_is_refused(cli: Cli, tmp_path: Pa
     ]
     code, _, err = cli("convert", "pretrained", *argv)
     assert code == 2 and "packaged catalogue entry: give no other entry" in err
+
+
+def test_convert_timm_file(cli: Cli, tmp_path: Path) -> None:
+    fixtures = Path(__file__).parent / "fixtures"
+    out = tmp_path / "v2.safetensors"
+    source = fixtures / "timm_mobilenetv2_035.safetensors"
+    code, printed, _ = cli("convert", str(source), "--model", "mobilenetv2_035", "--out", str(out))
+    assert code == 0 and "conv_stem.weight" in printed and "blocks.1.0.conv_pwl.weight" in printed
+    ours, theirs = load_model(out).eval(), load_model(source, "mobilenetv2_035").eval()
+    assert ours.meta.name == "mobilenet_v2_0.35_224" and ours.meta.num_classes == 10
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
