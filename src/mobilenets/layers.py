@@ -6,6 +6,10 @@ All blocks take and return NCHW tensors. Two padding conventions are supported:
 * ``"same"``: TensorFlow's "SAME" padding, computed from the input size at run time. On a
   stride-2 layer with an even input TF pads 0 before and 1 after, so weights trained in
   TensorFlow only reproduce their outputs exactly with this mode.
+* ``"keras"``: Keras's MobileNet V1: "SAME", except that strided depthwise layers pad a fixed
+  0 before and 1 after (the "SAME" pads of an even input) whatever the input size. It equals
+  "SAME" only while those layers see even sizes (at 200 px the 25-pixel input of the third
+  strided depthwise layer gives 12 pixels, not 13).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Padding = Literal["symmetric", "same"]
-PADDINGS: tuple[str, ...] = ("symmetric", "same")
+Padding = Literal["symmetric", "same", "keras"]
+PADDINGS: tuple[str, ...] = ("symmetric", "same", "keras")
 
 # ReLU6 is the default everywhere: the released TensorFlow MobileNets were trained with it,
 # and its bounded range keeps activations friendly to int8 quantization.
@@ -78,6 +82,20 @@ class Conv2dSame(nn.Conv2d):
         return self._conv_forward(x, self.weight, self.bias)
 
 
+class Conv2dFixedPad(nn.Conv2d):
+    """``nn.Conv2d`` after a fixed, possibly asymmetric zero padding ``pads`` (left, right, top, bottom)."""
+
+    def __init__(self, *args, pads: tuple[int, int, int, int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pads = pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(F.pad(x, list(self.pads)), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, pads={self.pads}"
+
+
 def conv2d(
     in_channels: int,
     out_channels: int,
@@ -92,14 +110,15 @@ def conv2d(
     """A 2-D convolution with the chosen padding convention (odd ``kernel_size`` only)."""
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+    arguments = {"stride": stride, "dilation": dilation, "groups": groups, "bias": bias}
     # With stride 1 and an odd kernel, TF "SAME" is symmetric: no run-time padding needed.
-    if padding == "same" and stride > 1:
-        padding_class, pad = Conv2dSame, 0
-    else:
-        padding_class, pad = nn.Conv2d, dilation * (kernel_size - 1) // 2
-    return padding_class(
-        in_channels, out_channels, kernel_size, stride=stride, padding=pad, dilation=dilation, groups=groups, bias=bias
-    )
+    if padding == "keras" and stride > 1 and groups == in_channels > 1:
+        # The "SAME" pads of a size divisible by the stride, whatever the size.
+        before, after = same_padding(stride, kernel_size, stride=stride, dilation=dilation)
+        return Conv2dFixedPad(in_channels, out_channels, kernel_size, pads=(before, after) * 2, **arguments)
+    if padding in ("same", "keras") and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel_size, padding=0, **arguments)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2, **arguments)
 
 
 class ConvBNAct(nn.Sequential):
