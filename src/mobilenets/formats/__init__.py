@@ -1,0 +1,1 @@
+"""Readers of other libraries' weights files, each giving a state dict in PyTorch's tensor layouts."""
