@@ -5,11 +5,14 @@ Keras models with random weights and BatchNorm statistics and Keras's logits for
 default size and at an odd size (161 px, where Keras V1's fixed padding differs from TF "SAME").
 """
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mobilenets import load_model
 from mobilenets.layers import conv2d
@@ -150,3 +153,34 @@ def test_hdf5_found_by_content_without_suffix(outputs, tmp_path: Path) -> None:
     path.write_bytes((FIXTURES / "v1.h5").read_bytes())
     model = load_model(path, "mobilenet_v1_0.25_224")
     np.testing.assert_allclose(run(model, keras_input(outputs, 224)), outputs["v1_logits_224"], rtol=0, atol=1e-4)
+
+
+def test_predict_gives_keras_probabilities(cli, outputs, tmp_path: Path) -> None:
+    """``predict`` scales pixels to [-1, 1] as the file's info says: a 256² image whose centre 224² crop
+    is the fixture's (the resize to 256 then changes nothing) gets Keras's softmax."""
+    canvas = np.zeros((256, 256, 3), np.uint8)
+    canvas[16:240, 16:240] = outputs["image"][0]
+    Image.fromarray(canvas).save(tmp_path / "image.png")
+    # Our MobileNetV2 defaults to ImageNet's mean and std (torchvision's weights): the file must change them.
+    weights, image = str(FIXTURES / "v2.weights.h5"), str(tmp_path / "image.png")
+    code, out, _ = cli("predict", "mobilenet_v2_0.35_224", "--weights", weights, image, "--json")
+    assert code == 0
+    top = json.loads(out)[0]["top"]
+    expected = torch.softmax(torch.from_numpy(outputs["v2_logits_224"][0]), 0)
+    assert [p["index"] for p in top] == expected.argsort(descending=True)[:5].tolist()
+    np.testing.assert_allclose([p["prob"] for p in top], expected.sort(descending=True).values[:5], rtol=0, atol=1e-5)
+
+
+def test_cli_error_for_a_damaged_keras_file(cli, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes((FIXTURES / "v1.h5").read_bytes()[:50_000])
+    code, _, err = cli("predict", "mobilenet_v1_0.25_224", "--weights", str(damaged), str(damaged))
+    assert code == 2
+    assert err.startswith("mobilenets predict: error: weights file") and "Keras HDF5" in err
+    assert err.count("\n") == 1
+
+
+def test_without_h5py_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py then raises ImportError
+    with pytest.raises(ValueError, match=r"needs h5py: pip install 'mobilenets\[formats\]'"):
+        load_model(FIXTURES / "v1.h5", "mobilenet_v1_0.25_224")
