@@ -136,8 +136,14 @@ def test_damaged_and_foreign_files(tmp_path: Path) -> None:
         file.attrs["layer_names"] = [b"dense_7"]
         file.create_group("dense_7").attrs["weight_names"] = [b"dense_7/kernel:0"]
         file["dense_7/dense_7/kernel:0"] = np.zeros((4, 2), np.float32)
+    strings = tmp_path / "strings.h5"
+    with h5py.File(strings, "w") as file:
+        file.attrs["layer_names"] = [b"conv1"]
+        file.create_group("conv1").attrs["weight_names"] = [b"conv1/kernel:0"]
+        file["conv1/conv1/kernel:0"] = [b"not", b"numbers"]
     cases = [
         (truncated, "could not be read as Keras HDF5"),
+        (strings, "could not be read as Keras HDF5"),
         (text, "could not be read as Keras HDF5"),
         (plain, "is HDF5 but holds no Keras weights"),
         (other, r"do not fit mobilenet_v1_0\.25_224: missing: features\.conv0\.conv\.weight.*unexpected: dense_7\."),

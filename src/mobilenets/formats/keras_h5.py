@@ -54,7 +54,9 @@ def read_keras_h5(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         with h5py.File(path, "r") as file:
             weights = _keras3_weights(file) if "layer_names" not in _root(file).attrs else _legacy_weights(_root(file))
-    except (OSError, KeyError, ValueError) as err:  # truncated or damaged files fail in h5py in many ways
+        state = _state_dict(weights)
+    # Truncated or damaged files fail in h5py, and odd contents in numpy, in many ways.
+    except (OSError, KeyError, TypeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"weights file {str(path)!r} could not be read as Keras HDF5: {reason}") from None
     if not weights:
@@ -62,6 +64,13 @@ def read_keras_h5(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"weights file {str(path)!r} is HDF5 but holds no Keras weights "
             "(neither the 'layer_names' attribute nor Keras 3's 'layers' group)"
         )
+    # Keras's MobileNet V1 pads its strided depthwise layers by a fixed amount (layers.py, "keras").
+    padding = "keras" if "conv_dw_1" in weights else "same"
+    return state, {"model_args": {"batchnorm": "tf", "padding": padding}, **KERAS_NORMALISATION}
+
+
+def _state_dict(weights: dict[str, list[tuple[str, np.ndarray]]]) -> dict[str, torch.Tensor]:
+    """``{"<layer>.<PyTorch name>": tensor}``, with ``num_batches_tracked`` 0 for each BatchNorm."""
     state: dict[str, torch.Tensor] = {}
     for layer, variables in weights.items():
         for name, value in variables:
@@ -69,9 +78,7 @@ def read_keras_h5(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             state[f"{layer}.{key}"] = _to_torch(name, value)
         if any(name == "moving_variance" for name, _ in variables):
             state[f"{layer}.num_batches_tracked"] = torch.tensor(0)
-    # Keras's MobileNet V1 pads its strided depthwise layers by a fixed amount (layers.py, "keras").
-    padding = "keras" if "conv_dw_1" in weights else "same"
-    return state, {"model_args": {"batchnorm": "tf", "padding": padding}, **KERAS_NORMALISATION}
+    return state
 
 
 def _root(file: Any) -> Any:
