@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets import load_model
+from mobilenets import create_model, load_model
 from mobilenets.layers import conv2d
+from mobilenets.weights import fit_state_dict, read_weights_file
 
 h5py = pytest.importorskip("h5py", reason="h5py (the 'formats' extra) reads Keras HDF5 files")
 
@@ -190,3 +191,24 @@ def test_without_h5py_the_error_says_what_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py then raises ImportError
     with pytest.raises(ValueError, match=r"needs h5py: pip install 'mobilenets\[formats\]'"):
         load_model(FIXTURES / "v1.h5", "mobilenet_v1_0.25_224")
+
+
+SHAPES = json.loads((FIXTURES / "shapes.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_every_width_of_keras_fits_ours(name: str, tmp_path: Path) -> None:
+    """A released-layout file with the layers and shapes of Keras's 1000-class model of each α (zeros:
+    the shapes are what is checked) fits our model of that α, classifier included."""
+    path = tmp_path / "keras.h5"
+    with h5py.File(path, "w") as file:
+        file.attrs["layer_names"] = [layer.encode() for layer, _ in SHAPES[name]]
+        for layer, weights in SHAPES[name]:
+            file.create_group(layer).attrs["weight_names"] = [weight.encode() for weight, _ in weights]
+            for weight, shape in weights:
+                file[layer].create_dataset(weight, shape, dtype=np.float32)  # unwritten: reads as zeros
+    state, info = read_weights_file(path)
+    with torch.device("meta"):
+        model = create_model(name, **info["model_args"])
+    fitted, head = fit_state_dict(model, state)
+    assert head and set(fitted) == set(model.state_dict())
