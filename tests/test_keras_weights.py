@@ -16,7 +16,7 @@ from PIL import Image
 
 from mobilenets import create_model, load_model
 from mobilenets.layers import conv2d
-from mobilenets.weights import fit_state_dict, read_weights_file
+from mobilenets.weights import convert_weights, fit_state_dict, read_weights_file
 
 h5py = pytest.importorskip("h5py", reason="h5py (the 'formats' extra) reads Keras HDF5 files")
 
@@ -196,19 +196,36 @@ def test_without_h5py_the_error_says_what_to_install(monkeypatch: pytest.MonkeyP
 SHAPES = json.loads((FIXTURES / "shapes.json").read_text())
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
-def test_every_width_of_keras_fits_ours(name: str, tmp_path: Path) -> None:
-    """A released-layout file with the layers and shapes of Keras's 1000-class model of each α (zeros:
-    the shapes are what is checked) fits our model of that α, classifier included."""
-    path = tmp_path / "keras.h5"
+def released_layout(name: str, path: Path) -> Path:
+    """A released-layout file at ``path`` with the layers and shapes of Keras's 1000-class model
+    ``name`` (zeros: the shapes are what is checked)."""
     with h5py.File(path, "w") as file:
         file.attrs["layer_names"] = [layer.encode() for layer, _ in SHAPES[name]]
         for layer, weights in SHAPES[name]:
             file.create_group(layer).attrs["weight_names"] = [weight.encode() for weight, _ in weights]
             for weight, shape in weights:
                 file[layer].create_dataset(weight, shape, dtype=np.float32)  # unwritten: reads as zeros
-    state, info = read_weights_file(path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_every_width_of_keras_fits_ours(name: str, tmp_path: Path) -> None:
+    """Keras's 1000-class model of each α fits our model of that α, classifier included."""
+    state, info = read_weights_file(released_layout(name, tmp_path / "keras.h5"))
     with torch.device("meta"):
         model = create_model(name, **info["model_args"])
     fitted, head = fit_state_dict(model, state)
     assert head and set(fitted) == set(model.state_dict())
+
+
+def test_convert_a_catalogue_keras_file_keeps_what_reproduces_keras(tmp_path: Path) -> None:
+    """A Keras file found in the catalogue by its published name converts without a model name, and
+    the converted file records Keras's padding and BatchNorm beside the catalogue's input and classes."""
+    published = released_layout("mobilenet_v1_0.25_224", tmp_path / "mobilenet_2_5_224_tf.h5")
+    convert_weights(published, tmp_path / "out.safetensors")
+    model = load_model(tmp_path / "out.safetensors")
+    _, info = read_weights_file(tmp_path / "out.safetensors")
+    assert info["model_args"]["padding"] == "keras" and info["model_args"]["batchnorm"] == "tf"
+    assert info["provenance"]["weights"] == "mobilenet_2_5_224_tf.h5"
+    assert model.meta.name == "mobilenet_v1_0.25_224" and len(model.meta.labels) == 1000
+    assert model.features.block2.dw.conv.pads == (0, 1, 0, 1) and model.features.conv0.bn.eps == 1e-3

@@ -415,9 +415,10 @@ def convert_weights(
     format (:func:`~mobilenets.checkpoint.save_weights`), recording the model's name, arguments and
     preprocessing as ``train`` does, so that ``load_model(out)`` rebuilds it without a name.
 
-    A bare state dict that is a catalogue file (``entry``, its catalogue name, or else its published
-    file name when no other entry shares it) is checked against its SHA-256 where known and records
-    that entry's input size, crop, normalisation, class names and provenance; it names the model when
+    A file that records no model (a bare state dict, a Keras file) and is a catalogue file (``entry``,
+    its catalogue name, or else its published file name when no other entry shares it) is checked
+    against its SHA-256 where known and records that entry's input size, crop, normalisation, class
+    names and provenance (a Keras file keeps its padding and BatchNorm); it names the model when
     ``name`` does not. Returns (the model, ``[(the source's key, our key, shape)]`` for every tensor);
     a file that does not fit raises one ``ValueError`` naming the missing, unused and mis-shaped tensors.
     """
@@ -427,8 +428,13 @@ def convert_weights(
         raise ValueError(f"weights {PRETRAINED!r} are their model's packaged catalogue entry: give no other entry")
     weights = read_weights_source(source, name or "")
     published = get_entry(name).pretrained if str(source) == PRETRAINED else _published_as(weights, name, entry)
-    if published is not None and not weights.info:
-        weights = replace(weights, info={"model": published.model, **catalogue_info(published)})
+    if published is not None:
+        # A Keras file's own info (padding, BatchNorm) stays beside the catalogue's input and classes.
+        catalogue = catalogue_info(published)
+        model_args = {**catalogue["model_args"], **weights.info.get("model_args", {})}
+        weights = replace(
+            weights, info={"model": published.model, **catalogue, **weights.info, "model_args": model_args}
+        )
     model = model_from(weights, name)
     names, _ = _layout(model, weights.state)
     mapping = [(names[key], key, tuple(value.shape)) for key, value in model.state_dict().items()]
@@ -457,16 +463,16 @@ def convert_weights(
 
 
 def _published_as(weights: WeightsFile, name: str | None, entry: str | None) -> PretrainedWeights | None:
-    """The catalogue entry that the bare state dict ``weights`` is: ``entry``, or the one published
+    """The catalogue entry that ``weights``, recording no model, is: ``entry``, or the one published
     under its file name (a name no other entry shares); checked against its SHA-256 where known."""
     where = f"weights {str(weights.path)!r}"
     if entry is not None:
         published = get_weights(entry)
-        if weights.info:
+        if "model" in weights.info:
             raise ValueError(f"{where} record their own model and input: a catalogue entry is for published files")
     else:
         found = [w for w in weights_catalogue() if w.file == weights.path.name]
-        published = found[0] if len(found) == 1 and not weights.info else None
+        published = found[0] if len(found) == 1 and "model" not in weights.info else None
     if published is None:
         return None
     if name and not same_architecture(published.model, name):
