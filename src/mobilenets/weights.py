@@ -44,6 +44,11 @@ from .registry import (
 )
 
 PRETRAINED = "pretrained"
+# What every --weights option takes (its help text reads this).
+WEIGHTS_FILES = (
+    "a weights file or checkpoint from `mobilenets train` (it records its model), a .safetensors/.pth/.pt state "
+    "dict in our, torchvision's or timm's names, or a Keras .h5 file"
+)
 KERAS_SUFFIXES = (".h5", ".hdf5")
 # Every registered model's packaged pretrained weights (the families attach them at registration).
 PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {

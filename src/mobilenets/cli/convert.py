@@ -6,18 +6,18 @@ import argparse
 
 from tabulate import tabulate
 
-from ..weights import convert_weights
+from ..weights import WEIGHTS_FILES, convert_weights
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``convert`` command's description and options to its parser."""
     parser.description = (
-        "Read a weights file (a .pth/.pt/.safetensors state dict in our or torchvision's names, a file from "
-        "`mobilenets train`, or 'pretrained'), fit it to a registered model strictly (every tensor used, every "
-        "shape checked) and write it as .safetensors recording the model's name, arguments and preprocessing, "
-        "so that --weights OUT needs no model name. Prints each tensor mapped (the file's name -> ours, shape). "
-        "A file published in the catalogue (`mobilenets weights`) keeps its input size, normalisation, class "
-        "names and provenance, and is checked against its SHA-256 where known. Nothing is downloaded."
+        f"Read a weights file ({WEIGHTS_FILES}, or 'pretrained'), fit it to a registered model strictly "
+        "(every tensor used, every shape checked) and write it as .safetensors recording the model's name, "
+        "arguments and preprocessing, so that --weights OUT needs no model name. Prints each tensor mapped "
+        "(the file's name -> ours, shape). A file published in the catalogue (`mobilenets weights`) keeps its "
+        "input size, normalisation, class names and provenance, and is checked against its SHA-256 where known. "
+        "Nothing is downloaded."
     )
     parser.add_argument("source", metavar="SRC", help="the weights file to convert, or 'pretrained'")
     parser.add_argument(

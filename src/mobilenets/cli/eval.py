@@ -10,6 +10,7 @@ from pathlib import Path
 from ..deploy.export import check_writable_file
 from ..train.evaluate import evaluate_weights
 from ..train.records import plot_confusion
+from ..weights import WEIGHTS_FILES
 from . import describe_error
 
 
@@ -30,8 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--weights",
         required=True,
         metavar="FILE",
-        help="a weights file or checkpoint from `mobilenets train`, or a .safetensors/.pth state dict in our or "
-        "torchvision's names",
+        help=WEIGHTS_FILES,
     )
     parser.add_argument(
         "--data",

@@ -16,7 +16,7 @@ from ..deploy.export import (
 )
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_EVAL_SAMPLES
 from ..registry import create_model
-from ..weights import PRETRAINED, load_model
+from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
 from . import NO_MODEL
 
 
@@ -45,9 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         metavar="FILE",
-        help=f"'{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), a weights file or "
-        "checkpoint from `mobilenets train` (it records the model's classes, channels and resolution), or a "
-        ".safetensors or torch.save'd state dict in our names or torchvision's (default: random weights)",
+        help=f"'{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or {WEIGHTS_FILES} "
+        "(default: random weights)",
     )
     parser.add_argument("--resolution", type=int, metavar="R", help="input size in pixels, >= 32 (default: model's)")
     parser.add_argument("--num-classes", type=int, metavar="N", help="classifier outputs (default: the model's, 1000)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data.decode import MAX_ASPECT_RATIO
 from ..predict import Classifier, image_files
 from ..registry import create_model, get_entry
-from ..weights import PRETRAINED, load_model
+from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
 from . import NO_MODEL
 
 
@@ -37,10 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--weights",
         metavar="FILE|pretrained",
         help=(
-            "weights to load: 'pretrained' (the packaged ImageNet weights, for mobilenet_v2_1.0_224), a weights "
-            "file or checkpoint from `mobilenets train` (its classes, channels, resolution and class names come "
-            "with it), or a .pth/.pt/.safetensors state dict in our or torchvision's names. Without it the model "
-            "is untrained and a warning says so"
+            f"weights to load: '{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or "
+            f"{WEIGHTS_FILES}; their input size, normalisation and class names come with them. Without it the "
+            "model is untrained and a warning says so"
         ),
     )
     parser.add_argument(

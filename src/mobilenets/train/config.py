@@ -21,6 +21,7 @@ from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
 from ..device import usable_cores
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION, OUTPUT_STRIDES
+from ..weights import WEIGHTS_FILES
 from .optim import SCHEDULES
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
@@ -79,9 +80,9 @@ class TrainConfig:
     output_stride: int | None = option(None, "output stride by dilation (default: 32)", choices=OUTPUT_STRIDES)
     init: str | None = option(
         None,
-        "fine-tune: start from 'pretrained' (the packaged ImageNet weights of mobilenet_v2_1.0_224), a weights file "
-        "or checkpoint from `mobilenets train`, or a state dict in our or torchvision's names; the classifier is "
-        "taken too when it has the data's class count, else it starts fresh (default: random initialisation)",
+        "fine-tune: start from 'pretrained' (the packaged ImageNet weights of mobilenet_v2_1.0_224) or "
+        f"{WEIGHTS_FILES}; the classifier is taken too when it has the data's class count, else it starts "
+        "fresh (default: random initialisation)",
         metavar="WEIGHTS",
     )
     freeze_features: bool = option(
@@ -112,8 +113,8 @@ class TrainConfig:
     # Distillation from a trained teacher (None: none).
     teacher: str | None = option(
         None,
-        "distil from this trained teacher: a weights file or checkpoint from `mobilenets train`, 'pretrained', or a "
-        "state dict (then give --teacher-model); it must classify the same classes from the same input channels",
+        f"distil from this trained teacher: 'pretrained' or {WEIGHTS_FILES} (a file that does not record its "
+        "model needs --teacher-model); it must classify the same classes from the same input channels",
         metavar="WEIGHTS",
     )
     teacher_model: str | None = option(
