@@ -7,7 +7,8 @@ JSON in the file's metadata. A *weights* file (``best.safetensors``) holds one `
 plain keys, ready for ``model.load_state_dict``, and JSON metadata describing the model.
 
 Every file is written atomically: to a temporary file in the same folder, flushed to disk, then
-renamed over the old one, so a failure mid-way leaves the previous file intact.
+renamed over the old one, so a failure mid-way leaves the previous file intact; a destination is
+checked before any long work (:func:`check_writable_file`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,31 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, backup: str | os.PathL
             # The temporary file's name means nothing to the user: name the file being written.
             raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
         raise
+
+
+def check_writable_file(path: str | Path, option: str, *, make_folder: bool = False) -> Path:
+    """``path`` as a file that can be written: not a folder, in an existing folder (``make_folder``:
+    created). Raises ``ValueError`` naming ``option`` and the user's path."""
+    if not str(path).strip():
+        raise ValueError(f"{option} must be a file path, got {str(path)!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; give a file path")
+    blocking = next((folder for folder in path.parents if folder.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(blocking)!r} is a file, not a folder")
+    if not make_folder and not path.parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be written: folder {str(path.parent)!r} does not exist")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):  # a real attempt: permissions alone do not tell (root, read-only mounts, /proc)
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {str(path)!r} cannot be written: {err.strerror}") from err
+    if not existed:
+        path.unlink()
+    return path
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -35,8 +35,8 @@ from .bench import (
     update_cache,
     warn_if_busy,
 )
+from .checkpoint import check_writable_file
 from .cost import count_cost
-from .deploy.export import check_writable_file
 from .device import resolve_device
 from .published import published_results
 from .registry import create_model, get_entry, list_models

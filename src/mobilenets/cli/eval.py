@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..deploy.export import check_writable_file
+from ..checkpoint import check_writable_file
 from ..train.evaluate import evaluate_weights
 from ..train.records import plot_confusion
 from ..weights import WEIGHTS_FILES

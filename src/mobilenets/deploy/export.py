@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import check_writable_file
 from ..models.base import check_resolution
 from .fuse import fold_batchnorm, input_shape
 from .quantize import quantize_onnx
@@ -138,31 +139,6 @@ class ExportReport:
             f"wrote {wrote} ({self.model}, {self.format} {precision}, {self.resolution}×{self.resolution}, "
             f"dynamic batch, {size:.2f} MB)\n{self.summary()}"
         )
-
-
-def check_writable_file(path: str | Path, option: str, *, make_folder: bool = False) -> Path:
-    """``path`` as a file that can be written: not a folder, in an existing folder (``make_folder``:
-    created). Raises ``ValueError`` naming ``option`` and the user's path."""
-    if not str(path).strip():
-        raise ValueError(f"{option} must be a file path, got {str(path)!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a folder; give a file path")
-    blocking = next((folder for folder in path.parents if folder.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise ValueError(f"{option} {str(path)!r} cannot be written: {str(blocking)!r} is a file, not a folder")
-    if not make_folder and not path.parent.is_dir():
-        raise ValueError(f"{option} {str(path)!r} cannot be written: folder {str(path.parent)!r} does not exist")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):  # a real attempt: permissions alone do not tell (root, read-only mounts, /proc)
-            pass
-    except OSError as err:
-        raise ValueError(f"{option} {str(path)!r} cannot be written: {err.strerror}") from err
-    if not existed:
-        path.unlink()
-    return path
 
 
 def check_destination(fmt: str, out: str | Path, int8: bool = False) -> Path:
