@@ -77,6 +77,47 @@ class PretrainedWeights:
     note: str = ""  # a caveat, shown where the file cannot be imported
 
 
+# Google's releases scale pixels to [-1, 1]: mean = std = 0.5.
+TF_RANGE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def keras_weights(model: str, *, file: str, folder: str, resolution: int) -> PretrainedWeights:
+    """The catalogue entry of a Keras applications file ``file`` (published under ``folder``) of ``model``."""
+    return PretrainedWeights(
+        name=file,
+        model=model,
+        library="keras",
+        file=file,
+        source=f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file}",
+        licence="Apache-2.0",
+        sha256=None,
+        resize=None,
+        crop=resolution,
+        **TF_RANGE,
+    )
+
+
+def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: Any) -> PretrainedWeights:
+    """The catalogue entry of the TF-slim checkpoint ``<model>.tgz`` (listed in ``listing``): 1001
+    classes, class 0 the background; ``accuracy``: its published top-1/top-5 and their source."""
+    return PretrainedWeights(
+        name=f"{model}.tgz",
+        model=model,
+        library="tf-slim",
+        file=f"{model}.tgz",
+        source=f"TF-slim's checkpoints, listed in tensorflow/models {listing}",
+        licence="Apache-2.0",
+        sha256=None,
+        resize=None,
+        crop=resolution,
+        **TF_RANGE,
+        num_classes=1001,
+        labels=None,
+        **accuracy,
+        note="a TF checkpoint: this project has no reader for it yet",
+    )
+
+
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
 # "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
 # running_mean...). Keyed by the library: "torchvision", "timm", "keras".

@@ -12,7 +12,15 @@ from torch import nn
 
 from ..layers import DEFAULT_ACTIVATION, DEFAULT_BATCHNORM, ConvBNAct, DepthwiseSeparable, Padding
 from ..published import published_accuracy
-from ..registry import PretrainedWeights, register_alias, register_model, register_weights
+from ..registry import (
+    TF_RANGE,
+    PretrainedWeights,
+    keras_weights,
+    register_alias,
+    register_model,
+    register_weights,
+    slim_checkpoint,
+)
 from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
 
@@ -157,9 +165,7 @@ def keras_modules(model: MobileNetV1) -> dict[str, str]:
     return names
 
 
-# The released TF models scale pixels to [-1, 1].
-_TF_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
+# The released TF models scale pixels to [-1, 1] (TF_RANGE).
 for _alpha in ("1.0", "0.75", "0.5", "0.25"):
     for _res in (224, 192, 160, 128):
         register_model(
@@ -168,7 +174,7 @@ for _alpha in ("1.0", "0.75", "0.5", "0.25"):
             family="mobilenet_v1",
             defaults={"width_mult": float(_alpha)},
             resolution=_res,
-            **_TF_NORM,
+            **TF_RANGE,
             layouts={"timm": timm_modules, "keras": keras_modules},
         )
 for _variant in ("conv", "shallow"):
@@ -178,7 +184,7 @@ for _variant in ("conv", "shallow"):
         family="mobilenet_v1",
         defaults={"variant": _variant, "width_mult": 1.0},
         resolution=224,
-        **_TF_NORM,
+        **TF_RANGE,
         layouts={"timm": timm_modules},
     )
 register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm
@@ -187,45 +193,15 @@ register_alias("mobilenetv1_100", "mobilenet_v1_1.0_224")  # timm
 # --- weights catalogue: published files for these models, with their provenance ---------------
 # (See PretrainedWeights.)
 
-_KERAS_SOURCE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
 _KERAS_ALPHA = {"1.0": "1_0", "0.75": "7_5", "0.5": "5_0", "0.25": "2_5"}  # as Keras spells α in file names
 
 for _alpha in ("1.0", "0.75", "0.5", "0.25"):
     for _res in (224, 192, 160, 128):
         _model = f"mobilenet_v1_{_alpha}_{_res}"
         _file = f"mobilenet_{_KERAS_ALPHA[_alpha]}_{_res}_tf.h5"
-        register_weights(
-            PretrainedWeights(
-                name=_file,
-                model=_model,
-                library="keras",
-                file=_file,
-                source=_KERAS_SOURCE + _file,
-                licence="Apache-2.0",
-                sha256=None,
-                resize=None,
-                crop=_res,
-                **_TF_NORM,
-            )
-        )
-        register_weights(
-            PretrainedWeights(
-                name=f"{_model}.tgz",
-                model=_model,
-                library="tf-slim",
-                file=f"{_model}.tgz",
-                source="TF-slim's checkpoints, listed in tensorflow/models research/slim/nets/mobilenet_v1.md",
-                licence="Apache-2.0",
-                sha256=None,
-                resize=None,
-                crop=_res,
-                **_TF_NORM,
-                num_classes=1001,  # class 0 is "background"
-                labels=None,
-                **published_accuracy(_model),
-                note="a TF checkpoint: this project has no reader for it yet",
-            )
-        )
+        register_weights(keras_weights(_model, file=_file, folder="mobilenet", resolution=_res))
+        _listing = "research/slim/nets/mobilenet_v1.md"
+        register_weights(slim_checkpoint(_model, listing=_listing, resolution=_res, **published_accuracy(_model)))
 
 register_weights(
     PretrainedWeights(
@@ -238,6 +214,6 @@ register_weights(
         sha256=None,
         resize=256,  # timm's crop_pct 0.875, bicubic
         crop=224,
-        **_TF_NORM,  # timm's "Inception" mean and std
+        **TF_RANGE,  # timm's "Inception" mean and std
     )
 )

@@ -18,9 +18,11 @@ from ..registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PretrainedWeights,
+    keras_weights,
     register_alias,
     register_model,
     register_weights,
+    slim_checkpoint,
 )
 from .base import Backbone, EndPoints, check_arguments, conv_bn_names
 
@@ -230,46 +232,14 @@ for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", 
 # --- weights catalogue: published files for these models, with their provenance ---------------
 # (See PretrainedWeights; the packaged torchvision file above is entered with its model.)
 
-_KERAS_SOURCE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-_TF_RANGE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # pixels scaled to [-1, 1]
-
 # Keras applications' MobileNetV2 files: the widths and sizes its loader accepts, at those of the
 # TF-slim grid (whether it has files for 1.3 and 1.4 below 224 is not known here).
 for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
+    _model = f"mobilenet_v2_{_alpha}_{_res}"
     _file = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{_alpha}_{_res}.h5"
-    register_weights(
-        PretrainedWeights(
-            name=_file,
-            model=f"mobilenet_v2_{_alpha}_{_res}",
-            library="keras",
-            file=_file,
-            source=_KERAS_SOURCE + _file,
-            licence="Apache-2.0",
-            sha256=None,
-            resize=None,
-            crop=_res,
-            **_TF_RANGE,
-        )
-    )
-    _slim = f"mobilenet_v2_{_alpha}_{_res}"
-    register_weights(
-        PretrainedWeights(
-            name=f"{_slim}.tgz",
-            model=_slim,
-            library="tf-slim",
-            file=f"{_slim}.tgz",
-            source="TF-slim's checkpoints, listed in tensorflow/models research/slim/nets/mobilenet/README.md",
-            licence="Apache-2.0",
-            sha256=None,
-            resize=None,
-            crop=_res,
-            **_TF_RANGE,
-            num_classes=1001,  # class 0 is "background"
-            labels=None,
-            **published_accuracy(_slim),
-            note="a TF checkpoint: this project has no reader for it yet",
-        )
-    )
+    register_weights(keras_weights(_model, file=_file, folder="mobilenet_v2", resolution=_res))
+    _listing = "research/slim/nets/mobilenet/README.md"
+    register_weights(slim_checkpoint(_model, listing=_listing, resolution=_res, **published_accuracy(_model)))
 
 # timm's MobileNetV2 weights of the widths it trained (its 110d and 120d are deeper models, not these).
 _TIMM = {"mobilenetv2_050.lamb_in1k": "0.5", "mobilenetv2_100.ra_in1k": "1.0", "mobilenetv2_140.ra_in1k": "1.4"}
