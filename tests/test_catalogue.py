@@ -108,7 +108,7 @@ def test_list_models_pretrained_lists_present_or_importable(monkeypatch: pytest.
     assert list_models("mobilenet_v2_*", pretrained=True) == [
         n for n in sorted(usable) if n.startswith("mobilenet_v2_")
     ]
-    # The TF-slim checkpoint of mobilenet_v1_0.5_160 has no reader; with a Keras layout its Keras file is importable.
+    # With a Keras layout mobilenet_v1_0.5_160's Keras file is importable, beside its TF-slim checkpoint.
     name = "mobilenet_v1_0.5_160"
     if name not in usable:
         assert {weights_status(w) for w in weights_catalogue(name)} == {NOT_IMPORTABLE}
@@ -116,7 +116,7 @@ def test_list_models_pretrained_lists_present_or_importable(monkeypatch: pytest.
     monkeypatch.setitem(registry(), name, replace(entry, layouts={**entry.layouts, "keras": lambda model: {}}))
     assert name in list_models(pretrained=True)
     statuses = {w.library: weights_status(w) for w in weights_catalogue(name)}
-    assert statuses == {"keras": IMPORTABLE, "tf-slim": NOT_IMPORTABLE}
+    assert statuses == {"keras": IMPORTABLE, "tf-slim": IMPORTABLE}
 
 
 def test_missing_package_makes_the_packaged_file_importable() -> None:
