@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mobilenets import create_model, load_model
-from mobilenets.weights import load_weights, read_weights_file
+from mobilenets.weights import convert_weights, load_weights, read_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
 
@@ -123,6 +123,39 @@ def test_damaged_and_foreign_checkpoints(checkpoint: Path, tmp_path: Path) -> No
         (copy("text", b"not a checkpoint index, just text" * 4), ValueError, "no table footer"),
         (copy("no_data", index, None), FileNotFoundError, r"no_data\.data-00000-of-00001' does not exist"),
         (unpack("string_weights.tgz", tmp_path / "string"), ValueError, "'MobilenetV1/Conv2d_0/weights' has dtype st"),
+    ]
+    for path, error_type, message in cases:
+        with pytest.raises(error_type, match=message) as error:
+            load_model(path, NAME)
+        assert path.name in str(error.value) and "\n" not in str(error.value)
+
+
+def test_published_archive_loads_and_converts_as_its_catalogue_entry(outputs, tmp_path: Path) -> None:
+    """slim publishes ``<model>.tgz``: read without unpacking; under its published name it converts
+    with the catalogue's input and keeps TF's padding and BatchNorm."""
+    archive = tmp_path / f"{NAME}.tgz"
+    archive.write_bytes((FIXTURES / "mobilenet_v1_0.25.tgz").read_bytes())
+    np.testing.assert_allclose(run(load_model(archive, NAME), tf_input(outputs, 161)), outputs["logits_161"], atol=5e-4)
+    model, _ = convert_weights(archive, tmp_path / "out.safetensors")
+    assert model.meta.name == NAME and model.meta.num_classes == 1001
+    converted = load_model(tmp_path / "out.safetensors")
+    assert converted.features.conv0.bn.eps == 1e-3 and converted.meta.mean == (0.5, 0.5, 0.5)
+    np.testing.assert_allclose(run(converted, tf_input(outputs, 224)), outputs["logits_224"], atol=5e-4)
+
+
+def test_damaged_and_foreign_archives(checkpoint: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.tgz"
+    damaged.write_bytes((FIXTURES / "mobilenet_v1_0.25.tgz").read_bytes()[:20_000])
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w") as tar:
+        tar.add(FIXTURES / "outputs.npz", arcname="outputs.npz")
+    no_data = tmp_path / "no_data.tar"
+    with tarfile.open(no_data, "w") as tar:
+        tar.add(f"{checkpoint}.index", arcname="model.ckpt.index")
+    cases = [
+        (damaged, ValueError, "could not be read as a tar archive"),
+        (empty, ValueError, r"holds 0 TensorFlow checkpoints \(\.index files\), not one"),
+        (no_data, FileNotFoundError, "has no model.ckpt.data-00000-of-00001 beside its .index"),
     ]
     for path, error_type, message in cases:
         with pytest.raises(error_type, match=message) as error:

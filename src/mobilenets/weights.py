@@ -29,7 +29,7 @@ from torch import nn
 
 from .checkpoint import read_saved_weights, save_weights
 from .formats.keras_h5 import is_hdf5, read_keras_h5
-from .formats.tf_bundle import bundle_prefix, read_slim_checkpoint
+from .formats.tf_bundle import bundle_prefix, is_archive, read_slim_checkpoint
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
@@ -49,7 +49,7 @@ PRETRAINED = "pretrained"
 WEIGHTS_FILES = (
     "a weights file or checkpoint from `mobilenets train` (it records its model), a .safetensors/.pth/.pt state "
     "dict in our, torchvision's or timm's names, a Keras .h5 file, or a TF-slim checkpoint (its prefix, .index or "
-    ".data-* file)"
+    ".data-* file, or its .tgz)"
 )
 KERAS_SUFFIXES = (".h5", ".hdf5")
 # Every registered model's packaged pretrained weights (the families attach them at registration).
@@ -89,7 +89,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     ``classes``, ``mean``, ``std``, ``crop_pct``), or any safetensors state dict (info ``{}``).
     ``.h5``/``.hdf5`` or any HDF5 file: Keras weights (:func:`~mobilenets.formats.keras_h5.read_keras_h5`),
     whose info gives the padding, BatchNorm and normalisation that reproduce Keras.
-    A TensorFlow checkpoint, named by its prefix, its ``.index`` or a ``.data-*`` file: TF-slim's
+    A TensorFlow checkpoint, named by its prefix, its ``.index`` or a ``.data-*`` file, or a tar archive
+    holding one (``.tgz``, ``.tar.gz``, ``.tar``, as slim publishes them): TF-slim's
     variables (:func:`~mobilenets.formats.tf_bundle.read_slim_checkpoint`), with the same kind of info.
     Otherwise a PyTorch file loaded with ``torch.load(weights_only=True)`` (info ``{}``).
     """
@@ -105,6 +106,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
     elif path.suffix in KERAS_SUFFIXES or is_hdf5(path):
         state, info = read_keras_h5(path)
+    elif is_archive(path):
+        state, info = read_slim_checkpoint(path)
     else:
         try:
             if path.suffix == ".safetensors":

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import re
 import struct
+import tarfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from ..registry import TF_RANGE
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two block handles padded to 40 bytes, then the magic number
 _BLOCK_TRAILER = 5  # compression type (0: none) and a masked CRC32C
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _DATA_SHARD = re.compile(r"\.data-\d{5}-of-\d{5}$")
 # TensorFlow's DataType enum values this reader decodes (little-endian, as the bundle stores them).
 _DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 9: "<i8", 19: "<f2"}
@@ -46,6 +50,11 @@ _TORCH_NAMES = {
     "moving_variance": "running_var",
 }
 SLIM_IMAGENET_CLASSES = 1001  # slim's ImageNet classifiers: class 0 is the background
+
+
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is named as a tar archive (``.tgz``, ``.tar.gz``, ``.tar``)."""
+    return path.name.endswith(ARCHIVE_SUFFIXES)
 
 
 def bundle_prefix(path: Path) -> Path | None:
@@ -69,20 +78,65 @@ def read_bundle(prefix: Path, *, skip: re.Pattern[str] | None = None) -> dict[st
     index = Path(f"{prefix}.index")
     if not index.is_file():
         raise FileNotFoundError(f"checkpoint index {str(index)!r} does not exist")
+
+    def open_shard(suffix: str) -> BinaryIO:
+        path = Path(f"{prefix}{suffix}")
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint data {str(path)!r} does not exist (it goes with its .index)")
+        return path.open("rb")
+
+    return _read(index.read_bytes(), open_shard, where=str(index), skip=skip)
+
+
+def read_bundle_archive(path: Path, *, skip: re.Pattern[str] | None = None) -> dict[str, np.ndarray]:
+    """:func:`read_bundle` of the one checkpoint in the tar archive ``path`` (slim publishes its
+    checkpoints as ``<model>.tgz``), read from the archive: nothing is unpacked."""
     try:
-        header, entries = _read_index(index.read_bytes())
+        with tarfile.open(path) as tar:
+            members = {member.name: member for member in tar.getmembers() if member.isfile()}
+            indexes = [name for name in members if name.endswith(".index")]
+            if len(indexes) != 1:
+                raise ValueError(
+                    f"archive {str(path)!r} holds {len(indexes)} TensorFlow checkpoints (.index files), not one"
+                )
+            prefix = indexes[0].removesuffix(".index")
+
+            def open_shard(suffix: str) -> BinaryIO:
+                if prefix + suffix not in members:
+                    raise FileNotFoundError(f"archive {str(path)!r} has no {prefix + suffix} beside its .index")
+                return tar.extractfile(members[prefix + suffix])
+
+            index = tar.extractfile(members[indexes[0]]).read()
+            return _read(index, open_shard, where=f"{path}:{indexes[0]}", skip=skip)
+    # A damaged archive fails in tarfile, gzip or zlib in many ways.
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights file {str(path)!r} could not be read as a tar archive: {reason}") from None
+
+
+def _read(
+    index: bytes, open_shard: Callable[[str], BinaryIO], *, where: str, skip: re.Pattern[str] | None
+) -> dict[str, np.ndarray]:
+    """The tensors of the checkpoint whose index table is ``index``; ``open_shard(".data-...")``
+    opens a data file; ``where`` names the index in errors."""
+    try:
+        header, entries = _read_index(index)
         shards = _check_header(header)
         wanted = {name: entry for name, entry in entries.items() if not (skip and skip.search(name))}
-        return _read_tensors(prefix, wanted, shards)
+        return _read_tensors(open_shard, wanted, shards)
     except _BundleError as err:
-        raise ValueError(f"weights file {str(index)!r} could not be read as a TensorFlow checkpoint: {err}") from None
+        raise ValueError(f"weights file {where!r} could not be read as a TensorFlow checkpoint: {err}") from None
 
 
 class _BundleError(Exception):
     """What is wrong with a checkpoint, in a few words."""
 
 
-def _read_tensors(prefix: Path, entries: dict[str, dict[int, list[Any]]], shards: int) -> dict[str, np.ndarray]:
+def _read_tensors(
+    open_shard: Callable[[str], BinaryIO], entries: dict[str, dict[int, list[Any]]], shards: int
+) -> dict[str, np.ndarray]:
     arrays, files = {}, {}
     try:
         for name, entry in entries.items():
@@ -90,18 +144,16 @@ def _read_tensors(prefix: Path, entries: dict[str, dict[int, list[Any]]], shards
             shard = _last(entry, 3)
             if not 0 <= shard < shards:
                 raise _BundleError(f"tensor {name!r} is in shard {shard} of {shards}")
-            path = Path(f"{prefix}.data-{shard:05d}-of-{shards:05d}")
-            if path not in files:
-                if not path.is_file():
-                    raise FileNotFoundError(f"checkpoint data {str(path)!r} does not exist (it goes with its .index)")
-                files[path] = path.open("rb")
+            suffix = f".data-{shard:05d}-of-{shards:05d}"
+            if suffix not in files:
+                files[suffix] = open_shard(suffix)
             offset, size = _last(entry, 4), _last(entry, 5)
             if size != int(np.prod(shape, dtype=object)) * dtype.itemsize:
                 raise _BundleError(f"tensor {name!r} of shape {shape} has {size} bytes")
-            files[path].seek(offset)
-            data = files[path].read(size)
+            files[suffix].seek(offset)
+            data = files[suffix].read(size)
             if len(data) != size:
-                raise _BundleError(f"{path.name} is truncated (tensor {name!r} ends past its end)")
+                raise _BundleError(f"its {suffix[1:]} file is truncated (tensor {name!r} ends past its end)")
             arrays[name] = np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
     finally:
         for file in files.values():
@@ -243,10 +295,10 @@ def _last(fields: dict[int, list[Any]], number: int, default: Any = 0) -> Any:
 # --- TF-slim's MobileNets ---------------------------------------------------------------------
 
 
-def read_slim_checkpoint(prefix: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, info) of a TF-slim checkpoint, keyed ``"<scope>.<PyTorch name>"``
-    (``MobilenetV1/Conv2d_0.weight``, ``MobilenetV1/Conv2d_0/BatchNorm.running_mean``...) for a
-    family's ``"tf-slim"`` layout.
+def read_slim_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, info) of a TF-slim checkpoint (its prefix, or a tar archive holding it), keyed
+    ``"<scope>.<PyTorch name>"`` (``MobilenetV1/Conv2d_0.weight``,
+    ``MobilenetV1/Conv2d_0/BatchNorm.running_mean``...) for a family's ``"tf-slim"`` layout.
 
     Kernels HWIO -> OIHW, depthwise (H, W, C, M) -> (C·M, 1, H, W); a BatchNorm without ``gamma``
     (slim's ``scale=False``, as in MobileNet V1) gets weight 1, and each gets ``num_batches_tracked``
@@ -256,7 +308,8 @@ def read_slim_checkpoint(prefix: Path) -> tuple[dict[str, torch.Tensor], dict[st
     (class 0 the background, which ``load_model(..., num_classes=1000)`` drops).
     """
     state: dict[str, torch.Tensor] = {}
-    for name, value in read_bundle(prefix, skip=_TRAINING_VARIABLE).items():
+    read = read_bundle_archive if is_archive(path) else read_bundle
+    for name, value in read(path, skip=_TRAINING_VARIABLE).items():
         scope, _, variable = name.rpartition("/")
         tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
         if variable == "depthwise_weights" and tensor.dim() == 4:
@@ -265,7 +318,7 @@ def read_slim_checkpoint(prefix: Path) -> tuple[dict[str, torch.Tensor], dict[st
             tensor = tensor.permute(3, 2, 0, 1)
         state[f"{scope}.{_TORCH_NAMES.get(variable, variable)}"] = tensor.contiguous()
     if not state:
-        raise ValueError(f"weights file '{prefix}.index' is a TensorFlow checkpoint without model variables")
+        raise ValueError(f"weights file {str(path)!r} is a TensorFlow checkpoint without model variables")
     for key in [key for key in state if key.endswith(".running_var")]:
         scope = key.removesuffix(".running_var")
         state.setdefault(f"{scope}.weight", torch.ones_like(state[key]))
