@@ -1,8 +1,9 @@
 """TF-slim MobileNet checkpoints (TensorFlow's tensor bundle) give TensorFlow's outputs, without TensorFlow.
 
 The fixtures (tests/fixtures/slim/, written by tests/fixtures/make_slim.py with TensorFlow's own
-``Saver``) hold a MobileNet V1 (α = 0.25, 1001 classes) under slim's names with random weights and
-BatchNorm statistics, some training variables, and TF's logits for one image at the default size and
+``Saver``) hold a MobileNet V1 (α = 0.25, 1001 classes, with some training variables) and a
+MobileNetV2 (α = 0.35, 10 classes) under slim's names with random weights and BatchNorm statistics,
+and TF's logits for one image at the default size and
 at an odd size (161 px: TF's "SAME" pads its strided layers 1 on each side there, but 0 before and 1
 after at 224, where symmetric padding differs).
 """
@@ -58,17 +59,27 @@ def test_logits_equal_tensorflow_at_every_size(outputs, checkpoint: Path) -> Non
     assert model.meta.num_classes == 1001  # read from the file's classifier: background + ImageNet's 1000
     assert model.meta.mean == model.meta.std == (0.5, 0.5, 0.5)  # TF's [-1, 1] inputs
     for size in SIZES:
-        expected = outputs[f"logits_{size}"]
+        expected = outputs[f"v1_logits_{size}"]
         assert expected.std() > 0.1  # the weights do shape the outputs
         # TF's reference is computed in float64: so is ours here, free of float32 rounding.
         np.testing.assert_allclose(run(model.double(), tf_input(outputs, size).double()), expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(run(model.float(), tf_input(outputs, size)), expected, rtol=0, atol=5e-4)
 
 
+def test_v2_logits_equal_tensorflow_at_every_size(outputs, tmp_path: Path) -> None:
+    model = load_model(unpack("mobilenet_v2_0.35.tgz", tmp_path), "mobilenet_v2_0.35_224")
+    assert model.meta.num_classes == 10 and model.meta.mean == (0.5, 0.5, 0.5)  # not ImageNet's mean
+    assert model.features.conv0.bn.eps == 1e-3
+    for size in SIZES:
+        expected = outputs[f"v2_logits_{size}"]
+        assert expected.std() > 0.1
+        np.testing.assert_allclose(run(model.double(), tf_input(outputs, size).double()), expected, rtol=0, atol=1e-5)
+
+
 def test_pytorch_batchnorm_epsilon_or_padding_would_differ(outputs, checkpoint: Path) -> None:
     for changed in ({"batchnorm": "torch"}, {"padding": "symmetric"}):
         model = load_model(checkpoint, NAME, **changed)
-        assert np.abs(run(model, tf_input(outputs, 224)) - outputs["logits_224"]).max() > 1e-2
+        assert np.abs(run(model, tf_input(outputs, 224)) - outputs["v1_logits_224"]).max() > 1e-2
 
 
 def test_the_prefix_the_index_and_the_data_file_name_the_checkpoint(checkpoint: Path) -> None:
@@ -91,13 +102,13 @@ def test_dropping_the_background_class_gives_imagenet_classes(outputs, checkpoin
     model = load_model(checkpoint, NAME, num_classes=1000)
     assert model.meta.num_classes == 1000
     for size in SIZES:
-        np.testing.assert_allclose(run(model, tf_input(outputs, size)), outputs[f"logits_{size}"][:, 1:], atol=5e-4)
+        np.testing.assert_allclose(run(model, tf_input(outputs, size)), outputs[f"v1_logits_{size}"][:, 1:], atol=5e-4)
     # A 1000-class model built by the caller takes the checkpoint the same way.
     built = load_weights(create_model(NAME, padding="same", batchnorm="tf"), checkpoint)
-    np.testing.assert_allclose(run(built, tf_input(outputs, 224)), outputs["logits_224"][:, 1:], atol=5e-4)
+    np.testing.assert_allclose(run(built, tf_input(outputs, 224)), outputs["v1_logits_224"][:, 1:], atol=5e-4)
     # Naming the checkpoint's own class count keeps its classifier (a 1×1 convolution) as it is.
     same = load_model(checkpoint, NAME, num_classes=1001)
-    np.testing.assert_allclose(run(same, tf_input(outputs, 224)), outputs["logits_224"], atol=5e-4)
+    np.testing.assert_allclose(run(same, tf_input(outputs, 224)), outputs["v1_logits_224"], atol=5e-4)
 
 
 def test_checkpoint_of_another_width(checkpoint: Path) -> None:
@@ -135,12 +146,13 @@ def test_published_archive_loads_and_converts_as_its_catalogue_entry(outputs, tm
     with the catalogue's input and keeps TF's padding and BatchNorm."""
     archive = tmp_path / f"{NAME}.tgz"
     archive.write_bytes((FIXTURES / "mobilenet_v1_0.25.tgz").read_bytes())
-    np.testing.assert_allclose(run(load_model(archive, NAME), tf_input(outputs, 161)), outputs["logits_161"], atol=5e-4)
+    model = load_model(archive, NAME)
+    np.testing.assert_allclose(run(model, tf_input(outputs, 161)), outputs["v1_logits_161"], atol=5e-4)
     model, _ = convert_weights(archive, tmp_path / "out.safetensors")
     assert model.meta.name == NAME and model.meta.num_classes == 1001
     converted = load_model(tmp_path / "out.safetensors")
     assert converted.features.conv0.bn.eps == 1e-3 and converted.meta.mean == (0.5, 0.5, 0.5)
-    np.testing.assert_allclose(run(converted, tf_input(outputs, 224)), outputs["logits_224"], atol=5e-4)
+    np.testing.assert_allclose(run(converted, tf_input(outputs, 224)), outputs["v1_logits_224"], atol=5e-4)
 
 
 def test_damaged_and_foreign_archives(checkpoint: Path, tmp_path: Path) -> None:
