@@ -108,10 +108,10 @@ def read_bundle_archive(path: Path, *, skip: re.Pattern[str] | None = None) -> d
 
             index = tar.extractfile(members[indexes[0]]).read()
             return _read(index, open_shard, where=f"{path}:{indexes[0]}", skip=skip)
+    except FileNotFoundError:
+        raise
     # A damaged archive fails in tarfile, gzip or zlib in many ways.
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"weights file {str(path)!r} could not be read as a tar archive: {reason}") from None
 
