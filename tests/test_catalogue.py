@@ -108,7 +108,7 @@ def test_list_models_pretrained_lists_present_or_importable(monkeypatch: pytest.
     assert list_models("mobilenet_v2_*", pretrained=True) == [
         n for n in sorted(usable) if n.startswith("mobilenet_v2_")
     ]
-    # The TF-slim checkpoint of mobilenet_v1_0.5_160 has no reader; with a Keras layout its Keras file is importable.
+    # With a Keras layout mobilenet_v1_0.5_160's Keras file is importable, beside its TF-slim checkpoint.
     name = "mobilenet_v1_0.5_160"
     if name not in usable:
         assert {weights_status(w) for w in weights_catalogue(name)} == {NOT_IMPORTABLE}
@@ -116,7 +116,7 @@ def test_list_models_pretrained_lists_present_or_importable(monkeypatch: pytest.
     monkeypatch.setitem(registry(), name, replace(entry, layouts={**entry.layouts, "keras": lambda model: {}}))
     assert name in list_models(pretrained=True)
     statuses = {w.library: weights_status(w) for w in weights_catalogue(name)}
-    assert statuses == {"keras": IMPORTABLE, "tf-slim": NOT_IMPORTABLE}
+    assert statuses == {"keras": IMPORTABLE, "tf-slim": IMPORTABLE}
 
 
 def test_missing_package_makes_the_packaged_file_importable() -> None:
@@ -138,7 +138,8 @@ def test_weights_command_lists_provenance(cli: Cli) -> None:
     assert PACKAGED.name in out and "Apache-2.0" in out and "not known here" in out
     assert "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/mobilenet_7_5_192_tf.h5" in out
     assert "https://huggingface.co/timm/mobilenetv2_100.ra_in1k" in out
-    assert "no reader for it yet" in out  # TF-slim
+    assert "`mobilenets convert mobilenet_v2_0.35_96.tgz --catalogue mobilenet_v2_0.35_96.tgz" in out  # TF-slim
+    assert "not importable" not in out
     code, out, _ = cli("weights", "mobilenet_v1_1.0_224", "--json")
     rows = json.loads(out)
     assert code == 0 and {row["name"] for row in rows} == {

@@ -114,7 +114,6 @@ def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: An
         num_classes=1001,
         labels=None,
         **accuracy,
-        note="a TF checkpoint: this project has no reader for it yet",
     )
 
 

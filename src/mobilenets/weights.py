@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoint import read_saved_weights, save_weights
 from .formats.keras_h5 import is_hdf5, read_keras_h5
+from .formats.tf_bundle import bundle_prefix, is_archive, read_slim_checkpoint
 from .models.base import MAX_RESOLUTION, check_resolution
 from .registry import (
     PretrainedWeights,
@@ -47,7 +48,8 @@ PRETRAINED = "pretrained"
 # What every --weights option takes (its help text reads this).
 WEIGHTS_FILES = (
     "a weights file or checkpoint from `mobilenets train` (it records its model), a .safetensors/.pth/.pt state "
-    "dict in our, torchvision's or timm's names, or a Keras .h5 file"
+    "dict in our, torchvision's or timm's names, a Keras .h5 file, or a TF-slim checkpoint (its prefix, .index or "
+    ".data-* file, or its .tgz)"
 )
 KERAS_SUFFIXES = (".h5", ".hdf5")
 # Every registered model's packaged pretrained weights (the families attach them at registration).
@@ -87,17 +89,25 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
     ``classes``, ``mean``, ``std``, ``crop_pct``), or any safetensors state dict (info ``{}``).
     ``.h5``/``.hdf5`` or any HDF5 file: Keras weights (:func:`~mobilenets.formats.keras_h5.read_keras_h5`),
     whose info gives the padding, BatchNorm and normalisation that reproduce Keras.
+    A TensorFlow checkpoint, named by its prefix, its ``.index`` or a ``.data-*`` file, or a tar archive
+    holding one (``.tgz``, ``.tar.gz``, ``.tar``, as slim publishes them): TF-slim's
+    variables (:func:`~mobilenets.formats.tf_bundle.read_slim_checkpoint`), with the same kind of info.
     Otherwise a PyTorch file loaded with ``torch.load(weights_only=True)`` (info ``{}``).
     """
     if not str(path).strip():  # Path("") would be the working folder
         raise ValueError(f"weights must be a file path or '{PRETRAINED}', got {str(path)!r}")
     path = Path(path)
-    if path.is_dir():
+    prefix = bundle_prefix(path)
+    if prefix is not None:
+        state, info = read_slim_checkpoint(prefix)
+    elif path.is_dir():
         raise ValueError(f"weights file {str(path)!r} is a folder (give a file or '{PRETRAINED}')")
-    if not path.is_file():
+    elif not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist (give a file or 'pretrained')")
-    if path.suffix in KERAS_SUFFIXES or is_hdf5(path):
+    elif path.suffix in KERAS_SUFFIXES or is_hdf5(path):
         state, info = read_keras_h5(path)
+    elif is_archive(path):
+        state, info = read_slim_checkpoint(path)
     else:
         try:
             if path.suffix == ".safetensors":
@@ -221,7 +231,8 @@ def fit_state_dict(
     names, classifier = _layout(model, state)
     head = [key for key in ours if key.startswith("classifier.")]
     if keep_head is None:
-        keep_head = all(names[key] in state and state[names[key]].shape == ours[key].shape for key in head)
+        flat = _linear_from_1x1_conv(ours, state, names)  # a 1×1 convolution fits our linear classifier
+        keep_head = all(names[key] in flat and flat[names[key]].shape == ours[key].shape for key in head)
     if not keep_head or getattr(model, "num_classes", None) == 0:
         state = {key: value for key, value in state.items() if not key.startswith(classifier)}
         names = {key: theirs for key, theirs in names.items() if key not in head}
@@ -331,6 +342,7 @@ def _apply(
 ) -> bool:
     """Load ``state`` (read from ``path``) into ``model``; with ``record``, set ``model.meta`` from ``info``."""
     meta = getattr(model, "meta", None)
+    state = _without_background(model, state, info)
     head = apply_state_dict(model, state, source=repr(str(path)), keep_head=keep_head)
     if not head:
         info = {key: value for key, value in info.items() if key != "classes"}
@@ -344,6 +356,19 @@ def _apply(
             )
         model.meta = replace(meta, weights=str(path), **changes)
     return head
+
+
+def _without_background(
+    model: nn.Module, state: Mapping[str, torch.Tensor], info: Mapping[str, Any]
+) -> Mapping[str, torch.Tensor]:
+    """``state`` without its classifier's first class when the file records a background class there
+    (TF-slim's 1001 ImageNet classes) and ``model`` has one class fewer: ImageNet's 1000 classes."""
+    names, _ = _layout(model, state)
+    weight, bias = names.get("classifier.weight"), names.get("classifier.bias")
+    classes = getattr(model, "num_classes", None)
+    if not info.get("background_class") or weight not in state or classes is None or len(state[weight]) != classes + 1:
+        return state
+    return {**state, weight: state[weight][1:], **({bias: state[bias][1:]} if bias in state else {})}
 
 
 def _meta_changes(info: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -405,7 +430,7 @@ def model_from(
         if classes is not None and classes != skeleton.meta.num_classes:
             arguments["num_classes"] = classes
             skeleton = _skeleton(name, arguments, where=where, recorded=recorded)
-    fit_state_dict(skeleton, state, source=repr(str(path)), keep_head=keep_head)
+    fit_state_dict(skeleton, _without_background(skeleton, state, info), source=repr(str(path)), keep_head=keep_head)
     model = create_model(name, **arguments)
     # The file is read once; meta follows the arguments the model was built with (the caller's
     # resolution wins over the recorded one).

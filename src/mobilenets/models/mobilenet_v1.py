@@ -165,6 +165,21 @@ def keras_modules(model: MobileNetV1) -> dict[str, str]:
     return names
 
 
+def slim_modules(model: MobileNetV1) -> dict[str, str]:
+    """TF-slim's ``MobilenetV1``: ``Conv2d_0``, then ``Conv2d_<i>_depthwise`` and ``Conv2d_<i>_pointwise``
+    for our ``block<i>``, each with its ``BatchNorm``; the classifier ``Logits/Conv2d_1c_1x1`` is a 1×1
+    convolution (loaded into our linear layer)."""
+    names = {"classifier": "MobilenetV1/Logits/Conv2d_1c_1x1"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        scope = f"MobilenetV1/Conv2d_{index}"
+        if isinstance(layer, DepthwiseSeparable):
+            for part, kind in (("dw", "depthwise"), ("pw", "pointwise")):
+                names |= conv_bn_names(f"features.{name}.{part}", f"{scope}_{kind}", f"{scope}_{kind}/BatchNorm")
+        else:
+            names |= conv_bn_names(f"features.{name}", scope, f"{scope}/BatchNorm")
+    return names
+
+
 # The released TF models scale pixels to [-1, 1] (TF_RANGE).
 for _alpha in ("1.0", "0.75", "0.5", "0.25"):
     for _res in (224, 192, 160, 128):
@@ -175,7 +190,7 @@ for _alpha in ("1.0", "0.75", "0.5", "0.25"):
             defaults={"width_mult": float(_alpha)},
             resolution=_res,
             **TF_RANGE,
-            layouts={"timm": timm_modules, "keras": keras_modules},
+            layouts={"timm": timm_modules, "keras": keras_modules, "tf-slim": slim_modules},
         )
 for _variant in ("conv", "shallow"):
     register_model(

