@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobilenets import create_model, load_model
+from mobilenets import FeatureExtractor, create_model, load_model
 from mobilenets.weights import fit_state_dict, foreign_names, init_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +43,41 @@ def test_same_outputs_as_timm(fixture: str) -> None:
     full, odd = outputs(model)
     torch.testing.assert_close(full, torch.from_numpy(OUTPUTS[f"{fixture}_224"]), rtol=0, atol=1e-4)
     torch.testing.assert_close(odd, torch.from_numpy(OUTPUTS[f"{fixture}_odd"]), rtol=0, atol=1e-4)
+
+
+# Our end point -> timm's module whose output it is, with its reduction of the input.
+ENDPOINTS = {
+    "mobilenetv1_025": [
+        ("block1", "blocks.0.0", 2),
+        ("block3", "blocks.1.1", 4),
+        ("block5", "blocks.2.1", 8),
+        ("block11", "blocks.3.5", 16),
+        ("block13", "blocks.4.1", 32),
+    ],
+    "mobilenetv2_035": [
+        ("block1", "blocks.0.0", 2),
+        ("block3", "blocks.1.1", 4),
+        ("block6", "blocks.2.2", 8),
+        ("block13", "blocks.4.2", 16),
+        ("conv18", "bn2", 32),  # timm's conv_head, then bn2 with its ReLU6
+    ],
+}
+
+
+@pytest.mark.parametrize("fixture", SMALL)
+def test_end_points_equal_timm_at_every_size(fixture: str) -> None:
+    model = load_model(FIXTURES / f"timm_{fixture}.safetensors", SMALL[fixture]).eval()
+    extractor = FeatureExtractor(model)
+    assert [(info.name, info.reduction) for info in extractor.info] == [(ours, r) for ours, _, r in ENDPOINTS[fixture]]
+    image = OUTPUTS["image"]
+    for size, crop in (("224", image), ("odd", image[:, : ODD[0], : ODD[1]])):
+        with torch.no_grad():
+            maps = extractor.double()(normalised(crop).double())  # as make_timm.py computed them
+        for ours, theirs, _ in ENDPOINTS[fixture]:
+            key = f"{fixture}_{theirs}_{size}"  # two of the map's channels, as make_timm.py stored them
+            expected = torch.from_numpy(OUTPUTS[key])
+            assert expected.std() > 0.1  # the weights do shape the map
+            torch.testing.assert_close(maps[ours][:, OUTPUTS[f"{key}_channels"]].float(), expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("fixture", SMALL)
