@@ -2,7 +2,8 @@
 
 The fixtures (tests/fixtures/keras/, written by tests/fixtures/make_keras.py with Keras 3) hold small
 Keras models with random weights and BatchNorm statistics and Keras's logits for one image at the
-default size and at an odd size (161 px, where Keras V1's fixed padding differs from TF "SAME").
+default size and at an odd size (161 px, where Keras V1's fixed padding differs from TF "SAME"), and
+the outputs there of the Keras layers that end each reduction.
 """
 
 import json
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets import create_model, load_model
+from mobilenets import FeatureExtractor, create_model, load_model
 from mobilenets.layers import conv2d
 from mobilenets.weights import convert_weights, fit_state_dict, read_weights_file
 
@@ -58,6 +59,40 @@ def test_logits_equal_keras_at_every_size(outputs, family: str, file: str, name:
         assert expected.std() > 0.1  # the weights do shape the outputs
         probabilities = torch.softmax(torch.from_numpy(run(model, keras_input(outputs, size))), 1)
         np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(expected), 1), rtol=0, atol=1e-5)
+
+
+# Our end point -> the Keras layer whose output it is, with its reduction of the input. Our V2 blocks
+# count from 1 where Keras's count from 0 after ``expanded_conv``; its stride-1 blocks end in ``_add``.
+ENDPOINTS = {
+    "v1": [
+        ("block1", "conv_pw_1_relu", 2),
+        ("block3", "conv_pw_3_relu", 4),
+        ("block5", "conv_pw_5_relu", 8),
+        ("block11", "conv_pw_11_relu", 16),
+        ("block13", "conv_pw_13_relu", 32),
+    ],
+    "v2": [
+        ("block1", "expanded_conv_project_BN", 2),
+        ("block3", "block_2_add", 4),
+        ("block6", "block_5_add", 8),
+        ("block13", "block_12_add", 16),
+        ("conv18", "out_relu", 32),
+    ],
+}
+
+
+@pytest.mark.parametrize(("family", "file", "name"), KERAS, ids=[family for family, _, _ in KERAS])
+def test_end_points_equal_keras_at_every_size(outputs, family: str, file: str, name: str) -> None:
+    extractor = FeatureExtractor(load_model(FIXTURES / file, name).eval())
+    assert [(info.name, info.reduction) for info in extractor.info] == [(ours, r) for ours, _, r in ENDPOINTS[family]]
+    for size in SIZES:
+        with torch.no_grad():
+            maps = extractor(keras_input(outputs, size))
+        for ours, theirs, _ in ENDPOINTS[family]:
+            key = f"{family}_{theirs}_{size}"  # two of the map's channels (NHWC), as make_keras.py stored them
+            expected = outputs[key].transpose(0, 3, 1, 2)
+            assert expected.std() > 0.1  # the weights do shape the map
+            np.testing.assert_allclose(maps[ours][:, outputs[f"{key}_channels"]], expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(("family", "file", "name"), KERAS, ids=[family for family, _, _ in KERAS])
