@@ -5,7 +5,8 @@ The fixtures (tests/fixtures/slim/, written by tests/fixtures/make_slim.py with 
 MobileNetV2 (α = 0.35, 10 classes) under slim's names with random weights and BatchNorm statistics,
 and TF's logits for one image at the default size and
 at an odd size (161 px: TF's "SAME" pads its strided layers 1 on each side there, but 0 before and 1
-after at 224, where symmetric padding differs).
+after at 224, where symmetric padding differs), and the maps there of the slim layers that end each
+reduction.
 """
 
 import tarfile
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobilenets import create_model, load_model
+from mobilenets import FeatureExtractor, create_model, load_model
 from mobilenets.weights import convert_weights, load_weights, read_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
@@ -74,6 +75,44 @@ def test_v2_logits_equal_tensorflow_at_every_size(outputs, tmp_path: Path) -> No
         expected = outputs[f"v2_logits_{size}"]
         assert expected.std() > 0.1
         np.testing.assert_allclose(run(model.double(), tf_input(outputs, size).double()), expected, rtol=0, atol=1e-5)
+
+
+# Our end point -> the slim scope whose output it is, with its reduction of the input. slim's V2 also
+# names its end points ``layer_1`` (Conv) to ``layer_19`` (Conv_1): these are layer_2, 4, 7, 14 and 19.
+ENDPOINTS = {
+    "v1": [
+        ("block1", "MobilenetV1/Conv2d_1_pointwise", 2),
+        ("block3", "MobilenetV1/Conv2d_3_pointwise", 4),
+        ("block5", "MobilenetV1/Conv2d_5_pointwise", 8),
+        ("block11", "MobilenetV1/Conv2d_11_pointwise", 16),
+        ("block13", "MobilenetV1/Conv2d_13_pointwise", 32),
+    ],
+    "v2": [
+        ("block1", "MobilenetV2/expanded_conv", 2),
+        ("block3", "MobilenetV2/expanded_conv_2", 4),
+        ("block6", "MobilenetV2/expanded_conv_5", 8),
+        ("block13", "MobilenetV2/expanded_conv_12", 16),
+        ("conv18", "MobilenetV2/Conv_1", 32),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "archive", "name"),
+    [("v1", "mobilenet_v1_0.25.tgz", NAME), ("v2", "mobilenet_v2_0.35.tgz", "mobilenet_v2_0.35_224")],
+    ids=["v1", "v2"],
+)
+def test_end_points_equal_tf_at_every_size(outputs, tmp_path: Path, family: str, archive: str, name: str) -> None:
+    extractor = FeatureExtractor(load_model(unpack(archive, tmp_path), name).eval()).double()  # as TF's, float64
+    assert [(info.name, info.reduction) for info in extractor.info] == [(ours, r) for ours, _, r in ENDPOINTS[family]]
+    for size in SIZES:
+        with torch.no_grad():
+            maps = extractor(tf_input(outputs, size).double())
+        for ours, theirs, _ in ENDPOINTS[family]:
+            key = f"{family}_{theirs}_{size}"  # two of the map's channels (NHWC), as make_slim.py stored them
+            expected = outputs[key].transpose(0, 3, 1, 2)
+            assert expected.std() > 0.1  # the weights do shape the map
+            np.testing.assert_allclose(maps[ours][:, outputs[f"{key}_channels"]], expected, rtol=0, atol=1e-4)
 
 
 def test_pytorch_batchnorm_epsilon_or_padding_would_differ(outputs, checkpoint: Path) -> None:
