@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "classify images"),
     "train": ("train", "train a model (default: a small MobileNet on Fashion-MNIST)"),
     "eval": ("eval", "evaluate trained weights on a data set"),
+    "deploy": ("deploy", "export a trained run to verified int8 and time it beside fp32"),
 }
 
 

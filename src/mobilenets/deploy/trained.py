@@ -1,0 +1,189 @@
+"""What users do after training, in one call: export a run's best weights to int8, verify them on the
+held-out images, and time them beside fp32.
+
+:func:`deploy_run` reads ``best.safetensors`` (and ``report.json`` for the training figures) from a
+``mobilenets train`` folder, writes ``model.onnx`` (fp32, verified on random inputs) and
+``model-int8.onnx`` (int8 QDQ calibrated on training images, verified on the held-out ones; OpenVINO:
+``.xml`` + ``.bin``) beside them, then times batch-1 latency of eager PyTorch and both files in turns
+(:func:`mobilenets.bench.measure`). Without the deploy extra only eager PyTorch is timed, and the
+report says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..bench import DEFAULT_TIMING, BenchResult, Entry, Timing, check_threads, make_runner, measure, torch_threads
+from ..cost import count_cost
+from ..train.run_files import BEST
+from ..weights import load_model
+from .export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, FORMATS, INT8_FORMATS, ExportReport, export_model
+from .fuse import input_shape
+from .quantize import DEFAULT_CALIB_SAMPLES, calibration_data
+
+# The Python packages each export format needs (the deploy extra).
+NEEDS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
+RUNTIME = {"onnx": ("onnx", "onnx-int8"), "openvino": ("openvino", "openvino-int8")}
+
+
+def missing_packages(fmt: str) -> list[str]:
+    """The packages of :data:`NEEDS` for ``fmt`` that cannot be imported."""
+    missing = []
+    for package in NEEDS[fmt]:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+@dataclass(kw_only=True)
+class DeployReport:
+    """A trained run exported and timed. Latencies in ms at batch 1; ``training``: the run's report.json."""
+
+    run_dir: Path
+    fmt: str
+    training: dict[str, Any] | None
+    params: int
+    fp32: ExportReport | None
+    int8: ExportReport | None
+    latency: list[BenchResult]
+    skipped: str | None = None  # why the export was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "format": self.fmt,
+            "training": self.training,
+            "params": self.params,
+            "fp32": self.fp32.to_dict() if self.fp32 else None,
+            "int8": self.int8.to_dict() if self.int8 else None,
+            "latency": [result.to_dict() for result in self.latency],
+            "skipped": self.skipped,
+        }
+
+    def format(self) -> str:
+        lines = []
+        if self.training:
+            t = self.training
+            minutes, seconds = divmod(round(t["seconds"]), 60)
+            lines.append(
+                f"trained    {t['model']} on {t['data']} at {t['resolution']}×{t['resolution']}: "
+                f"{minutes} min {seconds:02d} s, {t['train_images_per_s']:,.0f} images/s; top-1 "
+                f"{100 * t['evaluation']['top1']:.2f} % on {t['evaluation']['images']:,} val images "
+                f"(epoch {t['best']['epoch']} {t['best']['weights']} weights, the best on val)"
+            )
+        if self.int8 is not None:
+            r = self.int8
+            lines.append(
+                f"accuracy   fp32 {100 * r.accuracy_fp32:.2f} %, int8 {100 * r.accuracy_int8:.2f} % on "
+                f"{r.samples:,} val images; top-1 agreement {100 * r.agreement:.2f} % (required "
+                f"{100 * r.min_agreement:.0f} %); int8 calibrated on {r.calibration_images:,} train images"
+            )
+        for result in self.latency:
+            lines.append(
+                f"latency    {result.runtime:<14} p50 {result.p50_ms:.3f} ms, p90 {result.p90_ms:.3f} ms, IQR "
+                f"{result.iqr_ms:.3f} ms over {result.repeats} calls ({result.device}, batch 1)"
+            )
+        size = f"size       {self.params / 1e6:.3f} M params"
+        for name, report in (("fp32", self.fp32), ("int8", self.int8)):
+            if report is not None:
+                size += f", {name} {self.fmt} {sum(p.stat().st_size for p in report.files) / 1e3:,.0f} kB"
+        lines.append(size)
+        if self.skipped:
+            lines.append(f"export     skipped: {self.skipped}")
+        else:
+            files = [path for report in (self.fp32, self.int8) for path in report.files]
+            lines.append(f"files      {', '.join(str(path) for path in files)}")
+        return "\n".join(lines)
+
+
+def deploy_run(
+    run_dir: str | Path,
+    *,
+    fmt: str = "onnx",
+    data: str | None = None,
+    calib_samples: int = DEFAULT_CALIB_SAMPLES,
+    eval_samples: int = 10_000,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_eval_samples: int = DEFAULT_MIN_EVAL_SAMPLES,
+    threads: int | None = None,
+    timing: Timing = DEFAULT_TIMING,
+) -> DeployReport:
+    """Export ``run_dir``'s best weights (fp32 and int8, format ``fmt``: onnx or openvino), verify them
+    (int8: on up to ``eval_samples`` images of ``data``'s val split, by default the run's data), and time
+    batch-1 latency of eager PyTorch and both files on the CPU with ``threads`` threads. Raises
+    :class:`~mobilenets.deploy.VerificationError` when a check fails (files kept for inspection)."""
+    if fmt not in INT8_FORMATS:
+        raise ValueError(f"format must be one of {list(INT8_FORMATS)}, got {fmt!r}")
+    run_dir = Path(run_dir)
+    weights = run_dir / BEST
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: give a folder written by `mobilenets train`")
+    threads = check_threads(threads)
+    report_file = run_dir / "report.json"
+    training = json.loads(report_file.read_text()) if report_file.is_file() else None
+    config_file = run_dir / "config.json"
+    if data is None:
+        if not config_file.is_file():
+            raise ValueError(f"{config_file} not found: give the data to calibrate and verify on")
+        data = json.loads(config_file.read_text())["data"]
+    model = load_model(weights).eval()
+    resolution = model.meta.resolution
+    cost = count_cost(model, resolution, model.meta.name)
+    entries = [_entry(model, "eager", None, threads=threads, mult_adds=cost.mult_adds)]
+    fp32 = int8 = None
+    missing = missing_packages(fmt)
+    skipped = (
+        f"the deploy extra is not installed ({', '.join(missing)}): pip install 'mobilenets[deploy]'"
+        if missing
+        else None
+    )
+    if not missing:
+        suffix = FORMATS[fmt]
+        fp32 = export_model(model, fmt, run_dir / f"model{suffix}", resolution=resolution)
+        calibration, evaluation = calibration_data(
+            data, model, resolution=resolution, calib_samples=calib_samples, eval_samples=eval_samples
+        )
+        int8 = export_model(
+            model,
+            fmt,
+            run_dir / f"model-int8{suffix}",
+            resolution=resolution,
+            calibration=calibration,
+            evaluation=evaluation,
+            calibration_asked=calib_samples,
+            min_agreement=min_agreement,
+            min_eval_samples=min_eval_samples,
+        )
+        for runtime, report in zip(RUNTIME[fmt], (fp32, int8), strict=True):
+            entries.append(_entry(model, runtime, report.files[0], threads=threads, mult_adds=cost.mult_adds))
+    x = np.random.default_rng(0).standard_normal((1, *input_shape(model, resolution)), dtype=np.float32)
+    device = torch.device("cpu")
+    with torch_threads(threads):
+        latency = measure(entries, x, device=device, threads=threads, timing=timing)
+    return DeployReport(
+        run_dir=run_dir,
+        fmt=fmt,
+        training=training,
+        params=cost.params,
+        fp32=fp32,
+        int8=int8,
+        latency=latency,
+        skipped=skipped,
+    )
+
+
+def _entry(model: torch.nn.Module, runtime: str, artifact: Path | None, *, threads: int, mult_adds: int) -> Entry:
+    def build():
+        device = torch.device("cpu")
+        return make_runner(model, runtime, artifact=artifact, device=device, threads=threads, batch=1, alone=False)
+
+    return Entry(model=model.meta.name, runtime=runtime, build=build, mult_adds=mult_adds)

@@ -1,0 +1,60 @@
+"""``deploy_run`` / ``mobilenets deploy``: a trained run exported to fp32 and int8, verified and timed."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from mobilenets.bench import QUICK
+from mobilenets.cli import main
+from mobilenets.data.synthetic import make_image_folder
+from mobilenets.deploy import VerificationError
+from mobilenets.deploy.trained import deploy_run
+from mobilenets.train import train
+
+from tiny_run import tiny
+
+# Enough images for the int8 check's minimum calibration (100): 4 classes × 26 train, × 6 val.
+CALIB, EVAL = 104, 24
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("deploy")
+    data = make_image_folder(root / "data", num_classes=4, per_class=26, val_per_class=6)
+    train(tiny(data, root / "run", epochs=1))
+    return root / "run"
+
+
+def test_deploy_run_reports_fp32_and_int8(run_dir: Path) -> None:
+    report = deploy_run(run_dir, calib_samples=CALIB, min_eval_samples=EVAL, min_agreement=0.5, timing=QUICK)
+    int8 = report.int8
+    assert int8.passed and int8.samples == EVAL and int8.calibration_images == CALIB
+    assert 0 <= int8.accuracy_fp32 <= 1 and 0 <= int8.accuracy_int8 <= 1
+    assert [r.runtime for r in report.latency] == ["eager", "onnx", "onnx-int8"]
+    assert all(r.p50_ms > 0 and r.repeats == QUICK.repeats for r in report.latency)
+    assert (run_dir / "model.onnx").is_file() and (run_dir / "model-int8.onnx").is_file()
+    text = report.format()
+    assert f"int8 {100 * int8.accuracy_int8:.2f} %" in text
+    assert "onnx-int8" in text and str(run_dir / "model-int8.onnx") in text
+    assert text.startswith("trained    mobilenet_v1_0.25_32")  # the run's report.json
+
+
+def test_deploy_run_fails_verification_on_too_few_images(run_dir: Path) -> None:
+    with pytest.raises(VerificationError, match="fewer than min_eval_samples 1000"):
+        deploy_run(run_dir, calib_samples=CALIB, min_eval_samples=1000, min_agreement=0.5, timing=QUICK)
+
+
+def test_deploy_run_without_deploy_extra(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    report = deploy_run(run_dir, timing=QUICK)
+    assert report.int8 is None and [r.runtime for r in report.latency] == ["eager"]
+    assert "export     skipped: the deploy extra is not installed (onnxruntime)" in report.format()
+
+
+def test_deploy_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
+    assert main(["deploy", str(tmp_path)]) == 2
+    assert "mobilenets deploy: error:" in capsys.readouterr().err
+    args = ["deploy", str(run_dir), "--calib-samples", str(CALIB), "--min-agreement", "0.5", "--repeats", "1"]
+    assert main([*args, "--min-eval-samples", "1000"]) == 1
+    assert "int8 verification FAILED" in capsys.readouterr().err
