@@ -58,3 +58,13 @@ def test_deploy_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], r
     args = ["deploy", str(run_dir), "--calib-samples", str(CALIB), "--min-agreement", "0.5", "--repeats", "1"]
     assert main([*args, "--min-eval-samples", "1000"]) == 1
     assert "int8 verification FAILED" in capsys.readouterr().err
+
+
+def test_deploy_run_openvino(run_dir: Path) -> None:
+    report = deploy_run(
+        run_dir, fmt="openvino", calib_samples=CALIB, min_eval_samples=EVAL, min_agreement=0.5, timing=QUICK
+    )
+    assert [r.runtime for r in report.latency] == ["eager", "openvino", "openvino-int8"]
+    assert report.int8.files == [run_dir / "model-int8.xml", run_dir / "model-int8.bin"]
+    with pytest.raises(ValueError, match="format must be one of"):
+        deploy_run(run_dir, fmt="torchscript")

@@ -27,10 +27,13 @@ from ..weights import load_model
 from .export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, FORMATS, INT8_FORMATS, ExportReport, export_model
 from .fuse import input_shape
 from .quantize import DEFAULT_CALIB_SAMPLES, calibration_data
+from .runtimes import Runner
 
 # The Python packages each export format needs (the deploy extra).
 NEEDS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
 RUNTIME = {"onnx": ("onnx", "onnx-int8"), "openvino": ("openvino", "openvino-int8")}
+# Where the exported files are deployed and timed; eager PyTorch is timed there too, so the three compare.
+CPU = torch.device("cpu")
 
 
 def missing_packages(fmt: str) -> list[str]:
@@ -141,12 +144,10 @@ def deploy_run(
     entries = [_entry(model, "eager", None, threads=threads, mult_adds=cost.mult_adds)]
     fp32 = int8 = None
     missing = missing_packages(fmt)
-    skipped = (
-        f"the deploy extra is not installed ({', '.join(missing)}): pip install 'mobilenets[deploy]'"
-        if missing
-        else None
-    )
-    if not missing:
+    skipped = None
+    if missing:
+        skipped = f"the deploy extra is not installed ({', '.join(missing)}): pip install 'mobilenets[deploy]'"
+    else:
         suffix = FORMATS[fmt]
         fp32 = export_model(model, fmt, run_dir / f"model{suffix}", resolution=resolution)
         calibration, evaluation = calibration_data(
@@ -166,9 +167,8 @@ def deploy_run(
         for runtime, report in zip(RUNTIME[fmt], (fp32, int8), strict=True):
             entries.append(_entry(model, runtime, report.files[0], threads=threads, mult_adds=cost.mult_adds))
     x = np.random.default_rng(0).standard_normal((1, *input_shape(model, resolution)), dtype=np.float32)
-    device = torch.device("cpu")
     with torch_threads(threads):
-        latency = measure(entries, x, device=device, threads=threads, timing=timing)
+        latency = measure(entries, x, device=CPU, threads=threads, timing=timing)
     return DeployReport(
         run_dir=run_dir,
         fmt=fmt,
@@ -182,8 +182,7 @@ def deploy_run(
 
 
 def _entry(model: torch.nn.Module, runtime: str, artifact: Path | None, *, threads: int, mult_adds: int) -> Entry:
-    def build():
-        device = torch.device("cpu")
-        return make_runner(model, runtime, artifact=artifact, device=device, threads=threads, batch=1, alone=False)
+    def build() -> Runner:
+        return make_runner(model, runtime, artifact=artifact, device=CPU, threads=threads, batch=1, alone=False)
 
     return Entry(model=model.meta.name, runtime=runtime, build=build, mult_adds=mult_adds)
