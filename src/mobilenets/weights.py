@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import read_saved_weights, save_weights
+from .errors import first_line
 from .formats.keras_h5 import is_hdf5, read_keras_h5
 from .formats.tf_bundle import bundle_prefix, is_archive, read_slim_checkpoint
 from .models.base import MAX_RESOLUTION, check_resolution
@@ -117,7 +118,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         # Truncated, foreign or pickled-object files fail in many ways (EOFError, KeyError, RuntimeError,
         # UnpicklingError, SafetensorError...): all mean the same to the user.
         except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise ValueError(
                 f"weights file {str(path)!r} could not be read as PyTorch or safetensors: {reason}"
             ) from None

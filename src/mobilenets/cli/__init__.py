@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
+from ..errors import first_line
 
 # Commands whose MODEL may come from a --weights file that records it say this when neither is given.
 NO_MODEL = "give a model name (see `mobilenets list`), or --weights FILE from `mobilenets train` (which records it)"
@@ -70,7 +71,7 @@ def describe_error(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror and len(err.args) <= 2:
         path = f": {err.filename!r}" if err.filename else ""
         return f"{err.strerror}{path}"
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return first_line(err)
 
 
 def _silence_stdout() -> None:

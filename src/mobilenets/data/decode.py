@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import first_line
+
 MODES = ("RGB", "L")
 # Evaluation resizes the shorter side to the model's input size, so a 1 × N strip would grow to
 # about N × size² pixels: a 12 KB PNG of 1 × 10⁸ pixels asks for terabytes. 100:1 is wider than
@@ -92,5 +94,5 @@ def decode_image(path: str | os.PathLike, *, mode: str = "RGB", draft: int | Non
     except UnidentifiedImageError:
         raise ValueError(f"image {str(path)!r} is not an image file PIL can read") from None
     except _DECODE_ERRORS as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ValueError(f"image {str(path)!r} could not be decoded: {reason}") from None

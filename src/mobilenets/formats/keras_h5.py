@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import first_line
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The released TF and Keras MobileNets take pixels scaled to [-1, 1].
 KERAS_NORMALISATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -57,7 +59,7 @@ def read_keras_h5(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = _state_dict(weights)
     # Truncated or damaged files fail in h5py, and odd contents in numpy, in many ways.
     except (OSError, KeyError, TypeError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ValueError(f"weights file {str(path)!r} could not be read as Keras HDF5: {reason}") from None
     if not weights:
         raise ValueError(

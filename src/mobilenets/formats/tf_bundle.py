@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from ..errors import first_line
 from ..registry import TF_RANGE
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -112,7 +113,7 @@ def read_bundle_archive(path: Path, *, skip: re.Pattern[str] | None = None) -> d
         raise
     # A damaged archive fails in tarfile, gzip or zlib in many ways.
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ValueError(f"weights file {str(path)!r} could not be read as a tar archive: {reason}") from None
 
 
