@@ -143,11 +143,10 @@ def device_label(device: torch.device, threads: int) -> str:
 
 
 def check_threads(threads: int | None) -> int:
-    """``threads`` (default: PyTorch's when ``OMP_NUM_THREADS`` is set, as ``train`` does, else
-    :func:`~mobilenets.device.default_threads`), checked to be from 1 to the cores this process may
-    use: more only makes each thread wait for the others."""
+    """``threads`` (default: :func:`~mobilenets.device.default_threads`, as ``train`` chooses), checked
+    to be from 1 to the cores this process may use: more only makes each thread wait for the others."""
     if threads is None:
-        threads = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else default_threads()
+        threads = default_threads()
     cores = usable_cores()
     if not isinstance(threads, int) or not 1 <= threads <= cores:
         raise ValueError(

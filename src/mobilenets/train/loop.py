@@ -320,11 +320,7 @@ class Trainer:
         self.local_batch = batch_size // env.world_size
         self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
         if env.device.type == "cpu":
-            threads = cfg.threads or (
-                None if "OMP_NUM_THREADS" in os.environ else default_threads(self.workers, processes=env.world_size)
-            )
-            if threads:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(cfg.threads or default_threads(self.workers, processes=env.world_size))
         self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
         self.loader_generator = torch.Generator()
         self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
