@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
-from ..bench import DEFAULT_TIMING, Timing
+from ..bench import DEFAULT_TIMING
 from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, INT8_FORMATS, VerificationError
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES
 from ..deploy.trained import deploy_run
@@ -62,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    timing = Timing(warmup=DEFAULT_TIMING.warmup, repeats=args.repeats, block=DEFAULT_TIMING.block)
+    timing = replace(DEFAULT_TIMING, repeats=args.repeats)
     try:
         report = deploy_run(
             args.run_dir,

@@ -1,12 +1,12 @@
 """What users do after training, in one call: export a run's best weights to int8, verify them on the
 held-out images, and time them beside fp32.
 
-:func:`deploy_run` reads ``best.safetensors`` (and ``report.json`` for the training figures) from a
-``mobilenets train`` folder, writes ``model.onnx`` (fp32, verified on random inputs) and
-``model-int8.onnx`` (int8 QDQ calibrated on training images, verified on the held-out ones; OpenVINO:
-``.xml`` + ``.bin``) beside them, then times batch-1 latency of eager PyTorch and both files in turns
-(:func:`mobilenets.bench.measure`). Without the deploy extra only eager PyTorch is timed, and the
-report says so.
+:func:`deploy_run` reads ``best.safetensors`` (with the data it was trained on, which it records) and
+``report.json`` (the training figures) from a ``mobilenets train`` folder, writes ``model.onnx``
+(fp32, verified on random inputs) and ``model-int8.onnx`` (int8 QDQ calibrated on training images,
+verified on the held-out ones; OpenVINO: ``.xml`` + ``.bin``) beside them, then times batch-1 latency
+of eager PyTorch and both files in turns (:func:`mobilenets.bench.measure`). Without the deploy extra
+only eager PyTorch is timed, and the report says so.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from ..bench import DEFAULT_TIMING, BenchResult, Entry, Timing, check_threads, make_runner, measure, torch_threads
 from ..cost import count_cost
 from ..train.run_files import BEST
-from ..weights import load_model
+from ..weights import model_from, read_weights_source
 from .export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, FORMATS, INT8_FORMATS, ExportReport, export_model
 from .fuse import input_shape
 from .quantize import DEFAULT_CALIB_SAMPLES, calibration_data
@@ -133,12 +133,11 @@ def deploy_run(
     threads = check_threads(threads)
     report_file = run_dir / "report.json"
     training = json.loads(report_file.read_text()) if report_file.is_file() else None
-    config_file = run_dir / "config.json"
-    if data is None:
-        if not config_file.is_file():
-            raise ValueError(f"{config_file} not found: give the data to calibrate and verify on")
-        data = json.loads(config_file.read_text())["data"]
-    model = load_model(weights).eval()
+    read = read_weights_source(weights)  # read once: the model and the data it was trained on
+    data = data if data is not None else read.info.get("data")
+    if not data:
+        raise ValueError(f"{weights} records no training data: give the data to calibrate and verify on")
+    model = model_from(read).eval()
     resolution = model.meta.resolution
     cost = count_cost(model, resolution, model.meta.name)
     entries = [_entry(model, "eager", None, threads=threads, mult_adds=cost.mult_adds)]
