@@ -40,7 +40,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ import torch
 from tabulate import tabulate
 from torch import nn
 
+from .checkpoint import atomic_write
 from .cost import count_cost
 from .deploy.export import export_onnx
 from .deploy.fuse import input_shape
@@ -112,14 +113,10 @@ def update_cache(path: Path, entries: dict[str, Any]) -> None:
     """Merge ``entries`` into the JSON cache at ``path`` (written atomically); a cache that cannot be
     written is a :class:`BenchWarning` naming ``path``, not an error."""
     data = read_cache(path) | entries
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode())
     except OSError as err:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
         message = f"cache {str(path)!r} cannot be written ({err.strerror}): figures not kept"
         warnings.warn(message, BenchWarning, stacklevel=2)
 

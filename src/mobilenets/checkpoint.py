@@ -70,7 +70,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, backup: str | os.PathL
             Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             # The temporary file's name means nothing to the user: name the file being written.
-            raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
 
 
