@@ -230,8 +230,7 @@ def get_weights(name: str) -> PretrainedWeights:
     """The catalogue entry called ``name`` (see `mobilenets weights`)."""
     registry()
     if name not in _CATALOGUE:
-        close = difflib.get_close_matches(name, list(_CATALOGUE), n=3, cutoff=0.75)
-        hint = f"; similar: {', '.join(close)}" if close else ""
+        hint = _similar(name, list(_CATALOGUE), most=3)
         raise ValueError(f"weights {name!r} are not in the catalogue (see `mobilenets weights`){hint}")
     return _CATALOGUE[name]
 
@@ -290,6 +289,12 @@ def _check_resolution(resolution: int) -> int:
     return check_resolution(resolution)
 
 
+def _similar(name: str, known: list[str], *, most: int) -> str:
+    """``"; similar: a, b"``: the ``known`` names closest to a mistyped ``name`` (by difflib), or ``""``."""
+    close = difflib.get_close_matches(name, known, n=most, cutoff=0.75)
+    return f"; similar: {', '.join(close)}" if close else ""
+
+
 def get_entry(name: str) -> ModelEntry:
     """The entry of a registered name, an alias (its registered model), or a registered family and
     width at any resolution (``mobilenet_v2_0.35_64``: ``mobilenet_v2_0.35_*`` with 64 as default size)."""
@@ -300,8 +305,7 @@ def get_entry(name: str) -> ModelEntry:
         return models[_ALIASES[name]]
     entry = _sized_entry(name, models)
     if entry is None:
-        close = difflib.get_close_matches(name, [*models, *_ALIASES], n=5, cutoff=0.75)
-        hint = f"; similar: {', '.join(close)}" if close else ""
+        hint = _similar(name, [*models, *_ALIASES], most=5)
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
     return entry
 
