@@ -54,6 +54,7 @@ LABEL_OFFSETS = [
     for radius in (6, 16, 28, 42)
     for dx, dy in ((-1, 1), (-1, 0), (0, 1), (1, -1), (1, 0), (0, -1), (1, 1), (-1, -1))
 ]
+DEFAULT_RUNTIME = "eager"  # what latency is measured in unless told
 PUBLISHED_NOTE = "top-1: published ImageNet figures (papers and released checkpoints), not measured here"
 
 
@@ -126,7 +127,7 @@ def runtime_version(runtime: str) -> str:
 
 def measure_latencies(
     names: Sequence[str],
-    runtime: str = "eager",
+    runtime: str = DEFAULT_RUNTIME,
     *,
     device: torch.device | str | None = None,
     threads: int | None = None,
@@ -202,7 +203,7 @@ def select_models(
     limit: float,
     families: Sequence[str] | None = None,
     pattern: str = "*",
-    runtime: str = "eager",
+    runtime: str = DEFAULT_RUNTIME,
     device: torch.device | str | None = None,
     threads: int | None = None,
     measure: bool = True,

@@ -6,7 +6,14 @@ import argparse
 import json
 
 from ..bench import QUICK, RUNTIMES, Timing
-from ..selection import PUBLISHED_NOTE, check_plot_folder, format_selection, plot_selection, select_models
+from ..selection import (
+    DEFAULT_RUNTIME,
+    PUBLISHED_NOTE,
+    check_plot_folder,
+    format_selection,
+    plot_selection,
+    select_models,
+)
 from .bench import bench_warnings, comma_list
 
 REPEATS = 20  # timed calls per model, after 3 untimed ones
@@ -26,7 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--latency-ms", type=float, metavar="X", help="budget: p50 latency in ms, measured here")
     budget.add_argument("--mult-adds", type=float, metavar="M", help="budget: millions of mult-adds per image")
     budget.add_argument("--params", type=float, metavar="P", help="budget: millions of parameters")
-    parser.add_argument("--runtime", choices=RUNTIMES, help="runtime latency is measured in (default eager)")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, help=f"runtime latency is measured in (default {DEFAULT_RUNTIME})"
+    )
     parser.add_argument(
         "--families", type=comma_list(str), metavar="F,...", help="comma-separated families (default: all)"
     )
@@ -70,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             limit,
             families=args.families,
             pattern=args.models,
-            runtime="eager" if args.runtime is None else args.runtime,
+            runtime=DEFAULT_RUNTIME if args.runtime is None else args.runtime,
             device=args.device,
             threads=args.threads,
             measure=not args.no_measure,
