@@ -106,8 +106,7 @@ class TrainResult:
             f"  speed      {self.images_per_s:,.0f} training images/s",
             f"  files      {self.run_dir}/: {', '.join(self.files)}",
             f"  evaluate   mobilenets eval --weights {self.run_dir / BEST} --data {cfg.data}",
-            f"  deploy     mobilenets export --weights {self.run_dir / BEST} --format onnx "
-            f"--out {self.run_dir / 'model.onnx'}",
+            f"  deploy     mobilenets deploy {self.run_dir}",
         ]
         if self.skipped:
             lines.insert(4, f"  skipped    {self.skipped} unreadable images per epoch (named in the warnings above)")
