@@ -25,12 +25,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -40,6 +39,9 @@ from ..models.base import check_resolution
 from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, fashion_mnist_dir, load_fashion_mnist
 from .decode import check_image_size, decode_image
 from .scenes import scene
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 DEFAULT_DETECTION_DATA = "fashion-mnist-scenes"
 SPLITS = ("train", "val")
@@ -301,15 +303,22 @@ def _check_images(
                 labels=np.array(labels, np.int64),
             )
         )
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    return records, coco_from_dict({"images": gt_images, "annotations": gt_annotations, "categories": categories})
+
+
+def coco_from_dict(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` over ``dataset`` (its "images", "annotations" and "categories"), indexed
+    without printing; a ValueError saying how to install pycocotools when it is missing."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError:
+        raise ValueError("object detection needs pycocotools: pip install 'mobilenets[detect]'") from None
     coco = COCO()
-    coco.dataset = {
-        "images": gt_images,
-        "annotations": gt_annotations,
-        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(classes)],
-    }
+    coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
         coco.createIndex()
-    return records, coco
+    return coco
 
 
 def _image_size(path: Path) -> tuple[int, int]:
