@@ -461,21 +461,19 @@ def _voc_objects(path: Path, root: ET.Element) -> list[tuple[str, list[float], b
 def _read_voc(root: Path, split: str, skipped: Counter[str]) -> _Split:
     list_file = _voc_list(root, split)
     ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    # Every file is read, whichever the split, so that all splits find the same classes: VOC's 20
+    # when no object is of another class, else the names found, sorted.
+    files = {xml.stem: (xml, _parse_voc_xml(xml)) for xml in sorted((root / "Annotations").glob("*.xml"))}
+    objects_of = {stem: _voc_objects(xml, tree) for stem, (xml, tree) in files.items()}
+    names = {obj[0] for objects in objects_of.values() for obj in objects}
+    classes = list(VOC_CLASSES) if names <= set(VOC_CLASSES) else sorted(names)
     parsed = []
     for i, name in enumerate(ids, start=1):
-        xml = root / "Annotations" / f"{name}.xml"
-        if not xml.is_file():
+        if name not in files:
             skipped[MISSING_XML] += 1
             continue
-        tree = _parse_voc_xml(xml)
-        filename = (tree.findtext("filename") or "").strip() or f"{name}.jpg"
-        parsed.append((i, root / "JPEGImages" / filename, _voc_objects(xml, tree)))
-    names = {obj[0] for _, _, objects in parsed for obj in objects}
-    if names <= set(VOC_CLASSES):
-        classes = list(VOC_CLASSES)
-    else:  # a VOC-format set of other classes: every split reads all files so that labels agree
-        every = (_voc_objects(xml, _parse_voc_xml(xml)) for xml in sorted((root / "Annotations").glob("*.xml")))
-        classes = sorted({obj[0] for objects in every for obj in objects})
+        filename = (files[name][1].findtext("filename") or "").strip() or f"{name}.jpg"
+        parsed.append((i, root / "JPEGImages" / filename, objects_of[name]))
     label_of = {name: i + 1 for i, name in enumerate(classes)}
     images, annotations = [], []
     for image_id, path, objects in parsed:
