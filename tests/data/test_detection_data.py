@@ -155,6 +155,17 @@ def test_coco_bad_boxes_missing_and_unreadable_images_and_crowds_are_counted(tmp
     ]
 
 
+def test_a_photo_turned_by_its_exif_orientation_is_clipped_to_its_upright_size(tmp_path: Path) -> None:
+    coco_folder(tmp_path, [{"image_id": 10, "category_id": 3, "bbox": [2, 2, 36, 36]}], n_images=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 × 30, shown turned a quarter: 30 × 40
+    Image.new("RGB", (40, 30)).save(tmp_path / "train" / "img0.png", exif=exif)
+    dataset = load(tmp_path)
+    image, target = dataset[0]
+    assert image.shape == (3, 40, 30) and dataset.coco.imgs[10]["width"] == 30
+    assert boxes_of(target) == [[2.0, 2.0, 30.0, 38.0]] and dataset.skipped == {CLIPPED: 1}
+
+
 def test_an_image_that_fails_when_read_is_black_without_boxes_and_counted(tmp_path: Path) -> None:
     coco_folder(tmp_path, [{"image_id": 10, "category_id": 3, "bbox": [1, 1, 5, 5]}], n_images=1)
     dataset = load(tmp_path)
@@ -255,27 +266,27 @@ def test_malformed_voc_file_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_augmentation_keeps_each_box_on_its_object() -> None:
-    """A white square on black, its pixels tracked by a mask: after each augmentation (photometric,
-    zoom-out, IoU crop, flip, resize) the box still bounds the mask within a pixel or two."""
+    """A white square on black: after each augmentation (photometric, zoom-out, IoU crop, flip,
+    resize) the box still bounds the square's pixels within a pixel or two."""
     image = torch.zeros(3, 90, 120, dtype=torch.uint8)
     image[:, 20:50, 30:70] = 255
-    mask = torch.zeros(90, 120, dtype=torch.uint8)
-    mask[20:50, 30:70] = 1
     transform = detection_transform(train=True, resolution=RES)
     kept = 0
     for seed in range(40):
         torch.manual_seed(seed)
         boxes = tv_tensors.BoundingBoxes([[30, 20, 70, 50]], format="XYXY", canvas_size=(90, 120))
-        target = {"boxes": boxes, "labels": torch.tensor([1]), "mask": tv_tensors.Mask(mask), "image_id": 1}
-        out_image, out = transform(tv_tensors.Image(image), target)
+        out_image, out = transform(tv_tensors.Image(image), {"boxes": boxes, "labels": torch.tensor([1])})
         assert out_image.shape == (3, RES, RES) and out_image.dtype == torch.float32
         if len(out["boxes"]) == 0:  # a crop may leave the square out
             continue
         kept += 1
-        ys, xs = torch.nonzero(out["mask"], as_tuple=True)
+        # The square stays grey and bright (photometric changes keep grey grey); the background
+        # stays dark, and the zoom-out's fill is a colour (mean RGB, red above blue).
+        grey = out_image.amax(0) - out_image.amin(0) < 10 / 255
+        ys, xs = torch.nonzero(grey & (out_image.mean(0) > 70 / 255), as_tuple=True)
         expected = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
         (box,) = out["boxes"].tolist()
-        assert box == pytest.approx(expected, abs=1.5), f"seed {seed}"
+        assert box == pytest.approx(expected, abs=2), f"seed {seed}"
         assert min(box) >= 0 and max(box) <= RES
     assert kept >= 30
 

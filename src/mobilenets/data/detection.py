@@ -267,15 +267,15 @@ def _check_images(
             continue
         boxes, labels = [], []
         for ann in by_image[image["id"]]:
-            x, y, w, h = ann["bbox"]
-            box = np.array([x, y, x + w, y + h], np.float64)
-            clipped = np.clip(box, 0, [width, height, width, height])
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = [x, y, x + w, y + h]
+            clipped = [min(max(v, 0.0), limit) for v, limit in zip(box, (width, height) * 2, strict=True)]
+            x0, y0, x1, y1 = clipped
+            if x1 <= x0 or y1 <= y0:
                 skipped[EMPTY_BOX] += 1
                 continue
-            if not np.array_equal(box, clipped):
+            if clipped != box:
                 skipped[CLIPPED] += 1
-            x0, y0, x1, y1 = clipped.tolist()
             crowd = int(bool(ann.get("iscrowd", 0)))
             gt_annotations.append(
                 {
