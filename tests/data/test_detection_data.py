@@ -1,5 +1,7 @@
 import gzip
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -392,7 +394,11 @@ def test_interrupted_generation_leaves_nothing_to_read_and_is_redone(
     folder = tmp_path / f"{DEFAULT_DETECTION_DATA}-v{detection_module.SCENES_VERSION}"
     assert list(folder.iterdir()) == []
     monkeypatch.setattr(detection_module, "_write_scenes", write_scenes)
+    killed = folder / ".val-2-killed"  # what a killed generation leaves, two hours ago
+    killed.mkdir()
+    os.utime(killed, (time.time() - 7200,) * 2)
     assert len(load(DEFAULT_DETECTION_DATA, "val", limit=2, cache_dir=tmp_path)) == 2
+    assert [p.name for p in folder.iterdir()] == ["val-2"]
 
 
 def test_built_in_scenes_without_fashion_mnist_say_how_to_get_it(

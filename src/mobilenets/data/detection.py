@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -45,10 +46,12 @@ if TYPE_CHECKING:
 
 DEFAULT_DETECTION_DATA = "fashion-mnist-scenes"
 SPLITS = ("train", "val")
-# The built-in set: scenes per split (generated in about 25 s and 3 s on one shared core, 72 and 9 MB), and its cache
-# folder's version, raised whenever the composition changes so that an old cache is not reused.
+# The built-in set: scenes per split (generated in about 25 s and 3 s on one core of a busy machine,
+# 72 and 9 MB of JPEG), and its cache folder's version, raised whenever the composition changes so
+# that an old cache is not reused. A temporary folder older than STALE_AFTER_S is a killed generation's.
 SCENE_COUNTS = {"train": 4000, "val": 500}
 SCENES_VERSION = 1
+STALE_AFTER_S = 3600
 _SCENE_SEEDS = {"train": 0, "val": 1}
 VOC_CLASSES = (
     "aeroplane",
@@ -109,7 +112,8 @@ class _Image:
 class DetectionDataset(Dataset):
     """Images and their boxes, augmented for training or left at their size for evaluation.
 
-    ``classes``: the K-1 class names, ``classes[i]`` being label i + 1; ``coco``: the split's ground
+    ``classes``: the class names, ``classes[i]`` being label i + 1 (a detector's K outputs are these
+    K-1 and the background, 0); ``coco``: the split's ground
     truth (crowd and difficult boxes included, for COCOeval to ignore); ``skipped``: counts by
     reason; ``source``, ``split``. An image that cannot be decoded when read (found readable when
     the split was loaded) is returned black without boxes, warned about and counted (in the process
@@ -150,9 +154,9 @@ class DetectionDataset(Dataset):
             boxes, labels = boxes[:0], labels[:0]
         target = {
             "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(boxes), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=image.shape[-2:]
+                torch.tensor(boxes), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=image.shape[-2:]
             ),
-            "labels": torch.from_numpy(labels),
+            "labels": torch.tensor(labels),
             "image_id": record.image_id,
         }
         return self.transform(tv_tensors.Image(image), target)
@@ -504,7 +508,11 @@ def _scenes_folder(split: str, count: int, cache_dir: str | os.PathLike | None) 
         ) from None
     parent.mkdir(parents=True, exist_ok=True)
     # Written in a temporary folder renamed when complete: an interrupted generation leaves no
-    # folder that could be read half-written, and is redone.
+    # folder that could be read half-written, and is redone. A killed one leaves its temporary
+    # folder, removed here once it is older than any generation takes.
+    for stale in parent.glob(f".{split}-{count}-*"):
+        if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
+            shutil.rmtree(stale, ignore_errors=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{split}-{count}-", dir=parent))
     try:
         _write_scenes(temp, split, count, items.images[:, 0].numpy(), items.labels.numpy())
