@@ -39,7 +39,7 @@ from ..errors import first_line
 from ..models.base import check_resolution
 from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, FASHION_MNIST_ENV, fashion_mnist_dir, load_fashion_mnist
 from .decode import check_image_size, decode_image
-from .scenes import scene
+from .scenes import random_scene
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -532,7 +532,7 @@ def _write_scenes(folder: Path, split: str, count: int, items: np.ndarray, item_
     (folder / "annotations").mkdir()
     images, annotations = [], []
     for index in range(count):
-        drawn = scene(items, item_labels, np.random.default_rng([_SCENE_SEEDS[split], index]))
+        drawn = random_scene(items, item_labels, np.random.default_rng([_SCENE_SEEDS[split], index]))
         file_name = f"{index:06d}.jpg"
         Image.fromarray(drawn.image).save(folder / split / file_name, quality=92)
         height, width = drawn.image.shape[:2]

@@ -3,7 +3,7 @@
 :func:`compose_scene` places grey items (an object bright on black, as in Fashion-MNIST) on an RGB
 background, each resized, tinted and kept apart from the others, and returns the image with one box
 per item: the bounding box of the pixels it painted. :func:`random_background` draws a solid colour,
-a gradient, smooth noise or a texture tiled from another item. :func:`scene` draws both from a
+a gradient, smooth noise or a texture tiled from another item. :func:`random_scene` draws both from a
 random generator, so a set is one generator per scene index: its first N scenes are the same
 whatever its length.
 """
@@ -134,7 +134,7 @@ def _apart(box: list[float], other: list[float]) -> bool:
     )
 
 
-def scene(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, size: int = SCENE_SIZE) -> Scene:
+def random_scene(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, size: int = SCENE_SIZE) -> Scene:
     """One scene of :data:`ITEMS_PER_SCENE` items drawn from ``images`` (N, h, w) uint8 with class
     ``labels`` (N,), on a :func:`random_background` (textures tiled from the same ``images``)."""
     count = int(rng.integers(ITEMS_PER_SCENE[0], ITEMS_PER_SCENE[1] + 1))
