@@ -225,10 +225,10 @@ def load_detection_dataset(
         root = Path(text)
         if (root / "annotations").is_dir():
             images, annotations, classes = _read_coco(root, split, skipped)
-        elif (root / "Annotations").is_dir() and (root / "ImageSets" / "Main").is_dir():
+        elif (root / "Annotations").is_dir():
             images, annotations, classes = _read_voc(root, split, skipped)
         else:
-            what = "is not a folder" if not root.is_dir() else "has neither annotations/ nor Annotations/"
+            what = "is not a folder" if not root.is_dir() else "has no annotations/ (COCO) nor Annotations/ (VOC)"
             raise ValueError(f"detection data {text!r} {what}: give {_WHAT_DATA_IS}")
         if limit is not None and limit < len(images):
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]
