@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ def init_backbone(model: nn.Module, source: str) -> str:
         if not fitting:
             raise ValueError(
                 f"weights 'pretrained' exist for {packaged or 'no ' + base.family + ' classifier'}, "
-                f"not for {name}'s backbone ({base.family} at width {record.width_mult})"
+                f"not for {name}'s backbone ({base.family} at width {record.width_mult:g})"
             )
         weights = read_weights_source(source, fitting[0])
     else:
@@ -176,6 +176,8 @@ def init_backbone(model: nn.Module, source: str) -> str:
             raise ValueError(
                 f"weights {str(weights.path)!r} are of {recorded} ({family}); {name}'s backbone is {base.family}"
             )
+    # Named so that a file that does not fit says whose backbone it does not fit.
+    classifier.meta = replace(classifier.meta, name=f"{name}'s backbone ({base.family} at width {record.width_mult:g})")
     apply_state_dict(classifier, weights.state, source=repr(str(weights.path)), keep_head=False)
     for end_point, path in record.layers.items():
         model.get_submodule(path).load_state_dict(classifier.features.get_submodule(end_point).state_dict())
