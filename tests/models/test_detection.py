@@ -125,6 +125,19 @@ def test_feature_maps_and_anchors(name: str, strides: list[int], channels: list[
     assert logits.shape == (1, sum(s * s * a for s, a in zip(strides, anchors, strict=True)), 91)
 
 
+def test_feature_maps_export() -> None:
+    """Our parts of a detector (the tapped backbone, the extra layers) hold no data-dependent Python:
+    torch.export traces them as they run."""
+    model = create_model("ssdlite320_mobilenet_v2_0.25", resolution=RES).eval()
+    x = torch.rand(1, 3, RES, RES)
+    exported = torch.export.export(model.backbone, (x,), strict=False).module()
+    with torch.no_grad():
+        got, want = exported(x), model.backbone(x)
+    assert list(got) == list(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+
+
 def test_faster_rcnn_backbone_and_box_head_shapes() -> None:
     model = create_model("fasterrcnn300_mobilenet_v1_0.25").eval()
     with torch.no_grad():
@@ -193,12 +206,21 @@ def test_profile_command_prints_the_paper_figures(cli) -> None:
     report = json.loads(out)
     assert code == 0 and report["model"] == "ssd300_mobilenet_v1_1.0" and report["resolution"] == 300
     assert round(report["params"] / M, 1) == 6.8 and round(report["mult_adds"] / B, 1) == 1.2
-    code, out, _ = cli("list", "fasterrcnn*_1.0", "--json")
-    rows = json.loads(out)
-    assert code == 0 and [(r["model"], r["family"], r["resolution"]) for r in rows] == [
-        ("fasterrcnn300_mobilenet_v1_1.0", "fasterrcnn", 300),
-        ("fasterrcnn600_mobilenet_v1_1.0", "fasterrcnn", 600),
-    ]
+    code, out, _ = cli("list", "*_1.0", "--task", "detection", "--json")
+    rows = [(r["model"], r["task"], r["family"], r["resolution"]) for r in json.loads(out)]
+    assert (
+        code == 0
+        and len(rows) == 7
+        and rows[:2]
+        == [
+            ("fasterrcnn300_mobilenet_v1_1.0", "detection", "fasterrcnn", 300),
+            ("fasterrcnn600_mobilenet_v1_1.0", "detection", "fasterrcnn", 600),
+        ]
+    )
+    code, _, err = cli("list", "ssd*", "--task", "classification")
+    assert code == 2 and err == (
+        "mobilenets list: error: pattern 'ssd*' matches no model of task classification (try `mobilenets list`)\n"
+    )
 
 
 @pytest.mark.parametrize(
