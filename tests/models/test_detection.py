@@ -10,7 +10,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.ssd import SSD
 
-from mobilenets import count_cost, create_model, get_entry, list_models
+from mobilenets import count_cost, create_model, get_entry, list_models, load_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.models.detection import init_backbone
 from mobilenets.registry import CLASSIFICATION, DETECTION
@@ -288,6 +288,19 @@ def test_init_backbone_pretrained_mobilenet_v2() -> None:
     reference = load_weights(create_model("mobilenet_v2_1.0_224"), "pretrained")
     expansion = model.backbone.body.features.block14.expand.conv.weight
     assert torch.equal(expansion, reference.features.block14.expand.conv.weight)
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v2_0.25", "fasterrcnn300_mobilenet_v1_0.25"])
+def test_weights_file_rebuilds_the_detector(name: str, tmp_path: Path) -> None:
+    """A detector's weights file that records its model (as a training run writes it) rebuilds it with
+    ``load_model``, as a classifier's does."""
+    model = create_model(name, num_classes=CLASSES)
+    path = tmp_path / "detector.safetensors"
+    save_weights(path, model.state_dict(), {"model": name, "model_args": {"num_classes": CLASSES, "resolution": 96}})
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and (loaded.meta.num_classes, loaded.meta.resolution) == (CLASSES, 96)
+    for (key, want), got in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(got, want), key
 
 
 def test_three_steps_lower_the_loss() -> None:
