@@ -241,13 +241,15 @@ def test_bad_arguments_name_the_argument(arguments: dict, message: str) -> None:
 
 @pytest.fixture
 def classifier_file(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
-    """A trained MobileNet V1 α = 0.25 classifier's weights file, as `mobilenets train` writes it."""
-    classifier = create_model("mobilenet_v1_0.25_128", num_classes=10)
+    """A trained MobileNet V1 α = 0.25 classifier's weights file, as `mobilenets train` writes it (with
+    TF's BatchNorm settings)."""
+    classifier = create_model("mobilenet_v1_0.25_128", num_classes=10, batchnorm="tf")
     for module in classifier.modules():  # statistics a fresh model does not have
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
     path = tmp_path / "classifier.safetensors"
-    save_weights(path, classifier.state_dict(), {"model": "mobilenet_v1_0.25_128", "model_args": {"num_classes": 10}})
+    arguments = {"num_classes": 10, "batchnorm": "tf"}
+    save_weights(path, classifier.state_dict(), {"model": "mobilenet_v1_0.25_128", "model_args": arguments})
     return path, classifier
 
 
@@ -256,12 +258,13 @@ def test_init_backbone_loads_every_classifier_layer(name: str, classifier_file) 
     path, classifier = classifier_file
     model = create_model(name, num_classes=CLASSES)
     note = init_backbone(model, str(path))
-    assert str(path) in note and name in note and "\n" not in note
+    assert str(path) in note and name in note and "BatchNorm 'tf'" in note and "\n" not in note
     ours = dict(model.named_modules())
     for end_point, module in classifier.features.named_children():
         layer = ours[model.backbone_record.layers[end_point]]
         for key, value in module.state_dict().items():
             assert torch.equal(layer.state_dict()[key], value), (end_point, key)
+        assert all(bn.eps == 1e-3 for bn in layer.modules() if isinstance(bn, torch.nn.BatchNorm2d))
 
 
 def test_init_backbone_refuses_what_does_not_fit(classifier_file, tmp_path: Path) -> None:

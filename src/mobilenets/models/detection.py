@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from ..layers import ConvBNAct
+from ..layers import BATCHNORMS, ConvBNAct
 from ..registry import create_model, get_entry, registry
 from . import mobilenet_v1, mobilenet_v2, shufflenet_v2  # noqa: F401  registers the backbones' classifiers first
 from .base import Backbone, _is_int, check_num_classes
@@ -120,8 +120,9 @@ class BackboneBody(nn.Module):
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneRecord:
-    """Where a detector's backbone came from: the classifier (registered name, width) and, for each
-    of its end points, the detector's module holding that layer (for :func:`init_backbone`)."""
+    """Where a detector's backbone came from: its classifier (a key of :data:`BACKBONES`, a width) and,
+    for each of the classifier's end points, the detector's module holding that layer (for
+    :func:`init_backbone`)."""
 
     backbone: str  # a key of BACKBONES
     width_mult: float
@@ -179,10 +180,18 @@ def init_backbone(model: nn.Module, source: str) -> str:
     # Named so that a file that does not fit says whose backbone it does not fit.
     classifier.meta = replace(classifier.meta, name=f"{name}'s backbone ({base.family} at width {record.width_mult:g})")
     apply_state_dict(classifier, weights.state, source=repr(str(weights.path)), keep_head=False)
+    # TensorFlow's files (Keras, TF-slim) record BatchNorm's epsilon 1e-3, which their statistics need.
+    batchnorm = weights.info.get("model_args", {}).get("batchnorm")
+    settings = BATCHNORMS.get(batchnorm) if isinstance(batchnorm, str) else None
     for end_point, path in record.layers.items():
-        model.get_submodule(path).load_state_dict(classifier.features.get_submodule(end_point).state_dict())
+        layer = model.get_submodule(path)
+        layer.load_state_dict(classifier.features.get_submodule(end_point).state_dict())
+        for module in layer.modules():
+            if settings is not None and isinstance(module, nn.BatchNorm2d):
+                module.momentum, module.eps = settings.momentum, settings.eps
     tensors = sum(1 for key in classifier.state_dict() if key.startswith("features."))
+    with_settings = f", BatchNorm {batchnorm!r}" if settings is not None else ""
     return (
         f"backbone of {name}: {tensors} tensors of {base.family} at width {record.width_mult:g} "
-        f"from {str(weights.path)!r} (its classifier head left out)"
+        f"from {str(weights.path)!r}{with_settings} (its classifier head left out)"
     )
