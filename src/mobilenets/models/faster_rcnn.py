@@ -6,6 +6,11 @@ object-detection API's grid anchors: 64 to 512 px at 600, scaled with the resolu
 best proposals per image (at training and at test, as the paper) are cropped from that map to 14×14
 (``MultiScaleRoIAlign``), run through the backbone's remaining layers (``conv_dw_12`` … ``conv_pw_13``,
 to 7×7) as the box head, average-pooled, then classified and regressed by two linear layers.
+
+Counted by ``cost.count_cost`` on a square image of the resolution (300×300, 600×600: the shorter side
+is what the resizer fixes), the box head on all 300 proposals: 25.22 B and 30.49 B mult-adds (printed
+25.2 B, 30.5 B); 6.04 M parameters in our convention (conv and FC weights, FC biases), 0.06 M under the
+printed 6.1 M; all trainable tensors (with BN's γ, β and conv biases) give 6.06 M, which prints as 6.1.
 """
 
 from __future__ import annotations

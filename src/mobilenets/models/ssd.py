@@ -4,9 +4,15 @@ paper's SSDLite 320 (its Tables 5 and 6), as the TF object-detection API lays th
 Six feature maps: the backbone's stride-16 and stride-32 maps (see ``detection.BACKBONES``), then four
 extra layers, each a 1×1 conv to half its depth and a stride-2 3×3 conv to its depth (10 → 5 → 3 → 2 → 1
 at 300 px). On each map a class predictor and a box predictor. SSD: full 3×3 extra convs and 1×1
-predictors (3×3 predictors would give SSD300-MobileNet about 19 M parameters, not the paper's 6.8 M).
+predictors (3×3 predictors, head ``"ssd3x3"``, give SSD300-MobileNet 17.9 M parameters, not the paper's 6.8 M).
 SSDLite: every 3×3 conv of the extra layers and predictors depthwise separable (3×3 depthwise, BN,
 ReLU6, then 1×1). Depths scale with α as the API's ``max(int(d · α), 16)``.
+
+Counted by ``cost.count_cost`` (tests/models/test_detection.py): SSD300 on MobileNet V1, 91 classes,
+6.79 M parameters and 1.24 B mult-adds (printed 6.8 M, 1.2 B); the V2 paper counts 80 classes +
+background: SSDLite320 on V1 5.06 M, 1.31 B (5.1 M, 1.3 B) and on V2 4.28 M, 0.79 B (4.3 M, 0.8 B). Its
+Table 5 heads alone on V2: SSD (3×3 predictors) 14.77 M, 1.259 B (printed 14.8 M, 1.25 B: 9 M mult-adds
+more), SSDLite 2.09 M, 0.18 B (printed 2.1 M, 0.35 B: no counting convention here gives 0.35 B).
 """
 
 from __future__ import annotations
