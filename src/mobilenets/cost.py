@@ -185,14 +185,19 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _detection_class(module: str, name: str) -> type | tuple[()]:
+    """torchvision's ``detection.<module>.<name>`` class, or ``()`` (what isinstance matches nothing with)
+    where that package is not imported: then no model has one, and counting a classifier does not
+    import it (seconds)."""
+    found = sys.modules.get(f"torchvision.models.detection.{module}")
+    return getattr(found, name) if found is not None else ()
+
+
 @contextmanager
 def _all_proposals(model: nn.Module) -> Iterator[None]:
     """A region proposal network keeps all its top proposals (no NMS among them) while counting: the
     papers count the box head on every proposal (300 per image), whichever image is counted."""
-    # A model with one was built by torchvision's detection package, already imported then: a classifier's
-    # count does not import it (seconds).
-    rpn = sys.modules.get("torchvision.models.detection.rpn")
-    kind = rpn.RegionProposalNetwork if rpn is not None else ()
+    kind = _detection_class("rpn", "RegionProposalNetwork")
     networks = [module for module in model.modules() if isinstance(module, kind)]
     thresholds = [network.nms_thresh for network in networks]
     for network in networks:
@@ -208,13 +213,19 @@ def count_cost(model: nn.Module, resolution: int | None = None, name: str | None
     """Count the mult-adds and parameters of ``model`` on one image of ``resolution``².
 
     ``resolution`` and ``name`` default to the model's ``meta`` (set by ``create_model``). A detector
-    resizes that image as it resizes any: SSD to its fixed size, Faster R-CNN its shorter side to
-    its resolution, so a square image of it (300×300 for Faster-RCNN 300).
+    resizes any image to its own resolution (SSD to its fixed size, Faster R-CNN its shorter side: a
+    square image of it, 300×300 for Faster-RCNN 300), so it is counted at that one, its meta's.
     """
     meta = getattr(model, "meta", None)
     resolution = resolution or (meta.resolution if meta else None)
     if resolution is None:
         raise ValueError("resolution must be given for a model without meta")
+    detector = (_detection_class("ssd", "SSD"), _detection_class("generalized_rcnn", "GeneralizedRCNN"))
+    if meta is not None and resolution != meta.resolution and isinstance(model, detector):
+        raise ValueError(
+            f"resolution: detector {meta.name} resizes its input to {meta.resolution} pixels; "
+            f"build it for {resolution} (create_model(..., resolution={resolution})) to count it there"
+        )
     name = name or (meta.name if meta else type(model).__name__)
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     param = next(model.parameters())

@@ -160,6 +160,15 @@ def test_box_head_counted_once_per_proposal() -> None:
     assert model.rpn.nms_thresh == 0.7
 
 
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v2_0.25", "fasterrcnn300_mobilenet_v1_0.25"])
+def test_detectors_are_counted_at_their_own_resolution(name: str) -> None:
+    model = create_model(name)
+    size = model.meta.resolution
+    with pytest.raises(ValueError, match=f"resizes its input to {size} pixels; build it for 600"):
+        count_cost(model, resolution=600)  # it would count at its own size under the name of 600
+    assert count_cost(create_model(name, resolution=128), resolution=128).resolution == 128
+
+
 # (model, create_model arguments, printed M params, printed B mult-adds); the precision is the printed one.
 # MobileNets Table 13 counts 91 classes (the TF API's COCO label map + background); the V2 paper's
 # Tables 5 and 6 count 80 + background (81: Table 5 says 80 classes; with 91 SSDLite-V2 has 4.4 M).
