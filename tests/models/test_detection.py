@@ -36,11 +36,12 @@ def targets() -> list[dict[str, torch.Tensor]]:
     return [
         {"boxes": torch.tensor([[4.0, 6.0, 30.0, 34.0]]), "labels": torch.tensor([1])},
         {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0], [2.0, 2.0, 16.0, 20.0]]), "labels": torch.tensor([2, 1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # a negative image
     ]
 
 
 def images() -> list[torch.Tensor]:
-    """Two images of RES² with a bright square in each box of :func:`targets`."""
+    """Images of RES² with a bright square in each box of :func:`targets`."""
     out = []
     for target in targets():
         image = torch.rand(3, RES, RES) * 0.2
