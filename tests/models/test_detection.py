@@ -249,6 +249,11 @@ def test_bad_arguments_name_the_argument(arguments: dict, message: str) -> None:
         create_model("ssdlite320_mobilenet_v2_0.25", **arguments)
 
 
+def test_faster_rcnn_needs_its_stride16_map_at_an_end_point() -> None:
+    with pytest.raises(ValueError, match=r"stride-16 map at an end point of the backbone, not 'block14\.expand'"):
+        create_model("fasterrcnn300_mobilenet_v1_0.25", backbone="mobilenet_v2")
+
+
 @pytest.fixture
 def classifier_file(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     """A trained MobileNet V1 α = 0.25 classifier's weights file, as `mobilenets train` writes it (with

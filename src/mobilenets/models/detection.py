@@ -4,9 +4,10 @@ points), their arguments, and loading a classifier's weights into a detector's b
 The detectors are torchvision's (``torchvision.models.detection``: :class:`~torchvision.models.detection.SSD`,
 :class:`~torchvision.models.detection.FasterRCNN`) on our backbones; ``ssd.py`` and ``faster_rcnn.py`` build
 them. As torchvision's, they take a list of float RGB images in 0..1 of any size, normalise and resize them
-inside, and give boxes in the input images' pixels. ``num_classes`` counts the background (label 0): COCO
-is 91, the 90 category ids of the TF object-detection API's label map plus the background, with which the
-papers' parameter counts are reproduced (81 would give SSD300-MobileNet 6.6 M parameters, not 6.8 M).
+inside, and give boxes in the input images' pixels. ``num_classes`` counts the background (label 0). The
+default, 91, is COCO as the TF object-detection API labels it (90 category ids and the background), with
+which the MobileNets paper's counts are reproduced (81 would give SSD300-MobileNet 6.6 M parameters, not
+6.8 M); the MobileNetV2 paper's counts are reproduced with 81 (80 classes and the background).
 """
 
 from __future__ import annotations
