@@ -30,6 +30,7 @@ from mobilenets.deploy import (
 )
 from mobilenets.deploy import export as export_module
 from mobilenets.deploy.runtimes import _SignalStack, kept_signal_stack
+from mobilenets.registry import CLASSIFICATION
 
 RES = 32  # the smallest input every model accepts: keeps exports fast
 
@@ -40,7 +41,7 @@ Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) ->
 def family_representatives() -> list[str]:
     """Per family, its thinnest registered model."""
     by_family: dict[str, list[str]] = {}
-    for name in list_models():
+    for name in list_models(task=CLASSIFICATION):
         by_family.setdefault(get_entry(name).family, []).append(name)
 
     def width(name: str) -> tuple[float, str]:

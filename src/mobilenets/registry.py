@@ -117,6 +117,11 @@ def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: An
     )
 
 
+# What a model does: a classifier gives logits for a batch tensor; a detector (a torchvision
+# detection model, ``models/detection.py``) takes a list of images and gives boxes.
+CLASSIFICATION, DETECTION = "classification", "detection"
+TASKS = (CLASSIFICATION, DETECTION)
+
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
 # "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
 # running_mean...). Keyed by the library: "torchvision", "timm", "keras".
@@ -138,10 +143,11 @@ class ModelEntry:
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: PretrainedWeights | None = None  # the weights that ``"pretrained"`` loads, if any
     layouts: dict[str, Layout] = field(default_factory=dict)  # other libraries' names for the builder's modules
+    task: str = CLASSIFICATION  # one of TASKS
 
     def arguments(self) -> list[str]:
         """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
-        return [*inspect.signature(self.builder).parameters, "resolution"]
+        return list(dict.fromkeys([*inspect.signature(self.builder).parameters, "resolution"]))
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -162,12 +168,15 @@ def register_model(
     std: tuple[float, ...] = IMAGENET_STD,
     pretrained: PretrainedWeights | None = None,
     layouts: dict[str, Layout] | None = None,
+    task: str = CLASSIFICATION,
 ) -> None:
     """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
-    normalisation, packaged ``pretrained`` weights (also entered in the weights catalogue) and other
-    libraries' ``layouts`` (see :class:`ModelEntry`)."""
+    normalisation, packaged ``pretrained`` weights (also entered in the weights catalogue), other
+    libraries' ``layouts`` and ``task`` (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
     if pretrained is not None and pretrained.model != name:
         raise ValueError(f"pretrained weights {pretrained.name!r} are for {pretrained.model!r}, not {name!r}")
     _REGISTRY[name] = ModelEntry(
@@ -180,6 +189,7 @@ def register_model(
         std=std,
         pretrained=pretrained,
         layouts=dict(layouts or {}),
+        task=task,
     )
     if pretrained is not None:
         register_weights(pretrained)
@@ -208,11 +218,13 @@ def registry() -> dict[str, ModelEntry]:
     return _REGISTRY
 
 
-def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+def list_models(pattern: str = "*", *, pretrained: bool = False, task: str | None = None) -> list[str]:
     """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted;
     with ``pretrained``, only those with catalogue weights that are present or importable
-    (:func:`weights_status`)."""
-    names = [n for n in registry() if fnmatch.fnmatchcase(n, pattern)]
+    (:func:`weights_status`); with ``task`` (one of :data:`TASKS`), only the models of that task."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    names = [n for n, e in registry().items() if fnmatch.fnmatchcase(n, pattern) and task in (None, e.task)]
     if pretrained:
         usable = {w.model for w in weights_catalogue() if weights_status(w) != NOT_IMPORTABLE}
         names = [n for n in names if n in usable]
@@ -348,6 +360,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(f"argument(s) {unknown} not accepted by {name!r}; accepted: {accepted}")
     kwargs = {**entry.defaults, **overrides}
     resolution = _check_resolution(kwargs.pop("resolution", entry.resolution))
+    if "resolution" in inspect.signature(entry.builder).parameters:
+        kwargs["resolution"] = resolution  # a detector resizes its input itself
     model = entry.builder(**kwargs)
     bound = inspect.signature(entry.builder).bind(**kwargs)
     bound.apply_defaults()
