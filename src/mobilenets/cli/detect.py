@@ -68,7 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--data", metavar="SOURCE", help="COCO or VOC folder, or the built-in set (default: the data it was trained on)"
     )
     evaluate.add_argument("--split", default="val", choices=("train", "val"), help="which split (default: val)")
-    evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="evaluate at most N images (quick checks)")
     evaluate.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per batch (default: 8)")
     evaluate.add_argument("--workers", type=int, default=0, metavar="N", help="data-loading processes (default: 0)")
     evaluate.add_argument("--device", metavar="DEVICE", help="torch device (default: CUDA when available)")
