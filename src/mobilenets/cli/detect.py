@@ -186,7 +186,8 @@ def run_predict(args: argparse.Namespace) -> int:
         results.append({"image": str(image), "drawn": str(drawn), "detections": [asdict(d) for d in detections]})
         shown = ", ".join(f"{d.name} {d.score:.2f}" for d in detections[:SHOWN])
         more = f" and {len(detections) - SHOWN} more" if len(detections) > SHOWN else ""
-        print(f"{image}: {len(detections)} objects{': ' if shown else ''}{shown}{more} -> {drawn}")
+        found = f"{len(detections)} object{'' if len(detections) == 1 else 's'}{': ' if shown else ''}"
+        print(f"{image}: {found}{shown}{more} -> {drawn}")
     write_json(out / DETECTIONS_JSON, results)
     print(f"boxes of {len(results)} images: {out / DETECTIONS_JSON}")
     if failed:

@@ -37,7 +37,7 @@ from .evaluate import autocast
 from .loop import Optimisation, Trainer, resume_config, train
 from .optim import build_scheduler, param_groups
 from .records import _save
-from .run_files import BEST
+from .run_files import BEST, CHECKPOINT, PREVIOUS
 
 # The default run: small enough to train on two CPU cores from scratch. The built-in scenes' objects
 # (24-160 px in 320 px scenes) stay 14 px or more at 192 px, which costs (192/320)² = 36 % of 320's mult-adds.
@@ -440,7 +440,9 @@ class DetectionTrainer(Trainer):
         model = create_model(self.name, **self.model_args).to(self.device, memory_format=self.memory_format)
         model.load_state_dict(state)
         metrics = self._evaluate(model)
-        names = [BEST, self.files.checkpoint.name, "config.json", "metrics.csv", "metrics.jsonl", "curves.png"]
+        names = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl", "curves.png"]
+        if self.files.previous.is_file():
+            names.insert(2, PREVIOUS)
         if self.env.is_main:
             plot_precision_recall(metrics, self.run_dir / PR_CURVE)
             drawn = draw_predictions(
