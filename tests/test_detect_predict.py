@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detect_standin import CLASSES, register
+from detect_standin import CLASSES, RESOLUTION, register
 from mobilenets import create_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.detect import Detection, Detector, class_colours, draw_detections, load_detector
@@ -19,9 +19,10 @@ MODEL = register()
 def weights(tmp_path: Path) -> Path:
     """An untrained detector's weights file as `detect train` writes it."""
     torch.manual_seed(0)
-    net = create_model(MODEL, num_classes=len(CLASSES) + 1)
+    arguments = {"num_classes": len(CLASSES) + 1, "resolution": RESOLUTION}
+    net = create_model(MODEL, **arguments)
     path = tmp_path / "detector.safetensors"
-    info = {"task": "detection", "model": MODEL, "model_args": {"num_classes": len(CLASSES) + 1}, "classes": CLASSES}
+    info = {"task": "detection", "model": MODEL, "model_args": arguments, "classes": CLASSES}
     save_weights(path, net.state_dict(), {**info, "mean": [0.5] * 3, "std": [0.5] * 3, "data": "unused"})
     return path
 

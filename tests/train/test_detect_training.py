@@ -32,6 +32,7 @@ def tiny(data: Path, out: Path, **changes: Any) -> DetectConfig:
         "model": MODEL,
         "data": str(data),
         "out": str(out),
+        "resolution": detect_standin.RESOLUTION,
         "epochs": 2,
         "batch_size": 4,
         "lr": 0.05,
@@ -136,12 +137,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_init_from_a_detector_keeps_what_fits(run: Path) -> None:
-    same = create_model(MODEL, num_classes=4)
+    same = create_model(MODEL, num_classes=4, resolution=detect_standin.RESOLUTION)
     note = init_detector(same, str(run / "best.safetensors"))
     saved = load_file(run / "best.safetensors")
     assert all(torch.equal(value, saved[key]) for key, value in same.state_dict().items())
     assert "start fresh" not in note
-    other = create_model(MODEL, num_classes=6)  # another class count: the class heads start fresh
+    # Another class count: the class heads start fresh.
+    other = create_model(MODEL, num_classes=6, resolution=detect_standin.RESOLUTION)
     note = init_detector(other, str(run / "best.safetensors"))
     assert "start fresh" in note
     head = [key for key, value in other.state_dict().items() if value.shape != saved[key].shape]
@@ -159,6 +161,7 @@ def test_cli_train_then_eval(run: Path, squares: Path, tmp_path: Path, cli: Any)
     result = json.loads(out)
     assert result["images"] == 2 and 0 <= result["map"] <= 1 and set(result["per_class"]) == set(detect_standin.CLASSES)
     args = ["detect", "train", "--model", MODEL, "--data", str(squares), "--epochs", "1", "--batch-size", "8"]
+    args += ["--resolution", str(detect_standin.RESOLUTION)]
     code, out, err = cli(*args, "--workers", "0", "--threads", "1", "--out", str(tmp_path / "cli"), "--json")
     assert code == 0, err
     report = json.loads(out[out.index("{\n") :])  # after the run's progress lines
@@ -189,7 +192,8 @@ def test_bad_input_is_one_line(squares: Path, tmp_path: Path, cli: Any) -> None:
 
 def test_two_cpu_processes_train_under_torchrun(squares: Path, tmp_path: Path) -> None:
     args = ["detect", "train", "--model", MODEL, "--data", str(squares), "--epochs", "1", "--batch-size", "8"]
-    args += ["--workers", "0", "--threads", "1", "--out", str(tmp_path / "ddp")]
+    args += ["--resolution", str(detect_standin.RESOLUTION), "--workers", "0", "--threads", "1"]
+    args += ["--out", str(tmp_path / "ddp")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
         [*command, detect_standin.__file__, *args], capture_output=True, text=True, timeout=300, check=False
