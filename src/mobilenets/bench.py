@@ -52,6 +52,15 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .cost import count_cost
+from .deploy.detection import (
+    detection_metadata,
+    detector_pipeline,
+    detector_resolution,
+    export_detector_onnx,
+    is_detector,
+    torch_network_runner,
+    torch_pipeline,
+)
 from .deploy.export import export_onnx
 from .deploy.fuse import input_shape
 from .deploy.quantize import quantize_onnx
@@ -61,6 +70,9 @@ from .models.base import check_resolution
 from .train.config import MAX_BATCH_SIZE
 
 RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")
+DETECTOR_RUNTIMES = ("eager", "onnx", "openvino")
+NETWORK, END_TO_END = "network", "end to end"  # a detector's two figures
+PICTURE_SIZE = (480, 640)  # (height, width) of the picture a detector is timed on end to end: a camera's VGA frame
 CPU_ONLY = ("openvino", "openvino-int8")
 CACHE_ENV = "MOBILENETS_CACHE"
 GEMM_SIZE, QUICK_GEMM_SIZE = 2048, 512
@@ -300,6 +312,7 @@ class BenchResult:
     setup_s: float
     peak_memory_mb: float | None
     gemm_peak_gflops: float | None = None
+    stage: str | None = None  # a detector's: NETWORK or END_TO_END
 
     @property
     def images_per_s(self) -> float:
@@ -399,6 +412,7 @@ class Entry:
     runtime: str
     build: Callable[[], Runner]
     mult_adds: int
+    stage: str | None = None  # a detector's: NETWORK or END_TO_END
 
 
 def model_entries(
@@ -445,12 +459,14 @@ def measure(
     threads: int,
     timing: Timing = DEFAULT_TIMING,
     peak: float | None = None,
+    resolution: int | None = None,
 ) -> list[BenchResult]:
     """Build every entry's runner (first call and warm-up included: *setup* and *peak memory*), then time
     them all on batch ``x`` (N, C, H, W) in turns, so that a change in the machine's load falls on every
     runtime alike: in each round every runner makes one untimed call, which lets the thread pool of the
     runner before it fall idle (pools spin for a while after their work), then ``timing.block`` timed
-    calls. The caller sets PyTorch's threads; ``threads`` is recorded."""
+    calls. The caller sets PyTorch's threads; ``threads`` and ``resolution`` (default: ``x``'s width)
+    are recorded."""
     runners, setups, memories = [], [], []
     for entry in entries:
         with PeakMemory(device) as memory:
@@ -480,7 +496,7 @@ def measure(
             device=label,
             batch=len(x),
             threads=threads,
-            resolution=x.shape[-1],
+            resolution=x.shape[-1] if resolution is None else resolution,
             mult_adds=entry.mult_adds,
             p50_ms=float(p50),
             p90_ms=float(p90),
@@ -489,6 +505,7 @@ def measure(
             setup_s=setup,
             peak_memory_mb=memory_mb,
             gemm_peak_gflops=peak,
+            stage=entry.stage,
         )
         if result.noisy:
             warnings.warn(
@@ -517,6 +534,17 @@ def benchmark(
     threads = check_threads(threads)
     runtimes = check_runtimes(runtimes, device)
     batches = check_batches(batches)
+    if is_detector(model):
+        return benchmark_detector(
+            model,
+            runtimes,
+            batches=batches,
+            threads=threads,
+            device=device,
+            timing=timing,
+            resolution=resolution,
+            peak=peak,
+        )
     meta = getattr(model, "meta", None)
     resolution = check_resolution(resolution if resolution is not None else (meta.resolution if meta else 224))
     rng = np.random.default_rng(0)
@@ -532,12 +560,79 @@ def benchmark(
     return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
 
 
+def detector_entries(
+    model: nn.Module, runtimes: Sequence[str], *, workdir: Path, device: torch.device, threads: int, resolution: int
+) -> tuple[list[Entry], list[Entry]]:
+    """A detector's :class:`Entry` per runtime for its network alone ((1, 3, R, R) in 0..1 -> the
+    artifact's output) and end to end (a picture -> its detections: preprocessing, network, decoding,
+    NMS); the ONNX file that onnx and openvino load is written once in ``workdir``."""
+    name = model.meta.name
+    mult_adds = count_cost(model, resolution, name).mult_adds
+    artifact = workdir / "detector.onnx"
+    alone = len(runtimes) == 1
+
+    def network(runtime: str) -> Runner:
+        if runtime == "eager":
+            return torch_network_runner(model, device=device)
+        if not artifact.exists():
+            export_detector_onnx(model, artifact, resolution)
+        return make_runner(model, runtime, artifact=artifact, device=device, threads=threads, batch=1, alone=alone)
+
+    def end_to_end(runtime: str) -> Runner:
+        if runtime == "eager":
+            pipeline = torch_pipeline(model, device=device)
+        else:
+            pipeline = detector_pipeline(network(runtime), detection_metadata(model, resolution))
+        return lambda pictures: pipeline(pictures[0])["boxes"]
+
+    def entries(stage: str, build: Callable[[str], Runner]) -> list[Entry]:
+        return [
+            Entry(model=name, runtime=r, build=lambda r=r: build(r), mult_adds=mult_adds, stage=stage) for r in runtimes
+        ]
+
+    return entries(NETWORK, network), entries(END_TO_END, end_to_end)
+
+
+def benchmark_detector(
+    model: nn.Module,
+    runtimes: Sequence[str],
+    *,
+    batches: Sequence[int] = (1,),
+    threads: int,
+    device: torch.device,
+    timing: Timing = DEFAULT_TIMING,
+    resolution: int | None = None,
+    peak: float | None = None,
+) -> list[BenchResult]:
+    """Time a detector at batch 1 in each of :data:`DETECTOR_RUNTIMES`: its network alone on a random
+    (1, 3, R, R) input in 0..1, then end to end on a random :data:`PICTURE_SIZE` picture (see
+    :func:`detector_entries`). Rows by stage, then runtime as asked."""
+    other = [r for r in runtimes if r not in DETECTOR_RUNTIMES]
+    if other:
+        raise ValueError(f"runtime {other[0]} is for classifiers; a detector runs in {', '.join(DETECTOR_RUNTIMES)}")
+    if list(batches) != [1]:
+        raise ValueError(f"a detector is timed at batch 1 (one picture), got batch sizes {list(batches)}")
+    resolution = detector_resolution(model, resolution)
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 3, resolution, resolution), dtype=np.float32)
+    pictures = rng.integers(0, 256, (1, *PICTURE_SIZE, 3), dtype=np.uint8)  # a batch of one
+    with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
+        network, end_to_end = detector_entries(
+            model, runtimes, workdir=Path(tmp), device=device, threads=threads, resolution=resolution
+        )
+        results = measure(network, x, device=device, threads=threads, timing=timing, peak=peak)
+        results += measure(
+            end_to_end, pictures, device=device, threads=threads, timing=timing, peak=peak, resolution=resolution
+        )
+    return results
+
+
 def format_table(results: Sequence[BenchResult]) -> str:
     """A plain-text table of results, with the GEMM peak they are compared to."""
     rows = [
         [
             r.model,
-            r.runtime,
+            r.runtime if r.stage is None else f"{r.runtime}, {r.stage}",
             r.batch,
             f"{r.p50_ms:.2f}",
             f"{r.p90_ms:.2f}",

@@ -28,7 +28,7 @@ from ..bench import (
 )
 from ..device import resolve_device
 from ..models.base import check_resolution
-from ..registry import create_model
+from ..registry import DETECTION, create_model, get_entry
 
 
 def comma_list(kind: type):
@@ -71,7 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
         "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
         "openvino / openvino-int8 (OpenVINO CPU). int8 runtimes are calibrated on random images here (speed "
-        "only; `mobilenets export --int8` checks accuracy)."
+        "only; `mobilenets export --int8` checks accuracy). A detector (eager, onnx, openvino; batch 1) is timed "
+        "twice: its network alone on a (1, 3, R, R) input, and end to end on a 640×480 picture (resize, network, "
+        "box decoding, NMS: torchvision's in eager, the NumPy step of its exported file in onnx and openvino)."
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobilenets list`)")
     parser.add_argument(
@@ -128,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and calls:
         raise ValueError(f"--quick sets the calls itself: give --quick or --{next(iter(calls))}, not both")
     timing = QUICK if args.quick else Timing(**calls)
-    models = [create_model(name) for name in args.models]
+    # A detector resizes every picture to the size it is built at: --resolution builds it there.
+    sized = {} if args.resolution is None else {"resolution": args.resolution}
+    models = [create_model(name, **(sized if get_entry(name).task == DETECTION else {})) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)
         peak = gemm_peak(device, threads, size=QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)

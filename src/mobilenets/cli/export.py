@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from typing import Any
 
+from torch import nn
+
+from ..checkpoint import read_saved_weights
 from ..deploy import FORMATS, VerificationError, calibration_data, export_model
 from ..deploy.export import (
     DEFAULT_MIN_AGREEMENT,
@@ -15,7 +20,8 @@ from ..deploy.export import (
     check_destination,
 )
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_EVAL_SAMPLES
-from ..registry import create_model
+from ..detect import load_detector
+from ..registry import DETECTION, create_model, get_entry, same_architecture
 from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
 from . import NO_MODEL
 
@@ -27,7 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
         "top-1 agreement (and accuracy) on real images, saying how many were used for calibration and for the "
         "check. Any NaN or infinite output fails. A failed check exits with status 1. The file records the model "
-        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info)."
+        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info). A detector (onnx or "
+        "openvino, fp32) takes one RGB picture in 0..1 resized to its resolution and gives its boxes and class "
+        "probabilities (SSD, selected by the NumPy step mobilenets.deploy.detection.postprocess) or its detections "
+        "(Faster R-CNN); it is checked on validation scenes of the built-in detection set: every detection of "
+        "PyTorch and of the file must be matched by one of the other (same class, IoU >= 0.99, scores within 1e-3)."
     )
     parser.add_argument(
         "model",
@@ -101,7 +111,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
+def is_detector_source(model: str | None, weights: str | None) -> bool:
+    """Whether the model to export is a detector: a registered detector's name, else weights from
+    ``mobilenets detect train``."""
+    if model is not None:
+        return get_entry(model).task == DETECTION
+    if weights is None or weights == PRETRAINED:
+        return False
+    try:
+        return read_saved_weights(weights)[1].get("task") == DETECTION
+    except (OSError, ValueError):  # not a safetensors file: load_model reads or refuses it
+        return False
+
+
+def load_detector_to_export(model: str | None, weights: str | None, given: dict[str, Any]) -> nn.Module:
+    """A detector built by name with ``given`` arguments, or as its weights file records it (with its class names)."""
+    if weights is None:
+        return create_model(model, **given)
+    if given:
+        raise ValueError(f"--{next(iter(given)).replace('_', '-')}: a detector's weights file records its arguments")
+    detector, classes = load_detector(weights)
+    if model is not None and not same_architecture(model, detector.meta.name):
+        raise ValueError(f"weights {weights!r} are of {detector.meta.name}, not {model}")
+    detector.meta = replace(detector.meta, labels=tuple(classes))
+    return detector
+
+
 def run(args: argparse.Namespace) -> int:
+    detector = is_detector_source(args.model, args.weights)
+    if detector and args.int8:
+        raise ValueError("--int8 is for classifiers; a detector exports in fp32 (leave out --int8)")
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DATA: 'fashion-mnist' or a folder of images in class subfolders")
     int8_only = ("calib", "calib_samples", "eval_samples", "min_calibration", "min_eval_samples", "min_agreement")
@@ -121,9 +160,12 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model or args.weights):
         raise ValueError(NO_MODEL)
     # Weights set meta too (resolution, normalisation); files from `train` also the model's name and arguments.
-    model = (
-        load_model(args.weights, args.model, **given) if args.weights is not None else create_model(args.model, **given)
-    )
+    if detector:
+        model = load_detector_to_export(args.model, args.weights, given)
+    elif args.weights is not None:
+        model = load_model(args.weights, args.model, **given)
+    else:
+        model = create_model(args.model, **given)
     resolution = args.resolution if args.resolution is not None else model.meta.resolution
     calibration = evaluation = calib_samples = None
     if args.int8:

@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from ..models.base import check_resolution
 from .fuse import fold_batchnorm, input_shape
 from .quantize import quantize_onnx
 from .runtimes import Runner, load_runner, require
+
+if TYPE_CHECKING:
+    from .detection import DetectionExportReport
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}
 INT8_FORMATS = ("onnx", "openvino")
@@ -328,7 +331,7 @@ def export_model(
     calibration_asked: int | None = None,
     min_calibration: int = DEFAULT_MIN_CALIBRATION,
     min_eval_samples: int = DEFAULT_MIN_EVAL_SAMPLES,
-) -> ExportReport:
+) -> ExportReport | DetectionExportReport:
     """Export ``model`` to ``out`` in ``fmt``, then verify the artifact against PyTorch (see the module doc).
 
     ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; giving
@@ -337,9 +340,16 @@ def export_model(
     as many as given). ``evaluation``: ``(images, labels)`` batches for the int8 check (labels may be
     ``None``), read once, at least ``min_eval_samples`` images; by default the calibration images.
     ``resolution`` defaults to ``model.meta.resolution``. Raises :class:`VerificationError` when the
-    check fails (the artifact is left in place for inspection).
+    check fails (the artifact is left in place for inspection). A detector goes to
+    :func:`~mobilenets.deploy.detection.export_detector` (fp32 only).
     """
     int8 = calibration is not None
+    from .detection import export_detector, is_detector  # it builds on this module
+
+    if is_detector(model):  # boxes, not logits: verified on real pictures by their detections
+        if int8:
+            raise ValueError("int8 export is for classifiers; a detector exports in fp32 (leave out --int8)")
+        return export_detector(model, fmt, out, resolution=resolution, tolerance=tolerance)
     out = check_destination(fmt, out, int8)
     if not 0 < tolerance < math.inf:
         raise ValueError(f"tolerance must be a finite number > 0, got {tolerance}")
