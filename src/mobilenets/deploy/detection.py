@@ -378,23 +378,57 @@ def torch_detections(model: nn.Module, x: torch.Tensor) -> Detections:
     return {key: value.cpu().numpy() for key, value in found.items()}
 
 
+@dataclass
+class Comparison:
+    """Detections compared, those matched by none, those excused as NMS near-ties (the other list kept
+    an overlapping one of their class and score instead: which of two survives is a draw), and the
+    lowest IoU of a match (1 when none)."""
+
+    compared: int = 0
+    unmatched: int = 0
+    ties: int = 0
+    worst_iou: float = 1.0
+
+    def __add__(self, other: Comparison) -> Comparison:
+        return Comparison(
+            compared=self.compared + other.compared,
+            unmatched=self.unmatched + other.unmatched,
+            ties=self.ties + other.ties,
+            worst_iou=min(self.worst_iou, other.worst_iou),
+        )
+
+
 def match_detections(
-    want: Detections, got: Detections, *, floor: float, min_iou: float, max_score_diff: float
-) -> tuple[int, int, float]:
-    """How many of ``want``'s detections scoring above ``floor`` there are, how many of them have no
-    detection of ``got`` with their label, |Δscore| ≤ ``max_score_diff`` and IoU ≥ ``min_iou``, and
-    the lowest best IoU among them (1 when none)."""
-    compared = unmatched = 0
-    worst = 1.0
+    want: Detections, got: Detections, *, floor: float, min_iou: float, max_score_diff: float, nms_iou: float
+) -> Comparison:
+    """``want``'s detections scoring above ``floor``, each matched by the detection of ``got`` with its
+    label, |Δscore| ≤ ``max_score_diff`` and the highest IoU when that is ≥ ``min_iou``; one whose
+    best IoU is above ``nms_iou`` (NMS kept that one instead) is a tie."""
+    result = Comparison()
     for box, score, label in zip(want["boxes"], want["scores"], want["labels"], strict=True):
         if score <= floor:
             continue
-        compared += 1
         same = (got["labels"] == label) & (np.abs(got["scores"] - score) <= max_score_diff)
         best = float(box_iou(box[None], got["boxes"][same]).max()) if same.any() else 0.0
-        worst = min(worst, best)
-        unmatched += best < min_iou
-    return compared, unmatched, worst
+        result.compared += 1
+        if best >= min_iou:
+            result.worst_iou = min(result.worst_iou, best)
+        elif best > nms_iou:
+            result.ties += 1
+        else:
+            result.unmatched += 1
+    return result
+
+
+def compare_detections(
+    want: Detections, got: Detections, post: Postprocessing, *, threshold: float, min_iou: float, max_score_diff: float
+) -> Comparison:
+    """:func:`match_detections` both ways above the floor: ``threshold``, raised to the last kept score
+    of a full list (which of tied detections make the cut is a draw), plus ``max_score_diff``."""
+    cuts = [float(d["scores"].min()) for d in (want, got) if len(d["scores"]) >= post.detections_per_img]
+    floor = max([threshold, *cuts]) + max_score_diff
+    limits = {"floor": floor, "min_iou": min_iou, "max_score_diff": max_score_diff, "nms_iou": post.nms_thresh}
+    return match_detections(want, got, **limits) + match_detections(got, want, **limits)
 
 
 @dataclass(kw_only=True)
@@ -409,7 +443,8 @@ class DetectionExportReport:
     images: int
     compared: int  # detections above the floor, of both lists
     unmatched: int
-    worst_iou: float  # lowest best IoU of a compared detection
+    ties: int  # NMS near-ties (see Comparison)
+    worst_iou: float  # lowest IoU of a match
     min_iou: float
     max_score_diff: float
     max_box_diff: float | None  # SSD's raw output vs PyTorch: pixels
@@ -425,9 +460,10 @@ class DetectionExportReport:
         """One line: the verification and its verdict."""
         verdict = "passed" if self.passed else "FAILED"
         text = (
-            f"detection verification {verdict}: {self.compared - self.unmatched} of {self.compared} detections of "
-            f"PyTorch and {self.format} on {self.images} images matched (same class, IoU >= {self.min_iou:g}, "
-            f"|score difference| <= {self.max_score_diff:g}; lowest IoU {self.worst_iou:.4f})"
+            f"detection verification {verdict}: {self.compared - self.unmatched - self.ties} of {self.compared} "
+            f"detections of PyTorch and {self.format} on {self.images} images matched (same class, IoU >= "
+            f"{self.min_iou:g}, |score difference| <= {self.max_score_diff:g}; lowest IoU {self.worst_iou:.4f}), "
+            f"{self.ties} NMS near-ties, {self.unmatched} unmatched"
         )
         if self.max_box_diff is not None:
             text += (
@@ -498,10 +534,9 @@ def export_detector(
     runner = load_runner(out, fmt, device="cpu")
     reference = _reference(model)
     post = Postprocessing.of(reference)
-    floor_base = post.score_thresh if score_threshold is None else score_threshold
+    threshold = post.score_thresh if score_threshold is None else score_threshold
     network = detector_network(reference, resolution) if post.kind == SELECT else None
-    compared = unmatched = nonfinite = 0
-    worst_iou, box_diff, prob_diff = 1.0, 0.0, 0.0
+    comparison, nonfinite, box_diff, prob_diff = Comparison(), 0, 0.0, 0.0
     for x in inputs:
         output = runner(x)
         nonfinite += int(output.size - np.count_nonzero(np.isfinite(output)))
@@ -513,12 +548,9 @@ def export_detector(
             diff = np.abs(output - raw) if output.shape == raw.shape else np.full((1, 1, 5), np.inf)
             box_diff = float(np.maximum(box_diff, diff[..., :4].max()))
             prob_diff = float(np.maximum(prob_diff, diff[..., 4:].max()))
-        full = [len(d["scores"]) >= post.detections_per_img for d in (want, got)]
-        cut = max([float(d["scores"].min()) for d, is_full in zip((want, got), full, strict=True) if is_full] or [0.0])
-        floor = max(floor_base, cut) + max_score_diff
-        for a, b in ((want, got), (got, want)):
-            n, missing, worst = match_detections(a, b, floor=floor, min_iou=min_iou, max_score_diff=max_score_diff)
-            compared, unmatched, worst_iou = compared + n, unmatched + missing, min(worst_iou, worst)
+        comparison += compare_detections(
+            want, got, post, threshold=threshold, min_iou=min_iou, max_score_diff=max_score_diff
+        )
     raw_ok = network is None or (box_diff <= tolerance * resolution and prob_diff <= tolerance)
     report = DetectionExportReport(
         model=model.meta.name,
@@ -527,16 +559,17 @@ def export_detector(
         files=files,
         postprocess=post.kind,
         images=len(inputs),
-        compared=compared,
-        unmatched=unmatched,
-        worst_iou=worst_iou,
+        compared=comparison.compared,
+        unmatched=comparison.unmatched,
+        ties=comparison.ties,
+        worst_iou=comparison.worst_iou,
         min_iou=min_iou,
         max_score_diff=max_score_diff,
         max_box_diff=box_diff if network is not None else None,
         max_prob_diff=prob_diff if network is not None else None,
         tolerance=tolerance,
         nonfinite=nonfinite,
-        passed=nonfinite == 0 and unmatched == 0 and raw_ok,
+        passed=nonfinite == 0 and comparison.unmatched == 0 and raw_ok,
     )
     if not report.passed:
         raise VerificationError(report)

@@ -1,0 +1,69 @@
+"""Batch-1 latency of the detectors, network alone and end to end, in eager PyTorch, ONNX Runtime and
+OpenVINO, with torchvision's own SSDLite320-MobileNetV3-Large (random weights) as a peer.
+
+    PYTHONPATH=src python bench/detection_latency.py [--threads 2] [--repeats 20] [--quick] [--json out.json]
+
+Prints the 1-minute load average before and after (figures taken on a busy machine are slow and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from mobilenets import create_model
+from mobilenets.bench import QUICK, Timing, benchmark, format_table
+from mobilenets.registry import ModelMeta
+
+MODELS = ("ssdlite320_mobilenet_v2_1.0", "ssd300_mobilenet_v1_1.0", "fasterrcnn300_mobilenet_v1_1.0")
+RUNTIMES = ("eager", "onnx", "openvino")
+PEER_RUNTIMES = ("eager", "onnx")
+
+
+def torchvision_peer() -> torch.nn.Module:
+    """torchvision's SSDLite320 on MobileNetV3-Large, random weights, named for the table."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    transform = model.transform
+    model.meta = ModelMeta(
+        name="torchvision ssdlite320_mobilenet_v3_large",
+        family="ssdlite",
+        resolution=transform.fixed_size[0],
+        mean=tuple(transform.image_mean),
+        std=tuple(transform.image_std),
+        num_classes=91,
+    )
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="a smoke test: α = 0.25 at 64 px, 3 repeats")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    timing = QUICK if args.quick else Timing(warmup=args.warmup, repeats=args.repeats, block=5)
+    sized = {"resolution": 64, "width_mult": 0.25} if args.quick else {}
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    results = []
+    for name in MODELS:
+        model = create_model(name, **sized).eval()
+        results += benchmark(model, RUNTIMES, threads=args.threads, device="cpu", timing=timing)
+        print(format_table(results[-6:]), flush=True)
+    if not args.quick:
+        results += benchmark(torchvision_peer(), PEER_RUNTIMES, threads=args.threads, device="cpu", timing=timing)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump([r.to_dict() for r in results], file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
