@@ -10,6 +10,7 @@ import torch
 
 from mobilenets import create_model
 from mobilenets.bench import END_TO_END, NETWORK, QUICK, benchmark, format_table
+from mobilenets.checkpoint import save_weights
 from mobilenets.deploy import detection
 from mobilenets.deploy.detection import (
     SCALE,
@@ -159,3 +160,20 @@ def test_export_command_writes_a_detector_and_refuses_int8(
 def test_resolution_must_be_the_detectors_own(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="differs from the 64 that"):
         export_detector(detector(SSD), "onnx", tmp_path / "det.onnx", resolution=128, pictures=[])
+
+
+def test_export_command_reads_a_detectors_weights_file(
+    cli, photos: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detection, "verification_pictures", lambda: photos[:1])
+    model = detector(SSDLITE)
+    weights = tmp_path / "det.safetensors"
+    info = {"task": "detection", "model": SSDLITE, "model_args": {"num_classes": CLASSES, "resolution": RES}}
+    save_weights(weights, model.state_dict(), info | {"classes": ["shirt", "bag"]})
+    out = tmp_path / "det.onnx"
+    code, _, err = cli("export", "--weights", str(weights), "--format", "onnx", "--out", str(out))
+    assert code == 0, err
+    metadata = read_metadata(out, "onnx")
+    assert json.loads(metadata["classes"]) == ["shirt", "bag"] and metadata["resolution"] == str(RES)
+    code, _, err = cli("export", "--weights", str(weights), "--resolution", "96", "--format", "onnx", "--out", str(out))
+    assert code == 2 and "--resolution: a detector's weights file records its arguments" in err

@@ -25,6 +25,12 @@ memory (Linux; ``VmHWM`` reset through ``/proc/self/clear_refs``) while building
 on CUDA PyTorch's peak allocation. The machine's fp32 peak is the best of ten ``torch.mm`` of two
 ``size``² matrices, cached as the best of every measurement.
 
+A detector (:func:`benchmark_detector`; runtimes eager, onnx, openvino; batch 1) is timed twice:
+its network alone (what its exported file holds, ``mobilenets.deploy.detection``) on a (1, 3, R, R)
+input, and end to end on a 640×480 picture: preprocessing, network, box decoding and NMS
+(torchvision's in eager, the file's NumPy post-processing in onnx and openvino). Its rows carry
+``stage`` :data:`NETWORK` or :data:`END_TO_END`.
+
 Figures taken while other processes compete for the cores are slow and noisy; a
 :class:`BenchWarning` says so when the 1-minute load average leaves fewer idle cores than threads
 asked, and for each result whose spread is wide (:attr:`BenchResult.noisy`).
@@ -564,8 +570,9 @@ def detector_entries(
     model: nn.Module, runtimes: Sequence[str], *, workdir: Path, device: torch.device, threads: int, resolution: int
 ) -> tuple[list[Entry], list[Entry]]:
     """A detector's :class:`Entry` per runtime for its network alone ((1, 3, R, R) in 0..1 -> the
-    artifact's output) and end to end (a picture -> its detections: preprocessing, network, decoding,
-    NMS); the ONNX file that onnx and openvino load is written once in ``workdir``."""
+    artifact's output) and end to end (a batch of one picture (1, H, W, 3) uint8 -> its boxes:
+    preprocessing, network, decoding, NMS); the ONNX file that onnx and openvino load is written once
+    in ``workdir``."""
     name = model.meta.name
     mult_adds = count_cost(model, resolution, name).mult_adds
     artifact = workdir / "detector.onnx"
