@@ -177,3 +177,18 @@ def test_export_command_reads_a_detectors_weights_file(
     assert json.loads(metadata["classes"]) == ["shirt", "bag"] and metadata["resolution"] == str(RES)
     code, _, err = cli("export", "--weights", str(weights), "--resolution", "96", "--format", "onnx", "--out", str(out))
     assert code == 2 and "--resolution: a detector's weights file records its arguments" in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("tolerance", 0.0, "tolerance must be a finite number > 0"),
+        ("min_iou", 1.5, r"min_iou must be in \(0, 1\]"),
+        ("max_score_diff", -0.1, r"max_score_diff must be in \[0, 1\)"),
+        ("score_threshold", 1.0, r"score_threshold must be in \[0, 1\)"),
+    ],
+)
+def test_verification_limits_are_checked(option: str, value: float, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        export_detector(detector(SSD), "onnx", tmp_path / "det.onnx", pictures=[], **{option: value})
+    assert not (tmp_path / "det.onnx").exists()

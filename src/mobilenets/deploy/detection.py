@@ -519,11 +519,13 @@ def export_detector(
         shown = f"{fmt!r}" if fmt not in FORMATS else f"{fmt} (classifiers only)"
         raise ValueError(f"format must be {' or '.join(DETECTION_FORMATS)} for a detector, got {shown}")
     out = check_destination(fmt, out)
-    for name, value, high in (("tolerance", tolerance, math.inf), ("min_iou", min_iou, 1.0)):
-        if not 0 < value <= high or value == math.inf:
-            raise ValueError(f"{name} must be a number > 0{' and <= 1' if high == 1 else ''}, got {value}")
-    if not 0 <= max_score_diff < 1:
-        raise ValueError(f"max_score_diff must be in [0, 1), got {max_score_diff}")
+    if not 0 < tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number > 0, got {tolerance}")
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    for name, value in (("max_score_diff", max_score_diff), ("score_threshold", score_threshold)):
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
     resolution = detector_resolution(model, resolution)
     pictures = verification_pictures() if pictures is None else list(pictures)
     if not pictures:
