@@ -139,6 +139,16 @@ def test_bench_times_the_network_and_end_to_end(private_cache: Path) -> None:
         benchmark(model, ["eager"], batches=[2], threads=1, device="cpu", timing=QUICK)
 
 
+def test_bench_command_refuses_a_detectors_other_runtimes_before_measuring(cli, private_cache: Path) -> None:
+    for options, message in (
+        (["--runtime", "eager,onnx-int8"], "runtime onnx-int8 is for classifiers; a detector runs in eager, onnx"),
+        (["--batch", "1,4"], "a detector is timed at batch 1"),
+    ):
+        code, out, err = cli("bench", SSDLITE, "mobilenet_v1_0.25_32", "--resolution", str(RES), *options)
+        assert code == 2 and message in err and out == ""
+    assert not (private_cache / "gemm_peak.json").exists()  # nothing was measured
+
+
 def test_export_command_writes_a_detector_and_refuses_int8(
     cli, photos: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -566,6 +566,15 @@ def benchmark(
     return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
 
 
+def check_detector_options(runtimes: Sequence[str], batches: Sequence[int]) -> None:
+    """A ``ValueError`` unless ``runtimes`` are among :data:`DETECTOR_RUNTIMES` and ``batches`` is [1]."""
+    other = [r for r in runtimes if r not in DETECTOR_RUNTIMES]
+    if other:
+        raise ValueError(f"runtime {other[0]} is for classifiers; a detector runs in {', '.join(DETECTOR_RUNTIMES)}")
+    if list(batches) != [1]:
+        raise ValueError(f"a detector is timed at batch 1 (one picture), got batch sizes {list(batches)}")
+
+
 def detector_entries(
     model: nn.Module, runtimes: Sequence[str], *, workdir: Path, device: torch.device, threads: int, resolution: int
 ) -> tuple[list[Entry], list[Entry]]:
@@ -614,11 +623,7 @@ def benchmark_detector(
     """Time a detector at batch 1 in each of :data:`DETECTOR_RUNTIMES`: its network alone on a random
     (1, 3, R, R) input in 0..1, then end to end on a random :data:`PICTURE_SIZE` picture (see
     :func:`detector_entries`). Rows by stage, then runtime as asked."""
-    other = [r for r in runtimes if r not in DETECTOR_RUNTIMES]
-    if other:
-        raise ValueError(f"runtime {other[0]} is for classifiers; a detector runs in {', '.join(DETECTOR_RUNTIMES)}")
-    if list(batches) != [1]:
-        raise ValueError(f"a detector is timed at batch 1 (one picture), got batch sizes {list(batches)}")
+    check_detector_options(runtimes, batches)
     resolution = detector_resolution(model, resolution)
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, resolution, resolution), dtype=np.float32)

@@ -19,6 +19,7 @@ from ..bench import (
     Timing,
     benchmark,
     check_batches,
+    check_detector_options,
     check_runtimes,
     check_threads,
     default_runtimes,
@@ -132,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
     timing = QUICK if args.quick else Timing(**calls)
     # A detector resizes every picture to the size it is built at: --resolution builds it there.
     sized = {} if args.resolution is None else {"resolution": args.resolution}
-    models = [create_model(name, **(sized if get_entry(name).task == DETECTION else {})) for name in args.models]
+    detectors = [name for name in args.models if get_entry(name).task == DETECTION]
+    if detectors:
+        check_detector_options(runtimes, batches)
+    models = [create_model(name, **(sized if name in detectors else {})) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)
         peak = gemm_peak(device, threads, size=QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
