@@ -114,7 +114,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def is_detector_source(model: str | None, weights: str | None) -> bool:
     """Whether the model to export is a detector: a registered detector's name, else weights from
     ``mobilenets detect train``."""
-    if model is not None:
+    if model:
         return get_entry(model).task == DETECTION
     if weights is None or weights == PRETRAINED:
         return False
