@@ -22,7 +22,7 @@ from .data.decode import convert_image, decode_image, mode_for
 from .data.folder import is_image_file
 from .data.transforms import DEFAULT_CROP_PCT, build_transform
 from .device import resolve_device
-from .registry import ModelMeta
+from .registry import CLASSIFICATION, ModelMeta, check_task
 from .weights import packaged_class_names
 
 
@@ -103,6 +103,7 @@ class Classifier:
         meta: ModelMeta | None = getattr(model, "meta", None)
         if meta is None:
             raise ValueError("model has no meta: build it with create_model")
+        check_task(meta.name, CLASSIFICATION)
         if meta.num_classes < 1:
             raise ValueError("model was built with num_classes=0: it has no classifier to predict with")
         if not isinstance(topk, int) or not 1 <= topk <= meta.num_classes:

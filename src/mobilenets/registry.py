@@ -121,6 +121,8 @@ def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: An
 # detection model, ``models/detection.py``) takes a list of images and gives boxes.
 CLASSIFICATION, DETECTION = "classification", "detection"
 TASKS = (CLASSIFICATION, DETECTION)
+# The commands that train, evaluate and run the models of each task.
+TASK_COMMANDS = {CLASSIFICATION: "mobilenets train/eval/predict", DETECTION: "mobilenets detect train/eval/predict"}
 
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
 # "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
@@ -319,6 +321,18 @@ def get_entry(name: str) -> ModelEntry:
     if entry is None:
         hint = _similar(name, [*models, *_ALIASES], most=5)
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
+    return entry
+
+
+def check_task(name: str, task: str, *, option: str = "model") -> ModelEntry:
+    """The entry of ``name``; ``ValueError`` naming ``option`` and the commands of the model's own task
+    when it is not a ``task`` model (a detector given to a classifier's command, or the reverse)."""
+    entry = get_entry(name)
+    if entry.task != task:
+        raise ValueError(
+            f"{option} {name!r} is a {entry.task} model, not a {task} one: use `{TASK_COMMANDS[entry.task]}` "
+            f"(`mobilenets list --task {task}` lists the {task} models)"
+        )
     return entry
 
 

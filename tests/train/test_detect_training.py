@@ -175,7 +175,7 @@ def test_bad_input_is_one_line(squares: Path, tmp_path: Path, cli: Any) -> None:
     save_weights(classifier, net.state_dict(), {"model": "mobilenet_v1_0.25_128", "model_args": {"num_classes": 3}})
     train = ["detect", "train", "--data", str(squares), "--out", str(tmp_path / "run")]
     cases = [
-        ([*train, "--model", "mobilenet_v1_0.25_128"], "is a classifier"),
+        ([*train, "--model", "mobilenet_v1_0.25_128"], "is a classification model"),
         ([*train, "--model", "no_such_detector"], "unknown"),
         (["detect", "train", "--model", MODEL, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")], "none"),
         ([*train, "--model", MODEL, "--eval-every", "0"], "eval_every must be an integer >= 1"),
