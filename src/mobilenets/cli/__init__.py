@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model (default: a small MobileNet on Fashion-MNIST)"),
     "eval": ("eval", "evaluate trained weights on a data set"),
     "deploy": ("deploy", "export a trained run to verified int8 and time it beside fp32"),
+    "study": ("study", "re-run the MobileNets paper's accuracy claims at small scale, over seeds"),
 }
 
 
