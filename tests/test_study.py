@@ -11,7 +11,7 @@ import pytest
 from mobilenets import study as study_module
 from mobilenets.data.synthetic import make_image_folder
 from mobilenets.published import published_results
-from mobilenets.registry import get_entry
+from mobilenets.registry import create_model, get_entry
 from mobilenets.study import (
     RECIPE,
     RESOLUTIONS,
@@ -225,3 +225,20 @@ def test_cli_list_help_and_errors(cli, capsys: pytest.CaptureFixture[str]) -> No
     ]:
         code, out, err = cli(*argv)
         assert code == 2 and out == "" and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_trainer_trains_a_variant_at_a_width_not_registered(data: Path, tmp_path: Path) -> None:
+    """Table 4 at α = 0.25 trains the full-convolution variant, registered at α = 1 only."""
+    from mobilenets.train import TrainConfig, train
+    from mobilenets.weights import load_model
+
+    config = TrainConfig(
+        model="mobilenet_v1_conv_1.0_224", width_mult=0.25, data=str(data), out=str(tmp_path / "run"),
+        resolution=32, epochs=1, batch_size=8, ema_decay=0.0, **FAST,
+    )  # fmt: skip
+    result = train(config)
+    assert result.model == "mobilenet_v1_conv_0.25_32"
+    model = load_model(tmp_path / "run" / "best.safetensors")
+    assert model.meta.name == "mobilenet_v1_conv_0.25_32" and model.width_mult == 0.25
+    assert create_model("mobilenet_v2_0.25_56").meta.resolution == 56
+    assert create_model("shufflenet_g3_0.75").meta.name == "shufflenet_g3_0.75"

@@ -38,7 +38,7 @@ from .data import FASHION_MNIST, canonical_source
 from .published import published_results
 from .train import TrainConfig, resume_config, train
 from .train.config import RESUMABLE
-from .train.run_files import CHECKPOINT, PREVIOUS, RUN_FILES
+from .train.run_files import CHECKPOINT, PREVIOUS, RUN_FILES, lock_run_dir
 
 # The paper's 224:192:160:128 divided by 4: 32 px is the smallest input the models take (the last
 # feature map is 1×1 after stride 32), and Fashion-MNIST's 28 px images are upsampled to it.
@@ -403,8 +403,9 @@ def run_planned(planned: PlannedRun, execution: Mapping[str, Any]) -> RunResult:
     resume = (run_dir / CHECKPOINT).is_file() or (run_dir / PREVIOUS).is_file()
     if not resume:
         # Stopped before its first checkpoint: nothing trained to keep, and a fresh run refuses these.
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+        with lock_run_dir(run_dir):
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
     config = resume_config(run_dir, **execution) if resume else replace(planned.config, **execution)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
