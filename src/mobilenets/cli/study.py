@@ -7,7 +7,7 @@ import sys
 
 from tabulate import tabulate
 
-from ..study import FULL_SEEDS, MAX_SEEDS, QUICK, QUICK_SEEDS, STUDIES
+from ..study import FULL_SEEDS, MAX_SEEDS, QUICK_SEEDS, STUDIES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run: {QUICK['epochs']} epoch on {QUICK['train_limit']} training and {QUICK['val_limit']} "
-        f"val images, {QUICK_SEEDS} seed (default: the study's full settings, {FULL_SEEDS} seeds)",
+        help=f"a smoke run: the study's quick settings (fewer epochs and images, see --list), {QUICK_SEEDS} seed "
+        f"(default: its full settings, {FULL_SEEDS} seeds)",
     )
     parser.add_argument("--seeds", type=int, metavar="N", help=f"seeds 0 … N-1, N from 1 to {MAX_SEEDS}")
     parser.add_argument(
