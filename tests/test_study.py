@@ -242,3 +242,14 @@ def test_trainer_trains_a_variant_at_a_width_not_registered(data: Path, tmp_path
     assert model.meta.name == "mobilenet_v1_conv_0.25_32" and model.width_mult == 0.25
     assert create_model("mobilenet_v2_0.25_56").meta.resolution == 56
     assert create_model("shufflenet_g3_0.75").meta.name == "shufflenet_g3_0.75"
+
+
+def test_plot_axes_say_what_and_in_which_unit() -> None:
+    study = tiny_study()
+    rows = aggregate(study, [_result("wide", 80.0, 0), _result("wide", 84.0, 1), _result("thin", 70.0)])
+    ax, right = study_module.study_figure(study, rows, "params").axes
+    assert ax.get_xscale() == "log" and "parameters (millions)" in ax.get_xlabel()
+    assert "top-1" in ax.get_ylabel() and "ImageNet" in right.get_ylabel()
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [
+        "plain", "distilled", "published ImageNet top-1 (right axis)",
+    ]  # fmt: skip

@@ -501,12 +501,13 @@ def results_markdown(study: Study, rows: list[Row], *, settings: str) -> str:
 MARKERS = "osD^vP*Xph"
 
 
-def study_figure(study: Study, rows: list[Row], axis: str):
-    """Top-1 (mean, error bars: std over seeds) against ``axis`` ("mult_adds" or "params", log scale),
+def study_figure(study: Study, rows: list[Row], axis: str, *, data: str = FASHION_MNIST):
+    """Top-1 on ``data`` (mean, error bars: std over seeds) against ``axis`` ("mult_adds" or "params", log scale),
     one colour and marker per series; the published ImageNet top-1 of each run's counterpart on the right
     axis, at the run's own cost."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from .selection import _plain_log_ticks
 
@@ -531,7 +532,8 @@ def study_figure(study: Study, rows: list[Row], axis: str):
         )
         points = [(x, row.published_top1) for x, row in zip(xs, mine, strict=True) if row.published_top1]
         if right is not None and points:
-            right.plot(*zip(*points, strict=True), color=color, marker=marker, mfc="none", linestyle=":", alpha=0.7)
+            # Larger and hollow: a ring around our marker where the two axes happen to put them together.
+            right.plot(*zip(*points, strict=True), color=color, marker=marker, ms=13, mfc="none", mew=1.2, ls=":")
     if len(rows) <= 8:  # more names would cover each other; the legend and results.md name them
         for row in rows:
             xy = (getattr(row, axis) / 1e6, row.top1_mean)
@@ -542,13 +544,19 @@ def study_figure(study: Study, rows: list[Row], axis: str):
     _plain_log_ticks(ax.xaxis, *ax.get_xlim())
     unit = {"mult_adds": "mult-adds (millions, one image)", "params": "parameters (millions)"}[axis]
     ax.set_xlabel(f"{unit}, log scale")
-    ax.set_ylabel("top-1 accuracy here (%; filled markers, error bars: std over seeds)")
+    ax.set_ylabel(f"top-1 on {Path(data).name} val, last epoch (%; error bars: std over seeds)")
+    ax.margins(y=0.15)
     if right is not None:
         right.set_ylabel("published ImageNet top-1 of the counterpart (%; hollow markers)")
+        right.margins(y=0.15)
     ax.set_title(study.title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    if any(series):
-        ax.legend(fontsize=8, loc="best")
+    handles, names = ax.get_legend_handles_labels()
+    if right is not None:
+        ring = Line2D([], [], color="0.3", marker="o", ms=11, mfc="none", ls=":")
+        handles, names = [*handles, ring], [*names, "published ImageNet top-1 (right axis)"]
+    if handles:
+        ax.legend(handles, names, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
@@ -615,7 +623,7 @@ def run_study(
     atomic_write(files[1], (results_markdown(study, rows, settings=settings) + "\n").encode())
     for axis in study.axes:
         buffer = io.BytesIO()
-        study_figure(study, rows, axis).savefig(buffer, format="png", dpi=110)
+        study_figure(study, rows, axis, data=first.data).savefig(buffer, format="png", dpi=110)
         files.append(out / f"accuracy_vs_{axis}.png")
         atomic_write(files[-1], buffer.getvalue())
     return StudyResult(rows=rows, results=results, files=files)
