@@ -51,7 +51,7 @@ WIDTHS = (1.0, 0.75, 0.5, 0.25)
 RECIPE: dict[str, Any] = {"augment": False, "warmup_epochs": 0.0, "lr": 0.01, "ema_decay": 0.0, "batch_size": 64}
 # --quick unless a study says otherwise: a smoke run, each study in at most 5 minutes on 2 cores.
 QUICK: dict[str, Any] = {"epochs": 2, "train_limit": 4000, "val_limit": 2000}
-# --quick for the studies of α = 1 at up to 56 px (42 M mult-adds, 30 times α = 0.25 at 32 px).
+# --quick for the studies of α = 1 at up to 56 px (42 M mult-adds, 50 times α = 0.25 at 32 px).
 SMALL_QUICK: dict[str, Any] = {"epochs": 2, "train_limit": 2000, "val_limit": 1000}
 FULL_SEEDS, QUICK_SEEDS = 3, 1
 MAX_SEEDS = 100
@@ -98,7 +98,7 @@ class Study:
     quick: Mapping[str, Any] = field(default_factory=lambda: dict(QUICK))  # the same for --quick
     recipe: Mapping[str, Any] = field(default_factory=lambda: dict(RECIPE))
     axes: tuple[str, ...] = ("mult_adds",)  # the plots' x axes: "mult_adds", "params"
-    connect: bool = False  # draw a line through each series (sorted by mult-adds)
+    connect: bool = False  # draw a line through each series on the mult-adds axis (sorted by mult-adds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -516,6 +516,7 @@ def study_figure(study: Study, rows: list[Row], axis: str, *, data: str = FASHIO
     ax = fig.subplots()
     right = ax.twinx() if any(row.published_top1 is not None for row in rows) else None
     series = list(dict.fromkeys(row.series for row in rows))
+    line = "-" if study.connect and axis == "mult_adds" else "none"  # a series' params are all one value
     for i, name in enumerate(series):
         mine = sorted((row for row in rows if row.series == name), key=lambda row: getattr(row, axis))
         xs = [getattr(row, axis) / 1e6 for row in mine]
@@ -526,14 +527,22 @@ def study_figure(study: Study, rows: list[Row], axis: str, *, data: str = FASHIO
             yerr=[row.top1_std or 0.0 for row in mine],
             color=color,
             marker=marker,
-            linestyle="-" if study.connect else "none",
+            linestyle=line,
             capsize=3,
             label=name or None,
         )
         points = [(x, row.published_top1) for x, row in zip(xs, mine, strict=True) if row.published_top1]
         if right is not None and points:
             # Larger and hollow: a ring around our marker where the two axes happen to put them together.
-            right.plot(*zip(*points, strict=True), color=color, marker=marker, ms=13, mfc="none", mew=1.2, ls=":")
+            right.plot(
+                *zip(*points, strict=True),
+                color=color,
+                marker=marker,
+                ms=13,
+                mfc="none",
+                mew=1.2,
+                ls=":" if line == "-" else "none",
+            )
     if len(rows) <= 8:  # more names would cover each other; the legend and results.md name them
         for row in rows:
             xy = (getattr(row, axis) / 1e6, row.top1_mean)
@@ -553,7 +562,7 @@ def study_figure(study: Study, rows: list[Row], axis: str, *, data: str = FASHIO
     ax.grid(True, which="major", alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     if right is not None:
-        ring = Line2D([], [], color="0.3", marker="o", ms=11, mfc="none", ls=":")
+        ring = Line2D([], [], color="0.3", marker="o", ms=11, mfc="none", ls=":" if line == "-" else "none")
         handles, names = [*handles, ring], [*names, "published ImageNet top-1 (right axis)"]
     if handles:
         ax.legend(handles, names, fontsize=8, loc="best")
