@@ -151,7 +151,7 @@ def test_aggregation_mean_std_and_table() -> None:
         for line in table.splitlines()
         if line.startswith("| wide") or line.startswith("| thin")
     }
-    published = f"{wide.published_top1:g} (mobilenet_v1_0.5_128, {wide.published_source})"
+    published = f"{wide.published_top1:.1f} (mobilenet_v1_0.5_128, {wide.published_source})"
     assert cells["wide"] == ["wide", "32", "2.00", "0.300", "82.00 ± 2.00", "3", published]
     assert cells["thin"] == ["thin", "32", "2.00", "0.300", "70.00 ± –", "1", ""]
     assert "wider is better" in table

@@ -480,7 +480,7 @@ def results_markdown(study: Study, rows: list[Row], *, settings: str) -> str:
             f"{row.params / 1e6:,.3f}",
             _accuracy(row),
             row.seeds,
-            "" if row.published_top1 is None else f"{row.published_top1:g} ({row.published}, {row.published_source})",
+            "" if row.published_top1 is None else f"{row.published_top1:.1f} ({row.published}, {row.published_source})",
         ]
         for row in rows
     ]
