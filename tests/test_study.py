@@ -122,6 +122,20 @@ def test_interrupted_study_resumes(data: Path, tmp_path: Path, calls: list, monk
     assert [r.status for r in result.results] == ["cached", "resumed"]
 
 
+def test_run_stopped_mid_way_is_continued_not_restarted(data: Path, tmp_path: Path, calls: list) -> None:
+    study = Study(**{**vars(tiny_study()), "runs": tiny_study().runs[:1], "full": {"epochs": 2}})
+    (done,) = go(study, tmp_path, data).results
+    # Its folder as a run stopped after epoch 1 leaves it: that epoch's checkpoint, no report.
+    run_dir = tmp_path / "runs" / calls[0][0]
+    (run_dir / "previous.safetensors").replace(run_dir / "last.safetensors")
+    (run_dir / "report.json").unlink()
+    calls.clear()
+    (again,) = go(study, tmp_path, data).results
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert calls == [(run_dir.name, True)] and again.status == "resumed" and [r["epoch"] for r in records] == [1, 2]
+    assert again.top1 == done.top1  # epoch 2 trained again from epoch 1's checkpoint: the same result
+
+
 def test_a_changed_run_folder_is_refused(data: Path, tmp_path: Path, calls: list) -> None:
     study = Study(**{**vars(tiny_study()), "runs": tiny_study().runs[:1]})
     go(study, tmp_path, data)
