@@ -59,10 +59,10 @@ MAX_SEEDS = 100
 EXECUTION = ("out", *(name for name in RESUMABLE if name != "epochs"))
 # Fields that decide the evaluation images and the classes: every run of a study must agree on them.
 DATA_FIELDS = ("data", "val_fraction", "val_limit", "in_chans")
-# Training time estimate (1 thread + 1 loader process on 2 cores), from docs/benchmarks.md (420 images/s
-# at 11.45 M mult-adds, batch 128) and batches of 64 timed beside it (about twice the 0.2 ms per image of
-# batch 128 at 0.80 M): seconds per training image = A + B·M mult-adds; a validation image costs a
-# third of that (forward only); a run takes about 3 s to start.
+# Training time estimate (1 thread + 1 loader process on 2 cores): seconds per training image =
+# A + B·M mult-adds, B from docs/benchmarks.md (420 images/s at 11.45 M), A on the safe side (0.31 ms
+# at 0.80 M where that page measured 0.22 ms at batch 128); a validation image costs a third of that
+# (forward only); a run takes about 3 s to start. See docs/reproduction.md.
 SECONDS_PER_IMAGE, SECONDS_PER_MMA, SECONDS_PER_RUN = 0.15e-3, 0.2e-3, 3.0
 
 
