@@ -225,7 +225,7 @@ def test_declared_studies_plan_and_name_published_models(tmp_path: Path) -> None
     ][:16]
 
 
-def test_cli_list_help_and_errors(cli, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_list_help_and_errors(cli, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = cli("study", "--list")
     assert code == 0 and all(name in out for name in STUDIES) and "full min" in out
     with pytest.raises(SystemExit) as info:
@@ -236,9 +236,11 @@ def test_cli_list_help_and_errors(cli, capsys: pytest.CaptureFixture[str]) -> No
         (["study", "grid"], "--out DIR is required"),
         (["study"], "a study name is required"),
         (["study", "grid", "--seeds", "0", "--out", "x"], "seeds must be an integer in [1, 100]"),
+        (["study", "width", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out")], "none' is neither"),
     ]:
         code, out, err = cli(*argv)
         assert code == 2 and out == "" and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any run folder is made
 
 
 def test_trainer_trains_a_variant_at_a_width_not_registered(data: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from tabulate import tabulate
 
 from .checkpoint import atomic_write
 from .cost import profile
-from .data import FASHION_MNIST, canonical_source
+from .data import FASHION_MNIST, canonical_source, inspect_source
 from .published import published_results
 from .train import TrainConfig, resume_config, train
 from .train.config import RESUMABLE
@@ -609,6 +609,7 @@ def run_study(
     ``results.md`` and ``accuracy_vs_<axis>.png`` into ``out``. ``execution``: workers, threads or device
     for the trainer (they do not change the results); ``log`` gets one line per run."""
     planned = plan(study, out=out, data=data, seeds=seeds, quick=quick)
+    inspect_source(planned[0].config.data)  # a missing folder is refused before any run folder is made
     out = Path(out)
     results = []
     for i, item in enumerate(planned, 1):

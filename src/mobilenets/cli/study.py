@@ -15,9 +15,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train the runs of a study of the MobileNets paper's claims (separable vs full convolutions, thin vs "
         "shallow, width, resolution, the α × resolution grid, distillation, the family at matched mult-adds) "
-        "with the trainer, once per seed; each finished run is cached in OUT/runs/ (a second invocation trains "
+        "with the trainer, once per seed; each finished run is cached in DIR/runs/ (a second invocation trains "
         "only what is missing, an interrupted run is resumed), and the results are aggregated over seeds into "
-        "OUT/results.csv, OUT/results.md and PNG plots. Accuracy is the last epoch's, never the best's. "
+        "DIR/results.csv, DIR/results.md and PNG plots. Accuracy is the last epoch's, never the best's. "
         "See docs/reproduction.md."
     )
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"the study: {', '.join(STUDIES)}")
