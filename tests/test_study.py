@@ -148,7 +148,7 @@ def test_a_changed_run_folder_is_refused(data: Path, tmp_path: Path, calls: list
 def _result(label: str, top1: float, seed: int = 0, classes: tuple[str, ...] = ("a", "b")) -> RunResult:
     return RunResult(
         label=label, seed=seed, model=label, top1=top1, mult_adds=2_000_000, params=300_000, classes=classes,
-        status="cached", seconds=1.0,
+        status="cached",
     )  # fmt: skip
 
 
@@ -181,7 +181,7 @@ def test_accuracy_is_the_last_epoch_not_the_best(tmp_path: Path) -> None:
     run_dir.mkdir(parents=True)
     epochs = [{"epoch": 1, "val_top1": 0.9}, {"epoch": 2, "val_top1": 0.8}]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in epochs))
-    report = {"model": "m", "mult_adds": 5, "params": 3, "seconds": 1.0, "evaluation": {"classes": ["a"]}}
+    report = {"model": "m", "mult_adds": 5, "params": 3, "evaluation": {"classes": ["a"]}}
     (run_dir / "report.json").write_text(json.dumps(report))
     planned = replace(planned, config=replace(planned.config, epochs=2))
     assert study_module._result(planned, "cached").top1 == pytest.approx(80.0)

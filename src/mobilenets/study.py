@@ -4,7 +4,7 @@ A :class:`Study` is data: its claim, the paper's numbers it is set beside (regis
 whose published results are in ``resources/published.csv``), and a list of :class:`StudyRun` (model,
 width, resolution, teacher, options), each trained with the project's trainer for every seed.
 :func:`run_study` trains what its output folder does not yet hold: each run is cached in
-``OUT/runs/<run-key>/`` (the trainer's own run folder), finished when its ``report.json`` exists and
+``out/runs/<run-key>/`` (the trainer's own run folder), finished when its ``report.json`` exists and
 its recorded config is the one asked for; a folder holding a checkpoint but no report is resumed.
 The results are aggregated over seeds (mean ± sample standard deviation) into ``results.csv``,
 ``results.md`` and PNG plots.
@@ -44,10 +44,10 @@ from .train.run_files import CHECKPOINT, PREVIOUS, RUN_FILES, lock_run_dir
 # feature map is 1×1 after stride 32), and Fashion-MNIST's 28 px images are upsampled to it.
 RESOLUTIONS = (56, 48, 40, 32)
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
-# The main job's recipe (docs/benchmarks.md), with the EMA off: one set of weights per run, so the
-# test-set accuracy reported chooses nothing. Batch 128, cosine schedule, RMSProp are the defaults.
-# Batches of 64, not 128: these runs take a few hundred steps, and twice the steps beat the larger batch
-# (α = 0.25 at 32 px, 2 epochs of 3,000 images: 67.5 % top-1 against 30 %).
+# The main job's recipe (docs/benchmarks.md; cosine schedule and RMSProp are the defaults) with the EMA
+# off: one set of weights per run, so the test-set accuracy reported chooses nothing. Batches of 64,
+# not 128: these runs take a few hundred steps, and twice the steps beat the larger batch (α = 0.25 at
+# 32 px, 2 epochs of 3,000 images: 67.5 % top-1 against 30 %).
 RECIPE: dict[str, Any] = {"augment": False, "warmup_epochs": 0.0, "lr": 0.01, "ema_decay": 0.0, "batch_size": 64}
 # --quick unless a study says otherwise: a smoke run, each study in at most 5 minutes on 2 cores.
 QUICK: dict[str, Any] = {"epochs": 2, "train_limit": 4000, "val_limit": 2000}
@@ -123,7 +123,6 @@ class RunResult:
     params: int
     classes: tuple[str, ...]
     status: str  # "cached", "trained" or "resumed"
-    seconds: float  # training time recorded by the run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,7 +397,6 @@ def _result(planned: PlannedRun, status: str) -> RunResult:
         params=report["params"],
         classes=tuple(report["evaluation"]["classes"]),
         status=status,
-        seconds=report["seconds"],
     )
 
 
