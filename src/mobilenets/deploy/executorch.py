@@ -20,11 +20,13 @@ the runner therefore resizes it only while no program loaded by this module is a
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -44,6 +46,18 @@ EXTRA = "mobile"  # the package extra that installs ExecuTorch
 _live_runners: weakref.WeakSet = weakref.WeakSet()
 
 
+def _require(package: str, purpose: str) -> ModuleType:
+    """:func:`~mobilenets.deploy.runtimes.require` for the mobile extra, without the deprecation notice that
+    torchao's import logs through PyTorch's pytree logger (about an Enum it registers)."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return require(package, purpose, extra=EXTRA)
+    finally:
+        logger.setLevel(level)
+
+
 def metadata_path(path: str | Path) -> Path:
     """The JSON file beside a program that records what feeding it needs: ``m.pte`` -> ``m.pte.json``."""
     return Path(f"{path}.json")
@@ -51,8 +65,8 @@ def metadata_path(path: str | Path) -> Path:
 
 def _quantize(module: torch.fx.GraphModule, calibration: Sequence[np.ndarray]) -> torch.fx.GraphModule:
     """PT2E int8 of an exported module, its activation ranges observed on ``calibration`` batches (B, C, H, W)."""
-    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export", extra=EXTRA)
-    xnnpack = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "int8 ExecuTorch export", extra=EXTRA)
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
+    xnnpack = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "int8 ExecuTorch export")
     quantizer = xnnpack.XNNPACKQuantizer().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
     prepared = pt2e.prepare_pt2e(module, quantizer)
     with torch.no_grad():
@@ -70,8 +84,8 @@ def write_program(
 
     Raises ``ValueError`` with ExecuTorch's first line when the model cannot be exported or lowered.
     """
-    exir = require("executorch.exir", "ExecuTorch export", extra=EXTRA)
-    partition = require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export", extra=EXTRA)
+    exir = _require("executorch.exir", "ExecuTorch export")
+    partition = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
     if calibration is not None and not calibration:
         raise ValueError("calibration data must hold at least one batch of images")
     folded = fold_batchnorm(model).cpu().eval()
@@ -124,8 +138,8 @@ def executorch_runner(
     accepted), ``threads`` threads (default: the pool as it is); a batch runs one image per call."""
     if device is not None and resolve_device(device).type != "cpu":
         raise ValueError("runtime executorch runs on the CPU here; use --device cpu")
-    runtime = require("executorch.runtime", "the ExecuTorch runtime", extra=EXTRA)
-    portable = require("executorch.extension.pybindings.portable_lib", "the ExecuTorch runtime", extra=EXTRA)
+    runtime = _require("executorch.runtime", "the ExecuTorch runtime")
+    portable = _require("executorch.extension.pybindings.portable_lib", "the ExecuTorch runtime")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ExecuTorch program {str(path)!r} not found")
