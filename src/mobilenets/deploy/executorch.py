@@ -20,11 +20,13 @@ the runner therefore resizes it only while no program loaded by this module is a
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from types import ModuleType
 
@@ -95,7 +97,9 @@ def write_program(
         if calibration is not None:
             program = torch.export.export(_quantize(program.module(), calibration), example)
         lowered = exir.to_edge_transform_and_lower(program, partitioner=[partition.XnnpackPartitioner()])
-        buffer = lowered.to_executorch().buffer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the serialiser's importlib.resources.read_binary
+            buffer = lowered.to_executorch().buffer
     except (RuntimeError, exir.error.ExportError) as err:  # torch.export's and ExecuTorch's own errors
         name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
         raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
@@ -105,13 +109,15 @@ def write_program(
 
 @contextmanager
 def _native_logs_hidden() -> Iterator[None]:
-    """Send what native code writes to stderr within the block to /dev/null: ExecuTorch's runtime logs
-    its CPU probing and thread-pool changes there, and the Python errors it raises say what failed."""
+    """Discard what is written to stderr within the block, by native code (file descriptor 2) or through
+    ``sys.stderr``, where ExecuTorch's Python runtime sends its logs: its CPU probing, thread-pool changes
+    and load failures, which the errors it raises say in one line."""
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        with redirect_stderr(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
