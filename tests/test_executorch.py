@@ -2,6 +2,7 @@
 
 import gc
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -174,3 +175,12 @@ def test_bench_times_a_program(executorch: None, cli: Cli, private_cache: Path) 
                        "--quick", "--json")  # fmt: skip
     results = json.loads(out)["results"]
     assert code == 0 and [r["runtime"] for r in results] == ["executorch"] and results[0]["p50_ms"] > 0
+
+
+def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mobilenets.deploy.executorch import executorch_runner
+
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # importing it now fails
+    (tmp_path / "m.pte").write_bytes(b"a program")
+    with pytest.raises(ValueError, match=r"needs the 'executorch.runtime' package: pip install 'mobilenets\[mobile\]'"):
+        executorch_runner(tmp_path / "m.pte")
