@@ -153,12 +153,13 @@ def executorch_runner(
         if threads is not None:
             _set_threads(portable, threads)
         try:
-            method = runtime.Runtime.get().load_program(path).load_method("forward")
+            program = runtime.Runtime.get().load_program(path)
+            batch = program.load_method("forward").metadata.input_tensor_meta(0).sizes()[0]
         except RuntimeError as err:
             raise ValueError(f"{str(path)!r} cannot be loaded as an ExecuTorch program: {first_line(err)}") from err
-    batch = method.metadata.input_tensor_meta(0).sizes()[0]
 
     def run(x: np.ndarray) -> np.ndarray:
+        method = program.load_method("forward")  # loaded once and cached by the program, which must stay alive
         images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         calls = [method.execute((images[start : start + batch],))[0] for start in range(0, len(images), batch)]
         return torch.cat(calls).numpy()
