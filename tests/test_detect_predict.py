@@ -7,12 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from detect_standin import CLASSES, RESOLUTION, register
 from mobilenets import create_model
 from mobilenets.checkpoint import save_weights
 from mobilenets.detect import Detection, Detector, class_colours, draw_detections, load_detector
 
-MODEL = register()
+from detect_fixtures import CLASSES, MODEL, RESOLUTION
 
 
 @pytest.fixture

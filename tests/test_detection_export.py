@@ -20,10 +20,9 @@ from mobilenets.deploy.detection import (
     detection_metadata,
     export_detector,
     load_detector_pipeline,
-    read_metadata,
     torch_pipeline,
 )
-from mobilenets.deploy.export import VerificationError
+from mobilenets.deploy.export import VerificationError, read_artifact_metadata
 
 pytest.importorskip("onnxruntime", reason="detector export needs the [deploy] extra")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,7 +72,7 @@ def test_onnx_reproduces_pytorch_detections(name: str, kind: str, photos: list[n
     assert report.passed and report.images == len(photos) and report.postprocess == kind
     assert report.compared > 0 and report.unmatched == 0 and report.worst_iou >= 0.99
     assert (report.max_box_diff is None) == (kind == SCALE)
-    metadata = read_metadata(tmp_path / "det.onnx", "onnx")
+    metadata = read_artifact_metadata(tmp_path / "det.onnx", "onnx")
     assert metadata["task"] == "detection" and metadata["resolution"] == str(RES) and metadata["model"] == name
     assert json.loads(metadata["postprocess"])["kind"] == kind and json.loads(metadata["mean"]) == list(model.meta.mean)
     # End to end on a photo of its own size: the artifact's NumPy steps give PyTorch's boxes in its pixels.
@@ -91,7 +90,7 @@ def test_openvino_reproduces_pytorch_detections(photos: list[np.ndarray], tmp_pa
     model = detector(SSDLITE)
     report = export_detector(model, "openvino", tmp_path / "det.xml", pictures=photos[:1])
     assert report.passed and report.compared > 0 and report.files == [tmp_path / "det.xml", tmp_path / "det.bin"]
-    assert read_metadata(tmp_path / "det.xml", "openvino") == detection_metadata(model, RES)
+    assert read_artifact_metadata(tmp_path / "det.xml", "openvino") == detection_metadata(model, RES)
     got = load_detector_pipeline(tmp_path / "det.xml", "openvino")(photos[0])
     assert same_detections(torch_pipeline(model, device="cpu")(photos[0]), got, model)
 
@@ -183,7 +182,7 @@ def test_export_command_reads_a_detectors_weights_file(
     out = tmp_path / "det.onnx"
     code, _, err = cli("export", "--weights", str(weights), "--format", "onnx", "--out", str(out))
     assert code == 0, err
-    metadata = read_metadata(out, "onnx")
+    metadata = read_artifact_metadata(out, "onnx")
     assert json.loads(metadata["classes"]) == ["shirt", "bag"] and metadata["resolution"] == str(RES)
     code, _, err = cli("export", "--weights", str(weights), "--resolution", "96", "--format", "onnx", "--out", str(out))
     assert code == 2 and "--resolution: a detector's weights file records its arguments" in err

@@ -23,32 +23,9 @@ from torchvision.utils import draw_bounding_boxes
 from .checkpoint import atomic_write, read_saved_weights
 from .data.decode import decode_image
 from .device import resolve_device
-from .registry import create_model, get_entry, list_models
+from .registry import DETECTION, create_model
 
-DETECTOR_FAMILIES = ("ssd", "ssdlite", "fasterrcnn")
 DEFAULT_SCORE_THRESHOLD = 0.3
-TASK = "detection"  # what a detector's weights file records as its task
-
-
-def is_detector(name: str) -> bool:
-    """Whether the registered model ``name`` is a detector (raises ``ValueError`` for an unknown name)."""
-    return get_entry(name).family in DETECTOR_FAMILIES
-
-
-def detector_names() -> list[str]:
-    """The registered detectors' names."""
-    return [name for name in list_models() if is_detector(name)]
-
-
-def check_detector(name: str, option: str) -> None:
-    """Raise ``ValueError`` (naming ``option``) unless ``name`` is a registered detector."""
-    if not is_detector(name):
-        names = detector_names()
-        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-        raise ValueError(
-            f"{option} {name!r} is a classifier ({get_entry(name).family}), not a detector; "
-            f"give a detector: {shown or 'none registered'} (see `mobilenets list`)"
-        )
 
 
 def read_detector_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -56,7 +33,7 @@ def read_detector_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
     ``ValueError`` for a classifier's weights or a file that records no detector."""
     state, info = read_saved_weights(path)
     where = f"weights {str(path)!r}"
-    if info.get("task") != TASK:
+    if info.get("task") != DETECTION:
         model = info.get("model")
         what = f"a classifier's ({model})" if model else "not from `mobilenets detect train` (they record no model)"
         raise ValueError(f"{where} are {what}; give a detector's weights from `mobilenets detect train`")

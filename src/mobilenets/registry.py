@@ -14,6 +14,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -121,6 +122,8 @@ def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: An
 # detection model, ``models/detection.py``) takes a list of images and gives boxes.
 CLASSIFICATION, DETECTION = "classification", "detection"
 TASKS = (CLASSIFICATION, DETECTION)
+# The commands that train, evaluate and run the models of each task.
+TASK_COMMANDS = {CLASSIFICATION: "mobilenets train/eval/predict", DETECTION: "mobilenets detect train/eval/predict"}
 
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
 # "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
@@ -295,6 +298,37 @@ def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
     return None
 
 
+def _spelt_index(parts: list[str], spelt: list[str]) -> int | None:
+    """The index of the last of a name's ``parts`` that is one of ``spelt`` (a width or resolution)."""
+    return next((index for index in reversed(range(len(parts))) if parts[index] in spelt), None)
+
+
+def _scaled_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
+    """A registered family at a width not registered, as :func:`name_for` spells it
+    (``mobilenet_v1_0.6_32``, ``mobilenet_v1_conv_0.25_224``, ``shufflenet_g3_0.75``): the entry whose
+    name differs only in the width and resolution it spells, with that ``width_mult`` and resolution as
+    defaults (and no pretrained weights)."""
+    parts = name.split("_")
+    for entry in models.values():
+        theirs, width = entry.name.split("_"), entry.defaults.get("width_mult")
+        if width is None or len(theirs) != len(parts):
+            continue
+        w = _spelt_index(theirs, [str(float(width)), str(width)])
+        r = _spelt_index(theirs, [str(entry.resolution)])
+        same = all(mine == other for i, (mine, other) in enumerate(zip(parts, theirs, strict=True)) if i not in (w, r))
+        if w is None or not same or not re.fullmatch("[0-9]+[.][0-9]+", parts[w]):
+            continue
+        if r is not None and not re.fullmatch("[0-9]+", parts[r]):
+            continue
+        try:
+            resolution = entry.resolution if r is None else _check_resolution(int(parts[r]))
+        except ValueError as err:
+            raise ValueError(f"model name {name!r}: {err}") from None
+        defaults = {**entry.defaults, "width_mult": float(parts[w])}
+        return replace(entry, name=name, defaults=defaults, resolution=resolution, pretrained=None)
+    return None
+
+
 def _check_resolution(resolution: int) -> int:
     from .models.base import check_resolution  # imported on use: the families import this module
 
@@ -315,10 +349,22 @@ def get_entry(name: str) -> ModelEntry:
         return models[name]
     if name in _ALIASES:
         return models[_ALIASES[name]]
-    entry = _sized_entry(name, models)
+    entry = _sized_entry(name, models) or _scaled_entry(name, models)
     if entry is None:
         hint = _similar(name, [*models, *_ALIASES], most=5)
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
+    return entry
+
+
+def check_task(name: str, task: str, *, option: str = "model") -> ModelEntry:
+    """The entry of ``name``; ``ValueError`` naming ``option`` and the commands of the model's own task
+    when it is not a ``task`` model (a detector given to a classifier's command, or the reverse)."""
+    entry = get_entry(name)
+    if entry.task != task:
+        raise ValueError(
+            f"{option} {name!r} is a {entry.task} model, not a {task} one: use `{TASK_COMMANDS[entry.task]}` "
+            f"(`mobilenets list --task {task}` lists the {task} models)"
+        )
     return entry
 
 
@@ -338,11 +384,9 @@ def name_for(name: str, **arguments: Any) -> str:
         old, new = {**entry.defaults, "resolution": entry.resolution}.get(key), arguments.get(key)
         if old is None or new is None:
             continue
-        spelt = [str(float(old)), str(old)] if key == "width_mult" else [str(old)]
-        for index in reversed(range(len(parts))):
-            if parts[index] in spelt:
-                parts[index] = str(float(new)) if key == "width_mult" else str(new)
-                break
+        index = _spelt_index(parts, [str(float(old)), str(old)] if key == "width_mult" else [str(old)])
+        if index is not None:
+            parts[index] = str(float(new)) if key == "width_mult" else str(new)
     return "_".join(parts)
 
 

@@ -9,8 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import detect_standin
-from detect_standin import make_squares, register
 from mobilenets import create_model
 from mobilenets.checkpoint import load_checkpoint, save_weights
 from mobilenets.detect import load_detector
@@ -23,7 +21,8 @@ from mobilenets.train.detect import (
     train_detector,
 )
 
-MODEL = register()
+import detect_fixtures
+from detect_fixtures import MODEL, make_squares
 
 
 def tiny(data: Path, out: Path, **changes: Any) -> DetectConfig:
@@ -32,7 +31,7 @@ def tiny(data: Path, out: Path, **changes: Any) -> DetectConfig:
         "model": MODEL,
         "data": str(data),
         "out": str(out),
-        "resolution": detect_standin.RESOLUTION,
+        "resolution": detect_fixtures.RESOLUTION,
         "epochs": 2,
         "batch_size": 4,
         "lr": 0.05,
@@ -84,7 +83,7 @@ def test_short_run_lowers_the_loss_and_finds_boxes(run: Path, squares: Path) -> 
     report = json.loads((run / "report.json").read_text())
     assert report["best"]["val_map"] == max(r["val_map"] for r in records)
     model, classes = load_detector(run / "best.safetensors")
-    assert classes == detect_standin.CLASSES and model.meta.num_classes == len(classes) + 1
+    assert classes == detect_fixtures.CLASSES and model.meta.num_classes == len(classes) + 1
     from mobilenets.data.detection import load_detection_dataset
 
     val = load_detection_dataset(str(squares), "val", train=False, resolution=64)
@@ -137,13 +136,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_init_from_a_detector_keeps_what_fits(run: Path) -> None:
-    same = create_model(MODEL, num_classes=4, resolution=detect_standin.RESOLUTION)
+    same = create_model(MODEL, num_classes=4, resolution=detect_fixtures.RESOLUTION)
     note = init_detector(same, str(run / "best.safetensors"))
     saved = load_file(run / "best.safetensors")
     assert all(torch.equal(value, saved[key]) for key, value in same.state_dict().items())
     assert "start fresh" not in note
     # Another class count: the class heads start fresh.
-    other = create_model(MODEL, num_classes=6, resolution=detect_standin.RESOLUTION)
+    other = create_model(MODEL, num_classes=6, resolution=detect_fixtures.RESOLUTION)
     note = init_detector(other, str(run / "best.safetensors"))
     assert "start fresh" in note
     head = [key for key, value in other.state_dict().items() if value.shape != saved[key].shape]
@@ -159,9 +158,11 @@ def test_cli_train_then_eval(run: Path, squares: Path, tmp_path: Path, cli: Any)
     code, out, err = cli("detect", "eval", "--weights", str(run / "best.safetensors"), "--json", "--limit", "2")
     assert code == 0, err
     result = json.loads(out)
-    assert result["images"] == 2 and 0 <= result["map"] <= 1 and set(result["per_class"]) == set(detect_standin.CLASSES)
+    assert (
+        result["images"] == 2 and 0 <= result["map"] <= 1 and set(result["per_class"]) == set(detect_fixtures.CLASSES)
+    )
     args = ["detect", "train", "--model", MODEL, "--data", str(squares), "--epochs", "1", "--batch-size", "8"]
-    args += ["--resolution", str(detect_standin.RESOLUTION)]
+    args += ["--resolution", str(detect_fixtures.RESOLUTION)]
     code, out, err = cli(*args, "--workers", "0", "--threads", "1", "--out", str(tmp_path / "cli"), "--json")
     assert code == 0, err
     report = json.loads(out[out.index("{\n") :])  # after the run's progress lines
@@ -174,7 +175,7 @@ def test_bad_input_is_one_line(squares: Path, tmp_path: Path, cli: Any) -> None:
     save_weights(classifier, net.state_dict(), {"model": "mobilenet_v1_0.25_128", "model_args": {"num_classes": 3}})
     train = ["detect", "train", "--data", str(squares), "--out", str(tmp_path / "run")]
     cases = [
-        ([*train, "--model", "mobilenet_v1_0.25_128"], "is a classifier"),
+        ([*train, "--model", "mobilenet_v1_0.25_128"], "is a classification model"),
         ([*train, "--model", "no_such_detector"], "unknown"),
         (["detect", "train", "--model", MODEL, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")], "none"),
         ([*train, "--model", MODEL, "--eval-every", "0"], "eval_every must be an integer >= 1"),
@@ -192,11 +193,11 @@ def test_bad_input_is_one_line(squares: Path, tmp_path: Path, cli: Any) -> None:
 
 def test_two_cpu_processes_train_under_torchrun(squares: Path, tmp_path: Path) -> None:
     args = ["detect", "train", "--model", MODEL, "--data", str(squares), "--epochs", "1", "--batch-size", "8"]
-    args += ["--resolution", str(detect_standin.RESOLUTION), "--workers", "0", "--threads", "1"]
+    args += ["--resolution", str(detect_fixtures.RESOLUTION), "--workers", "0", "--threads", "1"]
     args += ["--out", str(tmp_path / "ddp")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*command, detect_standin.__file__, *args], capture_output=True, text=True, timeout=300, check=False
+        [*command, "-m", "mobilenets", *args], capture_output=True, text=True, timeout=300, check=False
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1/1:") == 1  # only rank 0 prints

@@ -1,4 +1,4 @@
-"""``mobilenets export``: write a model as ONNX, TorchScript or OpenVINO IR (fp32 or int8), verified."""
+"""``mobilenets export``: write a model as ONNX, TorchScript, OpenVINO IR or ExecuTorch (fp32 or int8), verified."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
         "top-1 agreement (and accuracy) on real images, saying how many were used for calibration and for the "
         "check. Any NaN or infinite output fails. A failed check exits with status 1. The file records the model "
-        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info). A detector (onnx or "
-        "openvino, fp32) takes one RGB picture in 0..1 resized to its resolution and gives its boxes and class "
-        "probabilities (SSD, selected by the NumPy step mobilenets.deploy.detection.postprocess) or its detections "
-        "(Faster R-CNN); it is checked on validation scenes of the built-in detection set: every detection of "
-        "PyTorch and of the file must be matched by one of the other (same class, IoU >= 0.99, scores within 1e-3)."
+        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info, ExecuTorch a .pte.json "
+        "file beside the program, which takes batch 1 only). A detector (onnx or openvino, fp32) takes one RGB picture "
+        "in 0..1 resized to its resolution and gives its boxes and class probabilities (SSD, selected by the NumPy "
+        "step mobilenets.deploy.detection.postprocess) or its detections (Faster R-CNN); it is checked on validation "
+        "scenes of the built-in detection set: every detection of PyTorch and of the file must be matched by one of "
+        "the other (same class, IoU >= 0.99, scores within 1e-3)."
     )
     parser.add_argument(
         "model",
@@ -49,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format",
         required=True,
         choices=list(FORMATS),
-        help="onnx (.onnx), torchscript (.pt), openvino (.xml + .bin)",
+        help="onnx (.onnx), torchscript (.pt), openvino (.xml + .bin), executorch (.pte + .pte.json, XNNPACK)",
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="file to write, with the format's suffix")
     parser.add_argument(
@@ -65,7 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="int8 post-training static quantization (QDQ, per-channel weights) with ONNX Runtime; needs --calib",
+        help="int8 post-training static quantization (per-channel weights; QDQ with ONNX Runtime, or PT2E with the "
+        "XNNPACK quantizer for executorch); needs --calib",
     )
     parser.add_argument(
         "--calib",

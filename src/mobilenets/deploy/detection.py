@@ -54,12 +54,12 @@ from ..models.base import check_resolution
 from .export import (
     DEFAULT_TOLERANCE,
     FORMATS,
-    METADATA_SECTION,
     ONNX_OPSET,
     VerificationError,
     _reference,
     artifact_metadata,
     check_destination,
+    read_artifact_metadata,
     save_openvino,
 )
 from .fuse import fold_batchnorm, prepare_for_inference
@@ -230,18 +230,6 @@ def write_detector(model: nn.Module, fmt: str, out: Path, *, resolution: int) ->
         return save_openvino(onnx_path, out, detection_metadata(model, resolution))
 
 
-def read_metadata(path: str | Path, fmt: str) -> dict[str, str]:
-    """The metadata an artifact records (ONNX ``metadata_props``, OpenVINO ``rt_info`` under ``mobilenets``)."""
-    if fmt == "onnx":
-        onnx = require("onnx", "reading ONNX metadata")
-        proto = onnx.load(str(path), load_external_data=False)
-        return {prop.key: prop.value for prop in proto.metadata_props}
-    ov = require("openvino", "reading OpenVINO metadata")
-    info = ov.Core().read_model(str(path)).get_rt_info()
-    section = dict(info[METADATA_SECTION]) if METADATA_SECTION in info else {}  # an RTMap: no .get
-    return {key: value.astype(str) for key, value in section.items()}
-
-
 def preprocess(image: np.ndarray, resolution: int) -> np.ndarray:
     """A picture (H, W, 3) uint8 RGB as an artifact's input: (1, 3, R, R) float32 in 0..1, resized
     bilinearly (PIL) when not R×R."""
@@ -339,7 +327,7 @@ def load_detector_pipeline(
     path: str | Path, fmt: str, *, threads: int | None = None, device: torch.device | str | None = None
 ) -> Pipeline:
     """The :func:`detector_pipeline` of the artifact at ``path`` (format onnx or openvino)."""
-    return detector_pipeline(load_runner(path, fmt, threads=threads, device=device), read_metadata(path, fmt))
+    return detector_pipeline(load_runner(path, fmt, threads=threads, device=device), read_artifact_metadata(path, fmt))
 
 
 def torch_pipeline(model: nn.Module, *, device: torch.device | str | None = None) -> Pipeline:

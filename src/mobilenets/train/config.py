@@ -21,6 +21,7 @@ from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
 from ..device import usable_cores
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION, OUTPUT_STRIDES
+from ..registry import CLASSIFICATION, check_task
 from ..weights import WEIGHTS_FILES
 from .optim import SCHEDULES
 
@@ -255,6 +256,7 @@ class TrainConfig(RunConfig):
             ("teacher", self.teacher is None or self.teacher.strip() != "", weights),
         ]
         check_values(self, checks)
+        check_task(self.model, CLASSIFICATION)
         defaults = {f.name: f.default for f in fields(self)}
         for name, needed in NEEDS:
             if getattr(self, name) != defaults[name] and getattr(self, needed) is None:

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader
 from ..checkpoint import read_saved_weights, write_json
 from ..cost import CostReport, count_cost
 from ..data.detection import DEFAULT_DETECTION_DATA, collate_detection, load_detection_dataset
-from ..detect import TASK, Detector, check_detector, load_detector, save_drawn
+from ..detect import Detector, load_detector, save_drawn
 from ..device import resolve_device, usable_cores
 from ..models.base import MAX_RESOLUTION, MIN_RESOLUTION
-from ..registry import create_model, get_entry, same_architecture
+from ..registry import DETECTION, check_task, create_model, get_entry, same_architecture
 from . import distributed
 from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
 from .detection_metrics import DetectionMetrics, coco_evaluate, plot_precision_recall
@@ -216,7 +216,7 @@ def init_detector(model: nn.Module, source: str) -> str:
     if source != "pretrained" and not Path(source).is_file():
         raise FileNotFoundError(f"init {source!r} is not a file; give 'pretrained' or a weights file")
     state, info = read_saved_weights(source) if source != "pretrained" else ({}, {})
-    if info.get("task") == TASK:
+    if info.get("task") == DETECTION:
         if not same_architecture(info["model"], model.meta.name):
             raise ValueError(f"init {source!r} holds a {info['model']!r} detector, not a {model.meta.name!r}")
         own = model.state_dict()
@@ -327,7 +327,7 @@ class DetectionTrainer(Trainer):
 
     def _build_data(self) -> None:
         cfg = self.config
-        check_detector(cfg.model, "model")
+        check_task(cfg.model, DETECTION)
         entry = get_entry(cfg.model)
         builtin = BUILTIN_RESOLUTION if cfg.data == DEFAULT_DETECTION_DATA else None
         self.in_chans, self.resolution = 3, cfg.resolution or builtin or entry.resolution
@@ -380,7 +380,7 @@ class DetectionTrainer(Trainer):
     @property
     def info(self) -> dict[str, Any]:
         return {
-            "task": TASK,
+            "task": DETECTION,
             "model": self.name,
             "model_args": self.model_args,
             "classes": self.classes,
