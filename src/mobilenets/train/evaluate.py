@@ -75,6 +75,10 @@ class EvalResult:
             "confusion": self.confusion.tolist(),
         }
 
+    def headline(self) -> str:
+        """The figures a run's report leads with."""
+        return f"accuracy   top-1 {100 * self.top1:.2f} %, top-5 {100 * self.top5:.2f} %"
+
     def format(self) -> str:
         rows = [[name, "-" if acc is None else f"{100 * acc:.1f}"] for name, acc in self.per_class.items()]
         table = tabulate(rows, ["class", "accuracy %"], colalign=("left", "right"))
