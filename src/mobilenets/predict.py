@@ -25,10 +25,21 @@ from .device import resolve_device
 from .registry import ModelMeta
 from .weights import packaged_class_names
 
+DEFAULT_THRESHOLD = 0.5  # probability from which a multi-label model predicts a label
+
+
+def check_threshold(threshold: float | None) -> float:
+    """``threshold``, or :data:`DEFAULT_THRESHOLD` for None; ``ValueError`` unless it is in (0, 1)."""
+    if threshold is None:
+        return DEFAULT_THRESHOLD
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
+    return float(threshold)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Prediction:
-    """One of the top classes: its index, name and softmax probability (0-1)."""
+    """One of the top classes: its index, name and probability (0-1; softmax, or a multi-label model's sigmoid)."""
 
     index: int
     label: str
@@ -91,14 +102,22 @@ class Classifier:
     """A model ready to classify images: eval mode, on ``device`` (CUDA when available), with its
     preprocessing and class names from ``model.meta``.
 
-    ``classifier(image)``: a PIL image or an image file -> its ``topk`` most likely classes, best first.
+    ``classifier(image)``: a PIL image or an image file -> its ``topk`` most likely classes, best first;
+    with ``threshold`` (a multi-label model's weights), every label whose sigmoid probability reaches
+    it instead, most likely first (``topk`` unused).
     ``draft``: decode JPEG files at a reduced scale (never below the resize size): faster for large
     photos, but the probabilities move away from the reference pipeline's (docs/benchmarks.md).
     Raises ``FileNotFoundError`` or ``ValueError`` (one line) for a file that cannot be classified.
     """
 
     def __init__(
-        self, model: nn.Module, topk: int = 5, device: str | torch.device | None = None, *, draft: bool = False
+        self,
+        model: nn.Module,
+        topk: int = 5,
+        device: str | torch.device | None = None,
+        *,
+        draft: bool = False,
+        threshold: float | None = None,
     ) -> None:
         meta: ModelMeta | None = getattr(model, "meta", None)
         if meta is None:
@@ -109,6 +128,7 @@ class Classifier:
             raise ValueError(f"topk must be an integer in [1, {meta.num_classes}], got {topk!r}")
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.meta, self.topk, self.draft = meta, topk, draft
         self.transform = preprocessing(meta)
         self.labels = labels_for(meta)
@@ -119,8 +139,12 @@ class Classifier:
             image = decode_image(image, mode=mode_for(self.meta.in_chans), draft=draft_size)
         x = self.transform(image).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            probs = self.model(x).softmax(dim=1)[0]
-        values, indices = probs.topk(self.topk)
+            logits = self.model(x)[0]
+        if self.threshold is None:
+            values, indices = logits.softmax(0).topk(self.topk)
+        else:
+            values, indices = logits.sigmoid().sort(descending=True)
+            values, indices = values[values >= self.threshold], indices[values >= self.threshold]
         return [
             Prediction(index=i, label=self.labels[i], prob=p)
             for p, i in zip(values.tolist(), indices.tolist(), strict=True)

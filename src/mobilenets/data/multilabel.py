@@ -43,6 +43,7 @@ from .decode import decode_image, mode_for
 from .folder import UNREADABLE
 
 FASHION_MNIST_MULTILABEL = "fashion-mnist-multilabel"
+MULTILABEL = "multilabel"  # the task of these sources, as a weights file records it (absent: single-label)
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 LABEL_SEPARATOR = "|"  # between the labels of one CSV row
 EVAL_NAMES = ("val", "valid", "validation", "test")  # the evaluation manifest's stem, beside the training one

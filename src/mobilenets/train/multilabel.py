@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import write_json
 from ..data import UNREADABLE
-from ..data.multilabel import targets_of
+from ..data.multilabel import MULTILABEL, targets_of
+from ..predict import DEFAULT_THRESHOLD
 from . import distributed
 from .distributed import Dist
 from .evaluate import autocast
@@ -36,8 +37,6 @@ from .loop import Trainer
 from .records import _save
 from .run_files import RunFiles
 
-MULTILABEL = "multilabel"  # the task a weights file records (absent: single-label)
-DEFAULT_THRESHOLD = 0.5  # probability from which a label is predicted (F1, precision, recall, predict)
 BAR_EVERY = 20  # steps between the progress bar's updates of the running training mAP
 
 
@@ -157,6 +156,12 @@ class MultiLabelResult:
         )
 
 
+def _pr_steps(scores: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) drawn as steps whose area is the AP: precision P_k over (R_{k-1}, R_k], from (0, 1)."""
+    precision, recall = precision_recall(scores, targets)
+    return np.r_[0.0, recall.numpy()], np.r_[1.0, precision.numpy()]
+
+
 def plot_pr_curves(result: MultiLabelResult, path: str | Path, title: str = "") -> None:
     """Each label's precision-recall curve (with its AP in the legend) and the micro-average's, as a PNG."""
     from matplotlib.figure import Figure
@@ -167,12 +172,12 @@ def plot_pr_curves(result: MultiLabelResult, path: str | Path, title: str = "") 
     for i, (name, ap) in enumerate(result.ap.items()):
         if ap is None:
             continue
-        precision, recall = precision_recall(result.scores[:, i], result.targets[:, i])
         colour = {"color": colours[i]} if colours else {}
-        ax.step(recall, precision, where="post", lw=1.2, label=f"{name} (AP {100 * ap:.1f})", **colour)
-    precision, recall = precision_recall(result.scores.flatten(), result.targets.flatten())
+        recall, precision = _pr_steps(result.scores[:, i], result.targets[:, i])
+        ax.step(recall, precision, where="pre", lw=1.2, alpha=0.85, label=f"{name} (AP {100 * ap:.1f})", **colour)
+    recall, precision = _pr_steps(result.scores.flatten(), result.targets.flatten())
     micro = f"micro-average (AP {100 * result.micro_ap:.1f})"
-    ax.step(recall, precision, where="post", color="black", lw=2.5, label=micro)
+    ax.step(recall, precision, where="pre", color="black", lw=2.5, label=micro)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
