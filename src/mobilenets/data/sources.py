@@ -31,8 +31,8 @@ CIFAR_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 # Beside train/, the first of these present is the evaluation split (any case).
 EVAL_FOLDERS = ("val", "valid", "validation", "test")
 _WHAT_DATA_IS = (
-    f"{FASHION_MNIST!r}, {FASHION_MNIST_MULTILABEL!r}, an image folder (class subfolders, or train/ and val/ "
-    "holding them), a CIFAR-10/100 python-format folder or a multi-label manifest (.csv, .jsonl)"
+    f"{FASHION_MNIST!r}, an image folder (class subfolders, or train/ and val/ holding them), a CIFAR-10/100 "
+    f"python-format folder, {FASHION_MNIST_MULTILABEL!r} or a multi-label manifest (.csv, .jsonl)"
 )
 
 
