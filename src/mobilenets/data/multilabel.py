@@ -73,10 +73,6 @@ class MultiLabelDataset(Dataset):
         self.transform = transform
         self.blank_shape = blank_shape
 
-    @property
-    def labelled(self) -> bool:
-        return not bool(self.targets.isnan().any())
-
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -171,10 +167,10 @@ def eval_manifest(path: Path) -> Path | None:
     return None
 
 
-def _encode(labels: list[list[str]] | None, classes: list[str], where: str) -> torch.Tensor:
-    """Each image's labels as a 0/1 row over ``classes`` (NaN rows when unlabelled)."""
+def _encode(labels: list[list[str]] | None, classes: list[str], count: int, where: str) -> torch.Tensor:
+    """Each of ``count`` images' labels as a 0/1 row over ``classes`` (NaN rows when unlabelled)."""
     if labels is None:
-        return torch.full((0, len(classes)), float("nan"))
+        return torch.full((count, len(classes)), float("nan"))
     unknown = sorted({x for row in labels for x in row} - set(classes))
     if unknown:
         raise ValueError(f"{where} has labels {unknown} that the training manifest does not have (it has {classes})")
@@ -220,9 +216,7 @@ def load_manifest(
         chosen, chosen_labels, where = files, labels, f"manifest {str(path)!r}"
     else:
         chosen, chosen_labels, where = val_files, val_labels, f"evaluation manifest {str(val_path or path)!r}"
-    targets = _encode(chosen_labels, classes, where)
-    if chosen_labels is None:
-        targets = torch.full((len(chosen), len(classes)), float("nan"))
+    targets = _encode(chosen_labels, classes, len(chosen), where)
     return MultiLabelDataset(chosen, targets, classes=classes, in_chans=in_chans, blank_shape=blank_shape)
 
 
