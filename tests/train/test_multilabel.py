@@ -165,12 +165,13 @@ def test_manifest_mistakes_are_one_clear_error(tmp_path: Path) -> None:
 # --- training ----------------------------------------------------------------------------------------
 
 
-def test_a_tiny_run_learns_and_records_the_task(trained: tuple[Path, str]) -> None:
+def test_a_tiny_run_learns_and_records_the_task(trained: tuple[Path, str], colours: Path) -> None:
     out, printed = trained
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["val_map"] < max(r["val_map"] for r in records[1:])
     assert max(r["val_map"] for r in records) > 0.55  # chance: about 0.4, the share of images with each colour
-    assert "images have no label: kept, as negatives for every label" in printed
+    empty = sum(line.endswith(",") for line in colours.read_text().splitlines())
+    assert empty and f"{empty} training images have no label: kept, as negatives for every label" in printed
     last = next(line for line in printed.splitlines() if line.startswith(f"epoch {len(records)}/"))
     assert f"val loss {records[-1]['val_loss']:.4f} mAP {100 * records[-1]['val_map']:.2f} %" in last
     report = json.loads((out / "report.json").read_text())
