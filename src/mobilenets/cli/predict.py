@@ -11,7 +11,15 @@ from pathlib import Path
 
 from ..data.decode import MAX_ASPECT_RATIO
 from ..data.multilabel import MULTILABEL
-from ..predict import DEFAULT_THRESHOLD, Classifier, check_threshold, image_files
+from ..predict import (
+    ARTIFACT_FORMATS,
+    DEFAULT_THRESHOLD,
+    Classifier,
+    artifact_format,
+    check_threshold,
+    image_files,
+    load_artifact,
+)
 from ..registry import create_model, get_entry
 from ..weights import PRETRAINED, WEIGHTS_FILES, model_from, read_weights_source
 from . import NO_MODEL
@@ -40,8 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|pretrained",
         help=(
             f"weights to load: '{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or "
-            f"{WEIGHTS_FILES}; their input size, normalisation and class names come with them. Without it the "
-            "model is untrained and a warning says so"
+            f"{WEIGHTS_FILES}; their input size, normalisation and class names come with them. Or a file "
+            f"written by `mobilenets export` ({', '.join(ARTIFACT_FORMATS)}), run in its runtime (on the CPU unless "
+            "--device says otherwise) as its metadata says. Without it the model is untrained and a warning says so"
         ),
     )
     parser.add_argument(
@@ -93,8 +102,13 @@ def _model_and_images(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     name, paths = _model_and_images(args)
     images = image_files(paths)
-    weights = read_weights_source(args.weights, name or "") if args.weights is not None else None
-    model = model_from(weights, name) if weights is not None else create_model(name)
+    artifact = args.weights is not None and artifact_format(args.weights) is not None
+    weights = None
+    if artifact:
+        model = load_artifact(args.weights, name, device=args.device)
+    else:
+        weights = read_weights_source(args.weights, name or "") if args.weights is not None else None
+        model = model_from(weights, name) if weights is not None else create_model(name)
     multilabel = weights is not None and weights.info.get("task") == MULTILABEL
     if multilabel and args.topk is not None:
         raise ValueError("--topk is for single-label weights: a multi-label model prints the labels from --threshold")
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
     topk = args.topk or min(5, num_classes)
     threshold = check_threshold(args.threshold) if multilabel else None
-    classifier = Classifier(model, topk, args.device, draft=args.draft, threshold=threshold)
+    classifier = Classifier(model, topk, None if artifact else args.device, draft=args.draft, threshold=threshold)
     if args.weights is None:
         print(
             f"mobilenets predict: warning: no --weights: {model.meta.name} is untrained, its predictions are random "

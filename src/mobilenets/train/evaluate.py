@@ -17,7 +17,7 @@ from ..data.multilabel import MULTILABEL
 from ..device import resolve_device, usable_cores
 from ..models.base import MIN_RESOLUTION
 from ..predict import check_threshold
-from ..registry import get_entry
+from ..registry import CLASSIFICATION, check_task, get_entry
 from ..weights import model_from, read_weights_source
 from .config import MAX_BATCH_SIZE, TrainConfig
 from .distributed import Dist, all_reduce
@@ -187,6 +187,7 @@ def evaluate_weights(
     read = read_weights_source(weights)
     info, recorded = read.info, read.info.get("model_args", {})
     name = read.model_name(model)
+    check_task(name, CLASSIFICATION)
     data = data if data is not None else info.get("data") or FASHION_MNIST  # "" is an error, not a default
     from .multilabel import evaluate_multilabel  # it imports the training loop
 
