@@ -32,13 +32,25 @@ from .device import resolve_device
 from .registry import CLASSIFICATION, ModelMeta, check_task, get_entry
 from .weights import packaged_class_names
 
+DEFAULT_THRESHOLD = 0.5  # probability from which a multi-label model predicts a label
+
+
+def check_threshold(threshold: float | None) -> float:
+    """``threshold``, or :data:`DEFAULT_THRESHOLD` for None; ``ValueError`` unless it is in (0, 1)."""
+    if threshold is None:
+        return DEFAULT_THRESHOLD
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
+    return float(threshold)
+
+
 # Artifact suffix -> format; TorchScript's .pt is left out, as it names weights files too.
 ARTIFACT_FORMATS = {suffix: fmt for fmt, suffix in FORMATS.items() if fmt != "torchscript"}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Prediction:
-    """One of the top classes: its index, name and softmax probability (0-1)."""
+    """One of the top classes: its index, name and probability (0-1; softmax, or a multi-label model's sigmoid)."""
 
     index: int
     label: str
@@ -162,7 +174,9 @@ class Classifier:
     preprocessing and class names from ``model.meta``. ``model`` may be an :class:`Artifact`: its
     runtime then runs on the device it was loaded for, and ``device`` must be left out.
 
-    ``classifier(image)``: a PIL image or an image file -> its ``topk`` most likely classes, best first.
+    ``classifier(image)``: a PIL image or an image file -> its ``topk`` most likely classes, best first;
+    with ``threshold`` (a multi-label model's weights), every label whose sigmoid probability reaches
+    it instead, most likely first (``topk`` unused).
     ``draft``: decode JPEG files at a reduced scale (never below the resize size): faster for large
     photos, but the probabilities move away from the reference pipeline's (docs/benchmarks.md).
     Raises ``FileNotFoundError`` or ``ValueError`` (one line) for a file that cannot be classified.
@@ -175,6 +189,7 @@ class Classifier:
         device: str | torch.device | None = None,
         *,
         draft: bool = False,
+        threshold: float | None = None,
     ) -> None:
         meta: ModelMeta | None = getattr(model, "meta", None)
         if meta is None:
@@ -191,6 +206,7 @@ class Classifier:
         else:
             self.device = resolve_device(device)
             self.model = model.eval().to(self.device)
+        self.threshold = None if threshold is None else check_threshold(threshold)
         self.meta, self.topk, self.draft = meta, topk, draft
         self.transform = preprocessing(meta)
         self.labels = labels_for(meta)
@@ -201,8 +217,12 @@ class Classifier:
             image = decode_image(image, mode=mode_for(self.meta.in_chans), draft=draft_size)
         x = self.transform(image).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            probs = self.model(x).softmax(dim=1)[0]
-        values, indices = probs.topk(self.topk)
+            logits = self.model(x)[0]
+        if self.threshold is None:
+            values, indices = logits.softmax(0).topk(self.topk)
+        else:
+            values, indices = logits.sigmoid().sort(descending=True)
+            values, indices = values[values >= self.threshold], indices[values >= self.threshold]
         return [
             Prediction(index=i, label=self.labels[i], prob=p)
             for p, i in zip(values.tolist(), indices.tolist(), strict=True)

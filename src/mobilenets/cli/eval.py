@@ -1,4 +1,5 @@
-"""``mobilenets eval``: top-1, top-5 and per-class accuracy of trained weights, and a confusion-matrix PNG."""
+"""``mobilenets eval``: top-1, top-5 and per-class accuracy of trained weights, and a confusion-matrix PNG;
+for multi-label weights, each label's AP, F1, precision and recall, the mean AP, and precision-recall curves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import check_writable_file
+from ..predict import DEFAULT_THRESHOLD
 from ..train.evaluate import evaluate_weights
+from ..train.multilabel import MultiLabelResult, plot_pr_curves
 from ..train.records import plot_confusion
 from ..weights import WEIGHTS_FILES
 from . import describe_error
@@ -19,7 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate weights written by `mobilenets train` (best.safetensors, or the last.safetensors checkpoint: "
         "its EMA weights) or a state dict in our or torchvision's names: top-1, top-5 and per-class accuracy, and a "
-        "confusion-matrix PNG. Model arguments and normalisation come from the file when it records them."
+        "confusion-matrix PNG. Weights of a multi-label run: each label's average precision, F1, precision, "
+        "recall and support, the mean AP, and a PNG of the precision-recall curves. Model arguments and "
+        "normalisation come from the file when it records them."
     )
     parser.add_argument(
         "model",
@@ -51,18 +56,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PNG",
         help="where to write the confusion matrix (default: eval-confusion.png beside the weights)",
     )
+    parser.add_argument(
+        "--pr-curves",
+        metavar="PNG",
+        help="multi-label weights: where to write the precision-recall curves (default: eval-pr-curves.png beside "
+        "the weights)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help=f"multi-label weights: probability from which a label counts as predicted, for F1, precision and "
+        f"recall (default: {DEFAULT_THRESHOLD})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (accuracies as fractions) instead of text")
     parser.set_defaults(handler=run)
 
 
+def _png(given: str | None, weights: str, default: str, option: str) -> Path:
+    """Where a plot goes: ``given`` (checked to be a writable .png) or ``default`` beside the weights."""
+    if given is None:
+        return Path(weights).parent / default
+    if Path(given).suffix.lower() != ".png":
+        raise ValueError(f"{option} must end with .png (a PNG is written), got {given!r}")
+    return check_writable_file(given, option, make_folder=True)
+
+
 def run(args: argparse.Namespace) -> int:
     # Checked before evaluating, which may take long; a full disk is still reported after the figures.
-    if args.confusion is None:
-        confusion = Path(args.weights).parent / "eval-confusion.png"
-    elif Path(args.confusion).suffix.lower() != ".png":
-        raise ValueError(f"--confusion must end with .png (a PNG is written), got {args.confusion!r}")
-    else:
-        confusion = check_writable_file(args.confusion, "--confusion", make_folder=True)
+    confusion = _png(args.confusion, args.weights, "eval-confusion.png", "--confusion")
+    pr_curves = _png(args.pr_curves, args.weights, "eval-pr-curves.png", "--pr-curves")
     result = evaluate_weights(
         args.model,
         args.weights,
@@ -75,23 +98,34 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         limit=args.limit,
+        threshold=args.threshold,
     )
-    # The figures first: a confusion matrix that cannot be written must not hide them.
+    multilabel = isinstance(result, MultiLabelResult)
+    what, png, option = (
+        ("precision-recall curves", pr_curves, "--pr-curves")
+        if multilabel
+        else ("confusion matrix", confusion, "--confusion")
+    )
+    # The figures first: a plot that cannot be written must not hide them.
     if args.json:
-        print(json.dumps({**result.to_dict(), "confusion_png": str(confusion)}, indent=2))
+        key = "pr_curves_png" if multilabel else "confusion_png"
+        print(json.dumps({**result.to_dict(), key: str(png)}, indent=2))
     else:
         print(result.format())
     sys.stdout.flush()
     title = f"{result.model}: {Path(args.weights).name}"
     try:
-        plot_confusion(result, confusion, title, resolution=result.resolution, split=args.split)
+        if multilabel:
+            plot_pr_curves(result, png, f"{title} ({args.split} split)")
+        else:
+            plot_confusion(result, png, title, resolution=result.resolution, split=args.split)
     except OSError as err:
         print(
-            f"mobilenets eval: error: confusion matrix not written to {str(confusion)!r}: {describe_error(err)} "
-            "(choose another place with --confusion)",
+            f"mobilenets eval: error: {what} not written to {str(png)!r}: {describe_error(err)} "
+            f"(choose another place with {option})",
             file=sys.stderr,
         )
         return 1
     if not args.json:
-        print(f"confusion matrix: {confusion}")
+        print(f"{what}: {png}")
     return 0

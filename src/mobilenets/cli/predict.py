@@ -1,4 +1,5 @@
-"""``mobilenets predict``: the top-k classes of images, with their probabilities."""
+"""``mobilenets predict``: the top-k classes of images, with their probabilities (for a multi-label model,
+the labels whose probability reaches a threshold)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..data.decode import MAX_ASPECT_RATIO
-from ..predict import ARTIFACT_FORMATS, Classifier, artifact_format, image_files, load_artifact
+from ..data.multilabel import MULTILABEL
+from ..predict import (
+    ARTIFACT_FORMATS,
+    DEFAULT_THRESHOLD,
+    Classifier,
+    artifact_format,
+    check_threshold,
+    image_files,
+    load_artifact,
+)
 from ..registry import create_model, get_entry
-from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
+from ..weights import PRETRAINED, WEIGHTS_FILES, model_from, read_weights_source
 from . import NO_MODEL
 
 
@@ -50,6 +60,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how many classes to print, 1 to the class count (default 5, or all when fewer)",
     )
     parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="weights of a multi-label run: print every label whose probability (a sigmoid per label) reaches P, "
+        f"most likely first (default: {DEFAULT_THRESHOLD})",
+    )
+    parser.add_argument(
         "--draft",
         action="store_true",
         help=(
@@ -86,15 +103,23 @@ def run(args: argparse.Namespace) -> int:
     name, paths = _model_and_images(args)
     images = image_files(paths)
     artifact = args.weights is not None and artifact_format(args.weights) is not None
+    weights = None
     if artifact:
         model = load_artifact(args.weights, name, device=args.device)
     else:
-        model = load_model(args.weights, name) if args.weights is not None else create_model(name)
+        weights = read_weights_source(args.weights, name or "") if args.weights is not None else None
+        model = model_from(weights, name) if weights is not None else create_model(name)
+    multilabel = weights is not None and weights.info.get("task") == MULTILABEL
+    if multilabel and args.topk is not None:
+        raise ValueError("--topk is for single-label weights: a multi-label model prints the labels from --threshold")
+    if not multilabel and args.threshold is not None:
+        raise ValueError("--threshold is for the weights of a multi-label run; these are single-label (see --topk)")
     num_classes = model.meta.num_classes
     if args.topk is not None and not 1 <= args.topk <= num_classes:
         raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
     topk = args.topk or min(5, num_classes)
-    classifier = Classifier(model, topk, None if artifact else args.device, draft=args.draft)
+    threshold = check_threshold(args.threshold) if multilabel else None
+    classifier = Classifier(model, topk, None if artifact else args.device, draft=args.draft, threshold=threshold)
     if args.weights is None:
         print(
             f"mobilenets predict: warning: no --weights: {model.meta.name} is untrained, its predictions are random "
@@ -111,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         results.append({"image": image, "top": [asdict(p) for p in top]})
         if not args.json:
-            print(image)
+            print(image if top or not multilabel else f"{image}  (no label reaches {threshold:g})")
             for rank, p in enumerate(top, 1):
                 print(f"  {rank}. {100 * p.prob:6.2f} %  {p.label} ({p.index})")
     if args.json:

@@ -12,16 +12,27 @@ from torch.utils.data import Dataset, Subset
 
 from .arrays import ArrayImages, cifar_kind, load_cifar, load_fashion_mnist
 from .folder import ImageFolder, class_folders, scan_folder, split_samples
+from .multilabel import (
+    FASHION_MNIST_MULTILABEL,
+    GRID_SIZE,
+    MANIFEST_SUFFIXES,
+    MultiLabelDataset,
+    fashion_mnist_grids,
+    load_manifest,
+)
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_CROP_SCALE, build_transform, check_image_args
 
 FASHION_MNIST = "fashion-mnist"
+NAMED_SOURCES = (FASHION_MNIST, FASHION_MNIST_MULTILABEL)
+# The kinds whose images carry sets of labels (trained with a sigmoid head): the one place the task is read from.
+MULTILABEL_KINDS = (FASHION_MNIST_MULTILABEL, "manifest")
 SPLITS = ("train", "val")
 CIFAR_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 # Beside train/, the first of these present is the evaluation split (any case).
 EVAL_FOLDERS = ("val", "valid", "validation", "test")
 _WHAT_DATA_IS = (
-    f"{FASHION_MNIST!r}, an image folder (class subfolders, or train/ and val/ holding them) "
-    "or a CIFAR-10/100 python-format folder"
+    f"{FASHION_MNIST!r}, an image folder (class subfolders, or train/ and val/ holding them), a CIFAR-10/100 "
+    f"python-format folder, {FASHION_MNIST_MULTILABEL!r} or a multi-label manifest (.csv, .jsonl)"
 )
 
 
@@ -44,6 +55,11 @@ class SourceInfo:
     train_dir: Path | None = None
     val_dir: Path | None = None
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether its images carry sets of labels (a manifest, the built-in multi-label set)."""
+        return self.kind in MULTILABEL_KINDS
+
 
 def _source_text(source: str | os.PathLike) -> str:
     text = os.fspath(source)
@@ -56,21 +72,27 @@ def canonical_source(source: str | os.PathLike) -> str:
     """``source`` as a run records it: "fashion-mnist" unchanged, a folder as an absolute path, so
     that a saved config or weights file finds its data from any working folder."""
     text = _source_text(source)
-    return text if text == FASHION_MNIST else os.path.abspath(text)
+    return text if text in NAMED_SOURCES else os.path.abspath(text)
 
 
 def inspect_source(source: str | os.PathLike, fashion_mnist_dir: str | os.PathLike | None = None) -> SourceInfo:
-    """Recognise ``source``: the name "fashion-mnist", a CIFAR python-format folder, or an image folder."""
+    """Recognise ``source``: the name "fashion-mnist" or "fashion-mnist-multilabel", a CIFAR
+    python-format folder, an image folder, or a multi-label manifest file."""
     text = _source_text(source)
-    if text == FASHION_MNIST:
+    if text in NAMED_SOURCES:
         return SourceInfo(
-            kind=FASHION_MNIST, path=Path(fashion_mnist_dir) if fashion_mnist_dir else None, channels=1, image_size=28
+            kind=text,
+            path=Path(fashion_mnist_dir) if fashion_mnist_dir else None,
+            channels=1,
+            image_size=28 if text == FASHION_MNIST else GRID_SIZE,
         )
     path = Path(text)
     if not path.exists():
         raise FileNotFoundError(
             f"data {text!r} is neither {FASHION_MNIST!r} nor an existing folder (give {_WHAT_DATA_IS})"
         )
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        return SourceInfo(kind="manifest", path=path, channels=3, image_size=None)
     if not path.is_dir():
         raise ValueError(f"data {text!r} is a file, not a folder (give {_WHAT_DATA_IS})")
     for candidate in (path, *(path / sub for sub in CIFAR_SUBFOLDERS)):
@@ -120,7 +142,7 @@ def eval_crop_pct(info: SourceInfo, crop_pct: float | None = None) -> float:
     image) for Fashion-MNIST and CIFAR, whose objects fill the frame, else Inception's 0.875."""
     if crop_pct is not None:
         return crop_pct
-    return 1.0 if info.kind in (FASHION_MNIST, "cifar-10", "cifar-100") else DEFAULT_CROP_PCT
+    return 1.0 if info.kind in (*NAMED_SOURCES, "cifar-10", "cifar-100") else DEFAULT_CROP_PCT
 
 
 class LabelledSubset(Subset):
@@ -168,7 +190,9 @@ def load_dataset(
 
     Returns:
         A ``Dataset`` of ``(float tensor (in_chans, resolution, resolution), int label)`` with
-        ``classes``, the class names. An undecodable file yields label ``UNREADABLE`` (-1).
+        ``classes``, the class names. An undecodable file yields label ``UNREADABLE`` (-1). A
+        multi-label source ("fashion-mnist-multilabel" or a manifest, see ``data.multilabel``)
+        yields a float target (labels,) of 0/1 instead (-1 everywhere when undecodable).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -176,7 +200,7 @@ def load_dataset(
     crop_pct = eval_crop_pct(info, crop_pct)
     check_image_args(resolution, in_chans=in_chans, crop_scale=crop_scale, crop_pct=crop_pct)
     # Image folders are decoded straight to in_chans channels; the array sources store theirs.
-    source_chans = in_chans if info.kind.startswith("folder") else info.channels
+    source_chans = in_chans if info.kind.startswith("folder") or info.kind == "manifest" else info.channels
     transform = build_transform(
         resolution,
         in_chans=in_chans,
@@ -193,6 +217,11 @@ def load_dataset(
         dataset = load_fashion_mnist(split, fashion_mnist_dir)
     elif info.kind.startswith("cifar"):
         dataset = load_cifar(info.path, split)
+    elif info.kind == FASHION_MNIST_MULTILABEL:
+        dataset = fashion_mnist_grids(split, fashion_mnist_dir)
+    elif info.kind == "manifest":
+        blank = (in_chans, resolution, resolution)
+        dataset = load_manifest(info.path, split, val_fraction=val_fraction, in_chans=in_chans, blank_shape=blank)
     else:
         if info.val_dir is not None:
             train_classes = None if split == "train" else class_folders(info.train_dir, "data")
@@ -208,7 +237,7 @@ def load_dataset(
         dataset = ImageFolder(
             samples, classes, in_chans=in_chans, transform=transform, blank_shape=(in_chans, resolution, resolution)
         )
-    if isinstance(dataset, ArrayImages):
+    if isinstance(dataset, (ArrayImages, MultiLabelDataset)):
         dataset.transform = transform
     if limit is not None:
         dataset = _limit(dataset, limit, seed)

@@ -102,7 +102,9 @@ class TrainConfig(RunConfig):
     data: str = option(
         "fashion-mnist",
         "'fashion-mnist', an image folder (train/ and val/ class subfolders, or class subfolders split by "
-        "--val-fraction) or a CIFAR-10/100 python-format folder",
+        "--val-fraction), a CIFAR-10/100 python-format folder, or multi-label data (sigmoid outputs, mean AP): "
+        "'fashion-mnist-multilabel' or a manifest train.csv/.jsonl (val.csv beside it, or split by --val-fraction; "
+        "see docs/applications.md)",
         metavar="SOURCE",
     )
     out: str = option("runs/train", "folder for the run's checkpoints, metrics, plots and report", metavar="RUN_DIR")

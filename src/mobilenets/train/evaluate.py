@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tabulate import tabulate
@@ -13,12 +13,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
+from ..data.multilabel import MULTILABEL
 from ..device import resolve_device, usable_cores
 from ..models.base import MIN_RESOLUTION
+from ..predict import check_threshold
 from ..registry import CLASSIFICATION, check_task, get_entry
 from ..weights import model_from, read_weights_source
 from .config import MAX_BATCH_SIZE, TrainConfig
 from .distributed import Dist, all_reduce
+
+if TYPE_CHECKING:
+    from .multilabel import MultiLabelResult
 
 
 @dataclass(kw_only=True)
@@ -74,6 +79,10 @@ class EvalResult:
             "classes": self.classes,
             "confusion": self.confusion.tolist(),
         }
+
+    def headline(self) -> str:
+        """The figures a run's report leads with."""
+        return f"accuracy   top-1 {100 * self.top1:.2f} %, top-5 {100 * self.top5:.2f} %"
 
     def format(self) -> str:
         rows = [[name, "-" if acc is None else f"{100 * acc:.1f}"] for name, acc in self.per_class.items()]
@@ -160,11 +169,16 @@ def evaluate_weights(
     workers: int = 0,
     device: str | None = None,
     limit: int | None = None,
-) -> EvalResult:
+    threshold: float | None = None,
+) -> EvalResult | MultiLabelResult:
     """Evaluate ``weights`` (a weights file or checkpoint from ``train``, or a state dict in our or
     torchvision's names) on a split of ``data``; the model's name (``model=None``), arguments and
     normalisation come from the file's metadata when it has them, and the arguments given here
-    override them. A ``model`` other than the one the file records is an error."""
+    override them. A ``model`` other than the one the file records is an error.
+
+    Weights of a multi-label run (their file records ``task: "multilabel"``) on multi-label data give a
+    :class:`~mobilenets.train.multilabel.MultiLabelResult` instead, F1 and the like counting a label
+    as predicted from probability ``threshold`` (default 0.5)."""
     cores = usable_cores()
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"batch_size must be an integer in [1, {MAX_BATCH_SIZE}], got {batch_size!r}")
@@ -175,6 +189,14 @@ def evaluate_weights(
     name = read.model_name(model)
     check_task(name, CLASSIFICATION)
     data = data if data is not None else info.get("data") or FASHION_MNIST  # "" is an error, not a default
+    from .multilabel import evaluate_multilabel  # it imports the training loop
+
+    multilabel = info.get("task") == MULTILABEL
+    if multilabel != inspect_source(data).multilabel:
+        kinds = ("single-label", "multi-label") if multilabel else ("multi-label", "single-label")
+        raise ValueError(f"data {data!r} is {kinds[0]} and weights {str(weights)!r} a {kinds[1]} classifier")
+    if threshold is not None and not multilabel:
+        raise ValueError(f"threshold applies to multi-label weights only; {str(weights)!r} are single-label")
     in_chans, resolution = resolve_input(
         name,
         inspect_source(data),
@@ -207,4 +229,10 @@ def evaluate_weights(
         )
     target = resolve_device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda")
-    return replace(evaluate(net.to(target), loader, classes=classes, device=target), model=name, resolution=resolution)
+    if multilabel:
+        result = evaluate_multilabel(
+            net.to(target), loader, classes=classes, device=target, threshold=check_threshold(threshold)
+        )
+    else:
+        result = evaluate(net.to(target), loader, classes=classes, device=target)
+    return replace(result, model=name, resolution=resolution)

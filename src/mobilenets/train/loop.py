@@ -100,7 +100,7 @@ class TrainResult:
         lines = [
             f"{self.model} on {cfg.data} at {self.cost.resolution}×{self.cost.resolution}: "
             f"{cfg.epochs} epochs, {minutes} min {seconds:02d} s of training",
-            f"  accuracy   top-1 {100 * ev.top1:.2f} %, top-5 {100 * ev.top5:.2f} % on {ev.count:,} val images "
+            f"  {ev.headline()} on {ev.count:,} val images "
             f"(best epoch {self.best['epoch']}, {self.best['weights']} weights)",
             f"  cost       {self.cost.mult_adds / 1e6:,.2f} M mult-adds, {self.cost.params / 1e6:,.3f} M params",
             f"  speed      {self.images_per_s:,.0f} training images/s",
@@ -256,6 +256,7 @@ class Trainer:
     command = "mobilenets train"  # the command that resumes the run, as an interruption names it
     canonical_data = staticmethod(canonical_source)  # the data source as the run records it
     collate: Any = None  # the loaders' collate_fn (None: torch's default, stacking images and labels)
+    run_files = RunFiles  # the run folder's writer
 
     def __init__(self, config: TrainConfig, resume: bool, env: Dist) -> None:
         # The data path is recorded absolute: the run's config and weights find it from any folder.
@@ -263,7 +264,7 @@ class Trainer:
         self.env = env
         self.device = env.device
         self.run_dir = Path(config.out)
-        self.files = RunFiles(self.run_dir, write=env.is_main)
+        self.files = self.run_files(self.run_dir, write=env.is_main)
         self.amp = amp_dtype(config.amp, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if not resume:
@@ -542,13 +543,9 @@ class Trainer:
             bar.update(1)
             last = progress.step_in_epoch == self.steps_per_epoch
             if progress.step_in_epoch % sync_every == 0 or last:
-                loss_sum, correct, seen, _ = sums.tolist()
+                seen = sums[2].item()
                 seconds = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{loss_sum / max(seen, 1):.4f}",
-                    acc=f"{correct / max(seen, 1):.3f}",
-                    img_s=f"{seen * env.world_size / seconds:.0f}",
-                )
+                bar.set_postfix(**self._bar_figures(sums, last), img_s=f"{seen * env.world_size / seconds:.0f}")
                 self._check(sums, last, seconds)
         bar.close()
         self._add_to_partial(sums)
@@ -609,6 +606,35 @@ class Trainer:
             channels_last=self.config.channels_last,
         )
 
+    # --- what the task measures (a trainer for another task overrides these) ----------------------
+
+    SCORE = "val_top1"  # the epoch record's figure that picks the best weights (higher is better)
+
+    def _bar_figures(self, sums: torch.Tensor, last: bool) -> dict[str, str]:
+        """The progress bar's figures from the epoch's running ``SUMS`` so far (``last``: at its end)."""
+        loss_sum, correct, seen, _ = sums.tolist()
+        return {"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{correct / max(seen, 1):.3f}"}
+
+    def _score(self, result: EvalResult) -> float:
+        """``SCORE`` of an evaluation."""
+        return result.top1
+
+    def _epoch_figures(self, raw: EvalResult, ema: EvalResult | None) -> tuple[dict[str, float], str]:
+        """The finished epoch's figures for its record (training ones from its running totals) and the
+        log line's words for them."""
+        p = self.progress.partial
+        train_loss, train_top1 = p["loss_sum"] / max(p["seen"], 1), p["correct"] / max(p["seen"], 1)
+        figures = {"train_loss": train_loss, "train_top1": train_top1}
+        figures.update(val_loss=raw.loss, val_top1=raw.top1, val_top5=raw.top5)
+        if ema:
+            figures.update(ema_val_loss=ema.loss, ema_val_top1=ema.top1, ema_val_top5=ema.top5)
+        ema_text = f" (EMA {100 * ema.top1:.2f} %)" if ema else ""
+        text = (
+            f"train loss {train_loss:.4f} top-1 {100 * train_top1:.2f} %, val loss {raw.loss:.4f} top-1 "
+            f"{100 * raw.top1:.2f} %{ema_text}"
+        )
+        return figures, text
+
     def _end_epoch(self) -> None:
         cfg, progress = self.config, self.progress
         p = progress.partial
@@ -626,31 +652,21 @@ class Trainer:
         rate = p["seen"] / max(p["seconds"], 1e-9)
         progress.elapsed += p["seconds"]
         progress.images_per_s.append(rate)
-        record: dict[str, Any] = {
-            "epoch": progress.epoch,
-            "lr": self.optimisation.lr,
-            "train_loss": p["loss_sum"] / max(p["seen"], 1),
-            "train_top1": p["correct"] / max(p["seen"], 1),
-            "val_loss": raw.loss,
-            "val_top1": raw.top1,
-            "val_top5": raw.top5,
-        }
-        if ema:
-            record.update(ema_val_loss=ema.loss, ema_val_top1=ema.top1, ema_val_top5=ema.top5)
+        figures, text = self._epoch_figures(raw, ema)
+        record: dict[str, Any] = {"epoch": progress.epoch, "lr": self.optimisation.lr, **figures}
         record.update(images_per_s=rate, epoch_seconds=p["seconds"], skipped=int(p["skipped"] + raw.skipped))
         candidates = {"raw": (raw, self.net)} | ({"ema": (ema, self.ema.module)} if ema else {})
-        which = max(candidates, key=lambda k: candidates[k][0].top1)
-        if candidates[which][0].top1 > progress.best["val_top1"]:
-            progress.best = {"epoch": progress.epoch, "weights": which, "val_top1": candidates[which][0].top1}
+        which = max(candidates, key=lambda k: self._score(candidates[k][0]))
+        score = self._score(candidates[which][0])
+        if score > progress.best.get(self.SCORE, -1.0):
+            progress.best = {"epoch": progress.epoch, "weights": which, self.SCORE: score}
             self.files.save_best(candidates[which][1].state_dict(), {**self.info, **progress.best})
         self.files.add_record(record)
         self._save_checkpoint()
-        ema_text = f" (EMA {100 * ema.top1:.2f} %)" if ema else ""
         skipped = f", {record['skipped']} unreadable images skipped" if record["skipped"] else ""
         self.log(
-            f"epoch {progress.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
-            f"{100 * record['train_top1']:.2f} %, val loss {raw.loss:.4f} top-1 {100 * raw.top1:.2f} %{ema_text}, "
-            f"lr {record['lr']:.3g}, {rate:,.0f} img/s, {p['seconds']:.1f} s{skipped}"
+            f"epoch {progress.epoch}/{cfg.epochs}: {text}, lr {record['lr']:.3g}, {rate:,.0f} img/s, "
+            f"{p['seconds']:.1f} s{skipped}"
         )
         if self.stop["signum"] and progress.epoch < cfg.epochs:
             raise self._interrupted(self.stop["signum"], f"at the end of epoch {progress.epoch}")
@@ -680,7 +696,14 @@ class Trainer:
         return result
 
 
-def train(config: TrainConfig, resume: bool = False, *, trainer: type[Trainer] = Trainer) -> TrainResult:
+def trainer_for(config: TrainConfig) -> type[Trainer]:
+    """The trainer for ``config.data``'s task: ``MultiLabelTrainer`` for multi-label data, else :class:`Trainer`."""
+    from .multilabel import MultiLabelTrainer  # it subclasses Trainer
+
+    return MultiLabelTrainer if inspect_source(config.data).multilabel else Trainer
+
+
+def train(config: TrainConfig, resume: bool = False, *, trainer: type[Trainer] | None = None) -> TrainResult:
     """Train ``config.model`` on ``config.data``, writing the run to ``config.out``.
 
     With ``resume``, continue the run whose checkpoint is in ``config.out`` (see :func:`resume_config`).
@@ -689,14 +712,14 @@ def train(config: TrainConfig, resume: bool = False, *, trainer: type[Trainer] =
     :class:`TrainingInterrupted` (after writing a checkpoint); ``ValueError`` for a bad value or a
     folder in use; ``OSError`` naming the file when one cannot be written.
     ``trainer``: a subclass of :class:`Trainer` for another task (detection), with its own config
-    and result.
+    and result; by default the one for the data's task (:func:`trainer_for`).
     """
     config.validate()
     env = distributed.setup(config.device)
     threads = torch.get_num_threads()
     try:
         with lock_run_dir(Path(config.out)) if env.is_main else nullcontext():
-            return trainer(config, resume, env).run()
+            return (trainer or trainer_for(config))(config, resume, env).run()
     finally:
         torch.set_num_threads(threads)
         sys.stdout.flush()
