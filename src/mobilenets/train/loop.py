@@ -328,8 +328,11 @@ class Trainer:
         self.local_batch = batch_size // env.world_size
         arrays = array_view(self.train_set) if cfg.batched_augment else None
         self.workers = 0 if arrays else cfg.workers if cfg.workers is not None else default_workers(env)
+        # Batched runs leave free the cores loader processes would take: on 2 cores shared with other
+        # jobs, 2 threads trained 17× slower than 1 (docs/benchmarks.md); --threads to use them.
+        spare = default_workers(env) if arrays else self.workers
         if env.device.type == "cpu":
-            torch.set_num_threads(cfg.threads or default_threads(self.workers, processes=env.world_size))
+            torch.set_num_threads(cfg.threads or default_threads(spare, processes=env.world_size))
         self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
         self.loader_generator = torch.Generator()
         val_shard = Subset(val_set, distributed.shard(len(val_set), env))
