@@ -176,3 +176,17 @@ def test_options_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_options_may_come_between_positionals(cli: Cli) -> None:
     code, out, _ = cli("list", "--json", "mobilenet_v1_*_224")
     assert code == 0 and all(row["model"].endswith("_224") for row in json.loads(out))
+
+
+@pytest.mark.parametrize(
+    ("argv", "use"),
+    [
+        (["train", "--model", "ssdlite320_mobilenet_v2_0.25", "--epochs", "1"], "mobilenets detect train/eval/predict"),
+        (["predict", "ssdlite320_mobilenet_v2_0.25", "photo.jpg"], "mobilenets detect train/eval/predict"),
+        (["detect", "train", "--model", "mobilenet_v1_0.25_128"], "mobilenets train/eval/predict"),
+    ],
+)
+def test_a_model_of_another_task_is_one_line_naming_its_commands(cli: Cli, argv: list[str], use: str) -> None:
+    code, _, err = cli(*argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"use `{use}`" in err, err

@@ -1,4 +1,4 @@
-"""Contracts every registered model must keep, whatever its family."""
+"""Contracts every registered classifier must keep, whatever its family (detectors: tests/models/test_detection.py)."""
 
 from dataclasses import replace
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mobilenets import FeatureExtractor, create_model, get_entry, list_models
+from mobilenets.registry import CLASSIFICATION
 
 RES = 64  # small inputs keep the suite fast; every model accepts any size >= 32
 
@@ -14,13 +15,13 @@ def representatives() -> list[str]:
     """One model per builder and architecture table: names differing only in width or resolution
     share their code paths."""
     seen: dict[object, str] = {}
-    for model_name in list_models():
+    for model_name in list_models(task=CLASSIFICATION):
         entry = get_entry(model_name)
         seen.setdefault((entry.builder.__name__, entry.defaults.get("variant")), model_name)
     return sorted(seen.values())
 
 
-@pytest.fixture(params=list_models(), ids=str)
+@pytest.fixture(params=list_models(task=CLASSIFICATION), ids=str)
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -30,8 +30,10 @@ from mobilenets.deploy import (
 )
 from mobilenets.deploy import export as export_module
 from mobilenets.deploy.runtimes import _SignalStack, kept_signal_stack
+from mobilenets.registry import CLASSIFICATION
 
 RES = 32  # the smallest input every model accepts: keeps exports fast
+DEPLOY_FORMATS = [fmt for fmt in FORMATS if fmt != "executorch"]  # the deploy extra's; ExecuTorch: test_executorch.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) -> (status, stdout, stderr)
@@ -40,7 +42,7 @@ Cli = Callable[..., tuple[int, str, str]]  # the conftest fixture: cli(*argv) ->
 def family_representatives() -> list[str]:
     """Per family, its thinnest registered model."""
     by_family: dict[str, list[str]] = {}
-    for name in list_models():
+    for name in list_models(task=CLASSIFICATION):
         by_family.setdefault(get_entry(name).family, []).append(name)
 
     def width(name: str) -> tuple[float, str]:
@@ -88,7 +90,7 @@ def test_prepare_for_inference_is_channels_last() -> None:
         torch.testing.assert_close(prepared(x.contiguous(memory_format=torch.channels_last)), model(x))
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", DEPLOY_FORMATS)
 def test_round_trip(representative: str, fmt: str, tmp_path: Path) -> None:
     model = randomise_batchnorm(create_model(representative, num_classes=7))
     report = export_model(model, fmt, tmp_path / f"model{FORMATS[fmt]}", resolution=RES)
@@ -178,7 +180,7 @@ def test_cli_int8_refuses_too_few_calibration_images(cli: Cli, tmp_path: Path) -
     assert code == 0 and (report["calibration_images"], report["calibration_asked"], report["samples"]) == (6, 256, 4)
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", DEPLOY_FORMATS)
 def test_artifacts_record_what_feeding_them_needs(fmt: str, tmp_path: Path) -> None:
     model = create_model("mobilenet_v1_0.25_128", num_classes=3, in_chans=1)
     model.meta = replace(model.meta, mean=(0.5,), std=(0.25,), labels=("cat", "dog", "emu"))
@@ -296,7 +298,7 @@ def test_int8_agrees_with_fp32_on_fashion_mnist(fashion_model: tuple, fmt: str, 
         (["--calib", "fashion-mnist"], "--calib is only used with --int8"),
         (
             ["--format", "torchscript", "--int8", "--calib", "fashion-mnist"],
-            "int8 export needs format onnx or openvino",
+            "int8 export needs format onnx, openvino or executorch",
         ),
         (["--out", "{tmp}/model.pt"], "out must end with .onnx"),
         (["--out", "{tmp}/afile/model.onnx"], "'{tmp}/afile' is a file, not a folder"),

@@ -6,6 +6,8 @@ Runtimes (every one runs the prepared model: BatchNorm folded):
 * ``onnx``: ONNX Runtime, every graph optimisation (conv+activation fusion, NCHWc kernels).
 * ``onnx-int8``: the same after int8 QDQ static quantization (per-channel weights).
 * ``openvino``, ``openvino-int8``: OpenVINO's CPU plugin on the fp32 / int8 QDQ model, latency hint.
+* ``executorch``, ``executorch-int8``: ExecuTorch's runtime on the program lowered to XNNPACK, fp32 /
+  int8 PT2E (:mod:`mobilenets.deploy.executorch`); batch 1 only, as the program is exported.
 
 The int8 runtimes here are calibrated on random images: their speed does not depend on the
 calibration, their accuracy does, and is checked by ``mobilenets export --int8 --calib DATA``.
@@ -52,6 +54,8 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .cost import count_cost
+from .deploy.executorch import BATCH as EXECUTORCH_BATCH
+from .deploy.executorch import executorch_runner, write_program
 from .deploy.export import export_onnx
 from .deploy.fuse import input_shape
 from .deploy.quantize import quantize_onnx
@@ -60,8 +64,9 @@ from .device import default_threads, resolve_device, usable_cores
 from .models.base import check_resolution
 from .train.config import MAX_BATCH_SIZE
 
-RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8")
-CPU_ONLY = ("openvino", "openvino-int8")
+RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8", "executorch", "executorch-int8")
+CPU_ONLY = ("openvino", "openvino-int8", "executorch", "executorch-int8")
+ONE_IMAGE = ("executorch", "executorch-int8")  # their artifacts take a batch of EXECUTORCH_BATCH only
 CACHE_ENV = "MOBILENETS_CACHE"
 GEMM_SIZE, QUICK_GEMM_SIZE = 2048, 512
 # A result is noisy above either spread: on a quiet machine both stay far below (p90/p50 ≈ 1.05).
@@ -343,10 +348,17 @@ def check_runtimes(runtimes: Sequence[str], device: torch.device) -> list[str]:
     return list(runtimes)
 
 
-def check_batches(batches: Sequence[int]) -> list[int]:
-    """``batches`` checked to be one or more integers from 1 to ``MAX_BATCH_SIZE``."""
+def check_batches(batches: Sequence[int], runtimes: Sequence[str] = ()) -> list[int]:
+    """``batches`` checked to be one or more integers from 1 to ``MAX_BATCH_SIZE``, and the one batch size
+    that :data:`ONE_IMAGE` runtimes among ``runtimes`` take."""
     if not batches or any(not isinstance(b, int) or not 1 <= b <= MAX_BATCH_SIZE for b in batches):
         raise ValueError(f"batch sizes must be one or more integers >= 1 and <= {MAX_BATCH_SIZE}, got {list(batches)}")
+    fixed = [r for r in runtimes if r in ONE_IMAGE]
+    if fixed and set(batches) != {EXECUTORCH_BATCH}:
+        raise ValueError(
+            f"runtimes {', '.join(fixed)} take batch {EXECUTORCH_BATCH} only (the program is exported for one "
+            f"image), got batch sizes {list(batches)}"
+        )
     return list(batches)
 
 
@@ -355,10 +367,23 @@ def default_runtimes(device: torch.device) -> list[str]:
     return ["eager", "onnx", "openvino"] if device.type == "cpu" else ["eager"]
 
 
+def random_calibration(model: nn.Module, resolution: int) -> list[np.ndarray]:
+    """Seeded random images for the int8 runtimes: their speed does not depend on the calibration."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((4, *input_shape(model, resolution)), dtype=np.float32) for _ in range(2)]
+
+
 def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolution: int) -> Path | None:
-    """Write the file a runtime loads (ONNX fp32 or int8 QDQ) into ``workdir``; ``None`` for PyTorch runtimes."""
+    """Write the file a runtime loads (ONNX fp32 or int8 QDQ, ExecuTorch fp32 or int8) into ``workdir``;
+    ``None`` for PyTorch runtimes."""
     if runtime in ("eager", "compile"):
         return None
+    if runtime in ONE_IMAGE:
+        int8 = runtime.endswith("-int8")
+        program = workdir / ("int8.pte" if int8 else "fp32.pte")
+        if not program.exists():
+            write_program(model, program, resolution, random_calibration(model, resolution) if int8 else None)
+        return program
     fp32 = workdir / "fp32.onnx"
     if not fp32.exists():
         export_onnx(model, fp32, resolution)
@@ -366,9 +391,7 @@ def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolutio
         return fp32
     int8 = workdir / "int8.onnx"
     if not int8.exists():
-        rng = np.random.default_rng(0)
-        calibration = [rng.standard_normal((4, *input_shape(model, resolution)), dtype=np.float32) for _ in range(2)]
-        quantize_onnx(fp32, int8, calibration)
+        quantize_onnx(fp32, int8, random_calibration(model, resolution))
     return int8
 
 
@@ -388,6 +411,8 @@ def make_runner(
         return torch_runner(model, device, compile=runtime == "compile")
     if runtime.startswith("onnx"):
         return onnx_runner(artifact, threads=threads, device=device, spin=alone)
+    if runtime in ONE_IMAGE:
+        return executorch_runner(artifact, threads=threads, device=device)
     return openvino_runner(artifact, threads=threads, device=device, batch=batch)
 
 
@@ -516,7 +541,7 @@ def benchmark(
     device = resolve_device(device)
     threads = check_threads(threads)
     runtimes = check_runtimes(runtimes, device)
-    batches = check_batches(batches)
+    batches = check_batches(batches, runtimes)
     meta = getattr(model, "meta", None)
     resolution = check_resolution(resolution if resolution is not None else (meta.resolution if meta else 224))
     rng = np.random.default_rng(0)

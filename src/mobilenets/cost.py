@@ -4,6 +4,9 @@ Conventions (those of the MobileNets paper):
 
 * mult-adds: one per multiply-accumulate of a convolution or fully connected layer, for one
   image at the given resolution. BatchNorm, activations, pooling, additions are not counted.
+  A detector counts every layer it runs for that image: its backbone, extra layers and heads,
+  and a Faster R-CNN box head once per region (all its proposals: 300 for one image); anchor
+  decoding, NMS and RoI pooling are not mult-adds.
 * ``params``: convolution and fully connected weights plus fully connected biases; BatchNorm is
   not counted. ``trainable_params`` is every trainable tensor (BN γ and β included).
 
@@ -13,6 +16,7 @@ Beside the counter, :func:`standard_conv_cost`, :func:`depthwise_separable_cost`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,7 +38,8 @@ TYPE_ORDER = ("Conv 1×1", "Conv DW 3×3", "Conv 3×3", "Fully Connected")
 
 @dataclass(frozen=True, kw_only=True)
 class LayerCost:
-    """Cost of one conv or FC layer. ``output_shape`` excludes the batch dimension."""
+    """Cost of one conv or FC layer for one image. ``output_shape`` excludes the batch dimension, except
+    where the layer runs on a batch of its own for one image (a detector's regions: 300×1024×7×7)."""
 
     name: str
     type: str
@@ -152,17 +157,19 @@ def layer_type(module: nn.Module) -> str:
 
 
 def _layer_cost(name: str, module: nn.Module, output: torch.Tensor) -> LayerCost:
+    """The cost of ``module`` giving ``output`` for one image: every element of the batch is counted
+    (one for an image, one per region for a detector's box head)."""
     weight = module.weight.numel()
     bias = module.bias.numel() if module.bias is not None else 0
-    shape = tuple(output.shape[1:])
+    shape = tuple(output.shape[1:] if len(output) == 1 else output.shape)
     if isinstance(module, nn.Conv2d):
         per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
-        mult_adds = shape[0] * shape[1] * shape[2] * per_output
+        mult_adds = output.numel() * per_output
         # The paper counts FC biases but no conv biases (its convs have none; BN follows).
         return LayerCost(
             name=name, type=layer_type(module), output_shape=shape, mult_adds=mult_adds, params=weight, bias=0
         )
-    mult_adds = output[0].numel() * module.in_features
+    mult_adds = output.numel() * module.in_features
     return LayerCost(
         name=name, type=layer_type(module), output_shape=shape, mult_adds=mult_adds, params=weight + bias, bias=bias
     )
@@ -178,15 +185,47 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _detection_class(module: str, name: str) -> type | tuple[()]:
+    """torchvision's ``detection.<module>.<name>`` class, or ``()`` (what isinstance matches nothing with)
+    where that package is not imported: then no model has one, and counting a classifier does not
+    import it (seconds)."""
+    found = sys.modules.get(f"torchvision.models.detection.{module}")
+    return getattr(found, name) if found is not None else ()
+
+
+@contextmanager
+def _all_proposals(model: nn.Module) -> Iterator[None]:
+    """A region proposal network keeps all its top proposals (no NMS among them) while counting: the
+    papers count the box head on every proposal (300 per image), whichever image is counted."""
+    kind = _detection_class("rpn", "RegionProposalNetwork")
+    networks = [module for module in model.modules() if isinstance(module, kind)]
+    thresholds = [network.nms_thresh for network in networks]
+    for network in networks:
+        network.nms_thresh = 1.0  # no IoU exceeds 1: nothing suppressed
+    try:
+        yield
+    finally:
+        for network, threshold in zip(networks, thresholds, strict=True):
+            network.nms_thresh = threshold
+
+
 def count_cost(model: nn.Module, resolution: int | None = None, name: str | None = None) -> CostReport:
     """Count the mult-adds and parameters of ``model`` on one image of ``resolution``².
 
-    ``resolution`` and ``name`` default to the model's ``meta`` (set by ``create_model``).
+    ``resolution`` and ``name`` default to the model's ``meta`` (set by ``create_model``). A detector
+    resizes any image to its own resolution (SSD to its fixed size, Faster R-CNN its shorter side: a
+    square image of it, 300×300 for Faster-RCNN 300), so it is counted at that one, its meta's.
     """
     meta = getattr(model, "meta", None)
     resolution = resolution or (meta.resolution if meta else None)
     if resolution is None:
         raise ValueError("resolution must be given for a model without meta")
+    detector = (_detection_class("ssd", "SSD"), _detection_class("generalized_rcnn", "GeneralizedRCNN"))
+    if meta is not None and resolution != meta.resolution and isinstance(model, detector):
+        raise ValueError(
+            f"resolution: detector {meta.name} resizes its input to {meta.resolution} pixels; "
+            f"build it for {resolution} (create_model(..., resolution={resolution})) to count it there"
+        )
     name = name or (meta.name if meta else type(model).__name__)
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     param = next(model.parameters())
@@ -201,7 +240,7 @@ def count_cost(model: nn.Module, resolution: int | None = None, name: str | None
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
     try:
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), _eval_mode(model), _all_proposals(model):
             model(x)
     finally:
         for handle in handles:

@@ -5,10 +5,15 @@ the data pipeline's evaluation transform (torchvision.transforms.v2, on the PIL 
 shorter side to ``meta.resize`` (by default ``resolution / 0.875``, 256 for 224), centre-crop
 ``resolution``², scale to [0, 1], normalise with the meta's mean and std. This is torchvision's
 reference ImageNet evaluation: with the same weights, probabilities agree to about 1e-6.
+
+An exported artifact (:data:`ARTIFACT_FORMATS`: ``.pte``, ``.onnx``, ``.xml``) classifies the same way
+(:func:`load_artifact`): its runtime computes the logits, and the metadata it was exported with
+gives the model's name, input size, normalisation and class names.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,9 +26,14 @@ from torchvision.transforms import v2
 from .data.decode import convert_image, decode_image, mode_for
 from .data.folder import is_image_file
 from .data.transforms import DEFAULT_CROP_PCT, build_transform
+from .deploy.export import FORMATS, read_artifact_metadata
+from .deploy.runtimes import Runner, load_runner
 from .device import resolve_device
-from .registry import ModelMeta
+from .registry import CLASSIFICATION, ModelMeta, check_task, get_entry
 from .weights import packaged_class_names
+
+# Artifact suffix -> format; TorchScript's .pt is left out, as it names weights files too.
+ARTIFACT_FORMATS = {suffix: fmt for fmt, suffix in FORMATS.items() if fmt != "torchscript"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +97,70 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """An exported model loaded in its runtime, with the :class:`ModelMeta` its metadata records."""
+
+    path: Path
+    meta: ModelMeta
+    runner: Runner
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes) of normalised images (N, C, H, W), computed by the artifact's runtime."""
+        return torch.from_numpy(self.runner(x.cpu().numpy()))
+
+
+def artifact_format(path: str | Path) -> str | None:
+    """The export format of an artifact file by its suffix (see :data:`ARTIFACT_FORMATS`); None for others."""
+    return ARTIFACT_FORMATS.get(Path(path).suffix)
+
+
+def _artifact_meta(path: Path, metadata: dict[str, str]) -> ModelMeta:
+    try:
+        name = metadata["model"]
+        try:
+            family = get_entry(name).family
+        except ValueError:  # a model built outside the registry
+            family = ""
+        return ModelMeta(
+            name=name,
+            family=family,
+            resolution=int(metadata["resolution"]),
+            in_chans=int(metadata["in_chans"]),
+            mean=tuple(json.loads(metadata["mean"])),
+            std=tuple(json.loads(metadata["std"])),
+            num_classes=int(metadata["num_classes"]),
+            labels=tuple(json.loads(metadata["classes"])),
+            resize=int(metadata["resize"]) if "resize" in metadata else None,
+            weights=str(path),
+        )
+    except KeyError as err:
+        raise ValueError(f"the metadata of {str(path)!r} lacks {err.args[0]!r}: export it again") from err
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the metadata of {str(path)!r} cannot be read: {err}") from err
+
+
+def load_artifact(path: str | Path, model: str | None = None, *, device: str | torch.device | None = None) -> Artifact:
+    """An exported artifact (``.pte``, ``.onnx``, ``.xml``) in its runtime (default device: the CPU), its
+    meta from its metadata. ``model``: the registered name it must hold, if known. Raises
+    ``FileNotFoundError`` or ``ValueError`` (one line) for a missing file or metadata, or another model."""
+    path = Path(path)
+    fmt = artifact_format(path)
+    if fmt is None:
+        raise ValueError(f"{str(path)!r} is not an exported model: its suffix must be one of {list(ARTIFACT_FORMATS)}")
+    meta = _artifact_meta(path, read_artifact_metadata(path, fmt))
+    if model is not None:
+        wanted = get_entry(model).name
+        held = get_entry(meta.name).name if meta.family else meta.name
+        if held != wanted:
+            raise ValueError(f"{str(path)!r} holds {meta.name}, not {model}")
+    return Artifact(path=path, meta=meta, runner=load_runner(path, fmt, device=device))
+
+
 class Classifier:
     """A model ready to classify images: eval mode, on ``device`` (CUDA when available), with its
-    preprocessing and class names from ``model.meta``.
+    preprocessing and class names from ``model.meta``. ``model`` may be an :class:`Artifact`: its
+    runtime then runs on the device it was loaded for, and ``device`` must be left out.
 
     ``classifier(image)``: a PIL image or an image file -> its ``topk`` most likely classes, best first.
     ``draft``: decode JPEG files at a reduced scale (never below the resize size): faster for large
@@ -98,17 +169,28 @@ class Classifier:
     """
 
     def __init__(
-        self, model: nn.Module, topk: int = 5, device: str | torch.device | None = None, *, draft: bool = False
+        self,
+        model: nn.Module | Artifact,
+        topk: int = 5,
+        device: str | torch.device | None = None,
+        *,
+        draft: bool = False,
     ) -> None:
         meta: ModelMeta | None = getattr(model, "meta", None)
         if meta is None:
             raise ValueError("model has no meta: build it with create_model")
+        check_task(meta.name, CLASSIFICATION)
         if meta.num_classes < 1:
             raise ValueError("model was built with num_classes=0: it has no classifier to predict with")
         if not isinstance(topk, int) or not 1 <= topk <= meta.num_classes:
             raise ValueError(f"topk must be an integer in [1, {meta.num_classes}], got {topk!r}")
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
+        if isinstance(model, Artifact):
+            if device is not None:
+                raise ValueError("an artifact runs on the device it was loaded for: give it to load_artifact")
+            self.device, self.model = torch.device("cpu"), model
+        else:
+            self.device = resolve_device(device)
+            self.model = model.eval().to(self.device)
         self.meta, self.topk, self.draft = meta, topk, draft
         self.transform = preprocessing(meta)
         self.labels = labels_for(meta)

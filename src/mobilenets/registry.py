@@ -14,6 +14,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -117,6 +118,13 @@ def slim_checkpoint(model: str, *, listing: str, resolution: int, **accuracy: An
     )
 
 
+# What a model does: a classifier gives logits for a batch tensor; a detector (a torchvision
+# detection model, ``models/detection.py``) takes a list of images and gives boxes.
+CLASSIFICATION, DETECTION = "classification", "detection"
+TASKS = (CLASSIFICATION, DETECTION)
+# The commands that train, evaluate and run the models of each task.
+TASK_COMMANDS = {CLASSIFICATION: "mobilenets train/eval/predict", DETECTION: "mobilenets detect train/eval/predict"}
+
 # Another library's names for a model's modules: a model -> {our module name: theirs}, with
 # "classifier" among them (``mobilenets.weights``); each tensor keeps its suffix (weight, bias,
 # running_mean...). Keyed by the library: "torchvision", "timm", "keras".
@@ -138,10 +146,11 @@ class ModelEntry:
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: PretrainedWeights | None = None  # the weights that ``"pretrained"`` loads, if any
     layouts: dict[str, Layout] = field(default_factory=dict)  # other libraries' names for the builder's modules
+    task: str = CLASSIFICATION  # one of TASKS
 
     def arguments(self) -> list[str]:
         """Names of the arguments ``create_model`` accepts for this model: the builder's and ``resolution``."""
-        return [*inspect.signature(self.builder).parameters, "resolution"]
+        return list(dict.fromkeys([*inspect.signature(self.builder).parameters, "resolution"]))
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -162,12 +171,15 @@ def register_model(
     std: tuple[float, ...] = IMAGENET_STD,
     pretrained: PretrainedWeights | None = None,
     layouts: dict[str, Layout] | None = None,
+    task: str = CLASSIFICATION,
 ) -> None:
     """Register ``builder`` under ``name`` with its ``defaults``, default input size ``resolution``,
-    normalisation, packaged ``pretrained`` weights (also entered in the weights catalogue) and other
-    libraries' ``layouts`` (see :class:`ModelEntry`)."""
+    normalisation, packaged ``pretrained`` weights (also entered in the weights catalogue), other
+    libraries' ``layouts`` and ``task`` (see :class:`ModelEntry`)."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
     if pretrained is not None and pretrained.model != name:
         raise ValueError(f"pretrained weights {pretrained.name!r} are for {pretrained.model!r}, not {name!r}")
     _REGISTRY[name] = ModelEntry(
@@ -180,6 +192,7 @@ def register_model(
         std=std,
         pretrained=pretrained,
         layouts=dict(layouts or {}),
+        task=task,
     )
     if pretrained is not None:
         register_weights(pretrained)
@@ -208,11 +221,13 @@ def registry() -> dict[str, ModelEntry]:
     return _REGISTRY
 
 
-def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+def list_models(pattern: str = "*", *, pretrained: bool = False, task: str | None = None) -> list[str]:
     """Registered names matching a shell-style ``pattern`` (e.g. ``"mobilenet_v1_*_224"``), sorted;
     with ``pretrained``, only those with catalogue weights that are present or importable
-    (:func:`weights_status`)."""
-    names = [n for n in registry() if fnmatch.fnmatchcase(n, pattern)]
+    (:func:`weights_status`); with ``task`` (one of :data:`TASKS`), only the models of that task."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    names = [n for n, e in registry().items() if fnmatch.fnmatchcase(n, pattern) and task in (None, e.task)]
     if pretrained:
         usable = {w.model for w in weights_catalogue() if weights_status(w) != NOT_IMPORTABLE}
         names = [n for n in names if n in usable]
@@ -283,6 +298,37 @@ def _sized_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
     return None
 
 
+def _spelt_index(parts: list[str], spelt: list[str]) -> int | None:
+    """The index of the last of a name's ``parts`` that is one of ``spelt`` (a width or resolution)."""
+    return next((index for index in reversed(range(len(parts))) if parts[index] in spelt), None)
+
+
+def _scaled_entry(name: str, models: dict[str, ModelEntry]) -> ModelEntry | None:
+    """A registered family at a width not registered, as :func:`name_for` spells it
+    (``mobilenet_v1_0.6_32``, ``mobilenet_v1_conv_0.25_224``, ``shufflenet_g3_0.75``): the entry whose
+    name differs only in the width and resolution it spells, with that ``width_mult`` and resolution as
+    defaults (and no pretrained weights)."""
+    parts = name.split("_")
+    for entry in models.values():
+        theirs, width = entry.name.split("_"), entry.defaults.get("width_mult")
+        if width is None or len(theirs) != len(parts):
+            continue
+        w = _spelt_index(theirs, [str(float(width)), str(width)])
+        r = _spelt_index(theirs, [str(entry.resolution)])
+        same = all(mine == other for i, (mine, other) in enumerate(zip(parts, theirs, strict=True)) if i not in (w, r))
+        if w is None or not same or not re.fullmatch("[0-9]+[.][0-9]+", parts[w]):
+            continue
+        if r is not None and not re.fullmatch("[0-9]+", parts[r]):
+            continue
+        try:
+            resolution = entry.resolution if r is None else _check_resolution(int(parts[r]))
+        except ValueError as err:
+            raise ValueError(f"model name {name!r}: {err}") from None
+        defaults = {**entry.defaults, "width_mult": float(parts[w])}
+        return replace(entry, name=name, defaults=defaults, resolution=resolution, pretrained=None)
+    return None
+
+
 def _check_resolution(resolution: int) -> int:
     from .models.base import check_resolution  # imported on use: the families import this module
 
@@ -303,10 +349,22 @@ def get_entry(name: str) -> ModelEntry:
         return models[name]
     if name in _ALIASES:
         return models[_ALIASES[name]]
-    entry = _sized_entry(name, models)
+    entry = _sized_entry(name, models) or _scaled_entry(name, models)
     if entry is None:
         hint = _similar(name, [*models, *_ALIASES], most=5)
         raise ValueError(f"model name {name!r} is unknown (see `mobilenets list`){hint}")
+    return entry
+
+
+def check_task(name: str, task: str, *, option: str = "model") -> ModelEntry:
+    """The entry of ``name``; ``ValueError`` naming ``option`` and the commands of the model's own task
+    when it is not a ``task`` model (a detector given to a classifier's command, or the reverse)."""
+    entry = get_entry(name)
+    if entry.task != task:
+        raise ValueError(
+            f"{option} {name!r} is a {entry.task} model, not a {task} one: use `{TASK_COMMANDS[entry.task]}` "
+            f"(`mobilenets list --task {task}` lists the {task} models)"
+        )
     return entry
 
 
@@ -326,11 +384,9 @@ def name_for(name: str, **arguments: Any) -> str:
         old, new = {**entry.defaults, "resolution": entry.resolution}.get(key), arguments.get(key)
         if old is None or new is None:
             continue
-        spelt = [str(float(old)), str(old)] if key == "width_mult" else [str(old)]
-        for index in reversed(range(len(parts))):
-            if parts[index] in spelt:
-                parts[index] = str(float(new)) if key == "width_mult" else str(new)
-                break
+        index = _spelt_index(parts, [str(float(old)), str(old)] if key == "width_mult" else [str(old)])
+        if index is not None:
+            parts[index] = str(float(new)) if key == "width_mult" else str(new)
     return "_".join(parts)
 
 
@@ -348,6 +404,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(f"argument(s) {unknown} not accepted by {name!r}; accepted: {accepted}")
     kwargs = {**entry.defaults, **overrides}
     resolution = _check_resolution(kwargs.pop("resolution", entry.resolution))
+    if "resolution" in inspect.signature(entry.builder).parameters:
+        kwargs["resolution"] = resolution  # a detector resizes its input itself
     model = entry.builder(**kwargs)
     bound = inspect.signature(entry.builder).bind(**kwargs)
     bound.apply_defaults()

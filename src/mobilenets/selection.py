@@ -118,7 +118,8 @@ def candidate_names(families: Sequence[str] | None = None, pattern: str = "*") -
 
 def runtime_version(runtime: str) -> str:
     """The package and version that a runtime's figures depend on."""
-    package = {"onnx": "onnxruntime", "openvino": "openvino"}.get(runtime.split("-")[0], "torch")
+    packages = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+    package = packages.get(runtime.split("-")[0], "torch")
     try:
         return f"{package} {importlib.metadata.version(package)}"
     except importlib.metadata.PackageNotFoundError:

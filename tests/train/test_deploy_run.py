@@ -68,3 +68,12 @@ def test_deploy_run_openvino(run_dir: Path) -> None:
     assert report.int8.files == [run_dir / "model-int8.xml", run_dir / "model-int8.bin"]
     with pytest.raises(ValueError, match="format must be one of"):
         deploy_run(run_dir, fmt="torchscript")
+
+
+def test_deploy_run_without_mobile_extra(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "executorch", None)
+    report = deploy_run(run_dir, fmt="executorch", timing=QUICK)
+    assert report.int8 is None and [r.runtime for r in report.latency] == ["eager"]
+    assert "export     skipped: the mobile extra is not installed (executorch): pip install 'mobilenets[mobile]'" in (
+        report.format()
+    )

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model (default: a small MobileNet on Fashion-MNIST)"),
     "eval": ("eval", "evaluate trained weights on a data set"),
     "deploy": ("deploy", "export a trained run to verified int8 and time it beside fp32"),
+    "detect": ("detect", "train, evaluate and run object detectors (SSD, SSDLite, Faster R-CNN)"),
+    "study": ("study", "re-run the MobileNets paper's accuracy claims at small scale, over seeds"),
 }
 
 
@@ -94,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if where:
         parser.error(f"unrecognized arguments before {chosen}: {' '.join(argv[:where])}")
     # Intermixed, so that options may come between a command's positionals (`predict MODEL --weights W IMAGE`).
-    args = commands[chosen].parse_intermixed_args(argv[where + 1 :])
+    # A command group (`detect train`) parses plainly: argparse cannot intermix a subcommand's words.
+    command = commands[chosen]
+    parse = command.parse_args if command._subparsers else command.parse_intermixed_args
+    args = parse(argv[where + 1 :])
     args.command = chosen
     try:
         code = args.handler(args) or 0

@@ -70,8 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "this machine's measured fp32 matrix-multiply peak (cached: the best measurement), and peak memory; warn "
         "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
         "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
-        "openvino / openvino-int8 (OpenVINO CPU). int8 runtimes are calibrated on random images here (speed "
-        "only; `mobilenets export --int8` checks accuracy)."
+        "openvino / openvino-int8 (OpenVINO CPU), executorch / executorch-int8 (ExecuTorch on XNNPACK, batch 1). "
+        "int8 runtimes are calibrated on random images here (speed only; `mobilenets export --int8` checks accuracy)."
     )
     parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (see `mobilenets list`)")
     parser.add_argument(
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     threads = check_threads(args.threads)
     runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
-    batches = check_batches(args.batch)
+    batches = check_batches(args.batch, runtimes)
     if args.resolution is not None:
         check_resolution(args.resolution)
     calls = {name: getattr(args, name) for name in ("warmup", "repeats") if getattr(args, name) is not None}

@@ -19,11 +19,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Export RUN_DIR's best weights (from `mobilenets train`) to fp32 and int8 files beside them, verify both "
         "(int8: top-1 agreement and accuracy on the held-out images, calibrated on training images), then time "
         "batch-1 latency of eager PyTorch and both files on the CPU, and print one report. A failed check exits "
-        "with status 1. Without the deploy extra it says so and times eager PyTorch only."
+        "with status 1. Without the format's extra (deploy; mobile for executorch) it says so and times eager "
+        "PyTorch only."
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `mobilenets train`")
     parser.add_argument(
-        "--format", default="onnx", choices=list(INT8_FORMATS), help="onnx (ONNX Runtime) or openvino (default: onnx)"
+        "--format",
+        default="onnx",
+        choices=list(INT8_FORMATS),
+        help="onnx (ONNX Runtime), openvino, or executorch (ExecuTorch on XNNPACK) (default: onnx)",
     )
     parser.add_argument("--data", metavar="SOURCE", help="data to calibrate and verify on (default: the run's)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""``mobilenets export``: write a model as ONNX, TorchScript or OpenVINO IR (fp32 or int8), verified."""
+"""``mobilenets export``: write a model as ONNX, TorchScript, OpenVINO IR or ExecuTorch (fp32 or int8), verified."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and compare it with PyTorch: fp32, the largest absolute output difference on random inputs; int8, the "
         "top-1 agreement (and accuracy) on real images, saying how many were used for calibration and for the "
         "check. Any NaN or infinite output fails. A failed check exits with status 1. The file records the model "
-        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info)."
+        "name, input size, mean/std and class names (ONNX metadata_props, OpenVINO rt_info, ExecuTorch a .pte.json "
+        "file beside the program, which takes batch 1 only)."
     )
     parser.add_argument(
         "model",
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--format",
         required=True,
         choices=list(FORMATS),
-        help="onnx (.onnx), torchscript (.pt), openvino (.xml + .bin)",
+        help="onnx (.onnx), torchscript (.pt), openvino (.xml + .bin), executorch (.pte + .pte.json, XNNPACK)",
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="file to write, with the format's suffix")
     parser.add_argument(
@@ -55,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="int8 post-training static quantization (QDQ, per-channel weights) with ONNX Runtime; needs --calib",
+        help="int8 post-training static quantization (per-channel weights; QDQ with ONNX Runtime, or PT2E with the "
+        "XNNPACK quantizer for executorch); needs --calib",
     )
     parser.add_argument(
         "--calib",

@@ -7,16 +7,17 @@ import json
 
 from tabulate import tabulate
 
-from ..registry import get_entry, list_aliases, list_models
+from ..registry import TASKS, get_entry, list_aliases, list_models
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``list`` command's description and options to its parser."""
     parser.description = (
-        "List registered model names, their family, default input size and arguments. A registered family "
-        "and width also takes any resolution >= 32 in its name (mobilenet_v1_0.25_32)."
+        "List registered model names, their task, family, default input size and arguments. A registered "
+        "classifier family and width also takes any resolution >= 32 in its name (mobilenet_v1_0.25_32)."
     )
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'mobilenet_v1_*_224'")
+    parser.add_argument("--task", choices=TASKS, help="only the models of this task (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--aliases", action="store_true", help="list torchvision's and timm's names accepted for ours instead"
@@ -27,13 +28,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.aliases:
         return _aliases(args.pattern, args.json)
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, task=args.task)
     if not names:
-        raise ValueError(f"pattern {args.pattern!r} matches no model (try `mobilenets list`)")
+        task = f" of task {args.task}" if args.task else ""
+        raise ValueError(f"pattern {args.pattern!r} matches no model{task} (try `mobilenets list`)")
     rows = []
     for name in names:
         entry = get_entry(name)
-        rows.append({"model": name, "family": entry.family, **entry.defaults, "resolution": entry.resolution})
+        row = {"model": name, "task": entry.task, "family": entry.family, **entry.defaults}
+        rows.append({**row, "resolution": entry.resolution})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

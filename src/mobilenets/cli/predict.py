@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..data.decode import MAX_ASPECT_RATIO
-from ..predict import Classifier, image_files
+from ..predict import ARTIFACT_FORMATS, Classifier, artifact_format, image_files, load_artifact
 from ..registry import create_model, get_entry
 from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
 from . import NO_MODEL
@@ -38,8 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|pretrained",
         help=(
             f"weights to load: '{PRETRAINED}' (the packaged ImageNet weights, for mobilenet_v2_1.0_224) or "
-            f"{WEIGHTS_FILES}; their input size, normalisation and class names come with them. Without it the "
-            "model is untrained and a warning says so"
+            f"{WEIGHTS_FILES}; their input size, normalisation and class names come with them. Or a file "
+            f"written by `mobilenets export` ({', '.join(ARTIFACT_FORMATS)}), run in its runtime (on the CPU unless "
+            "--device says otherwise) as its metadata says. Without it the model is untrained and a warning says so"
         ),
     )
     parser.add_argument(
@@ -84,12 +85,16 @@ def _model_and_images(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     name, paths = _model_and_images(args)
     images = image_files(paths)
-    model = load_model(args.weights, name) if args.weights is not None else create_model(name)
+    artifact = args.weights is not None and artifact_format(args.weights) is not None
+    if artifact:
+        model = load_artifact(args.weights, name, device=args.device)
+    else:
+        model = load_model(args.weights, name) if args.weights is not None else create_model(name)
     num_classes = model.meta.num_classes
     if args.topk is not None and not 1 <= args.topk <= num_classes:
         raise ValueError(f"--topk must be an integer in [1, {num_classes}] (the class count), got {args.topk}")
     topk = args.topk or min(5, num_classes)
-    classifier = Classifier(model, topk, args.device, draft=args.draft)
+    classifier = Classifier(model, topk, None if artifact else args.device, draft=args.draft)
     if args.weights is None:
         print(
             f"mobilenets predict: warning: no --weights: {model.meta.name} is untrained, its predictions are random "

@@ -30,16 +30,11 @@ def _argparse_kwargs(kind: Any) -> dict[str, Any]:
     return {} if kind is str else {"type": kind}
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``train`` command's description and options to its parser."""
-    parser.description = (
-        "Train a model with the MobileNets recipe (RMSProp with TensorFlow's epsilon, warm-up then exponential "
-        "or cosine decay, EMA of the weights, no weight decay on depthwise filters, BN or biases). Writes a "
-        "checkpoint every epoch, tracks the best weights, and ends with a short report. Run under "
-        "`torchrun --nproc_per_node=N -m mobilenets train ...` for data-parallel training."
-    )
-    kinds = field_types()
-    for f in fields(TrainConfig):
+def add_config_options(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """An option for each field of the config dataclass ``config_type``, from its type, default and
+    metadata; an option not given is None (the config's default applies)."""
+    kinds = field_types(config_type)
+    for f in fields(config_type):
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata["help"]
         default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
@@ -49,6 +44,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         else:
             cli = {key: f.metadata[key] for key in ("metavar", "choices") if key in f.metadata}
             parser.add_argument(flag, default=None, help=text, **cli, **_argparse_kwargs(kinds[f.name]))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` command's description and options to its parser."""
+    parser.description = (
+        "Train a model with the MobileNets recipe (RMSProp with TensorFlow's epsilon, warm-up then exponential "
+        "or cosine decay, EMA of the weights, no weight decay on depthwise filters, BN or biases). Writes a "
+        "checkpoint every epoch, tracks the best weights, and ends with a short report. Run under "
+        "`torchrun --nproc_per_node=N -m mobilenets train ...` for data-parallel training."
+    )
+    add_config_options(parser, TrainConfig)
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",

@@ -1,12 +1,13 @@
-"""Export to ONNX, TorchScript or OpenVINO IR (fp32, or int8 QDQ), then verify against PyTorch.
+"""Export to ONNX, TorchScript, OpenVINO IR (fp32, or int8 QDQ) or ExecuTorch (fp32 or int8), then verify
+against PyTorch.
 
-Every artifact is written from the prepared model (BatchNorm folded) with a dynamic batch
-dimension and a fixed input size, then loaded back in its runtime and compared with the original
-PyTorch model on the CPU:
+Every artifact is written from the prepared model (BatchNorm folded) with a fixed input size and a
+dynamic batch dimension (ExecuTorch: a batch of one image, :mod:`mobilenets.deploy.executorch`),
+then loaded back in its runtime and compared with the original PyTorch model on the CPU:
 
 * fp32: the largest absolute difference of the outputs on seeded random inputs at batch sizes
-  1 and 3 (the second proves the batch dimension is dynamic); it must not exceed
-  ``tolerance · max(1, max |reference output|)``.
+  1 and 3 (the second proves the batch dimension is dynamic; ExecuTorch's runner feeds them one
+  image per call); it must not exceed ``tolerance · max(1, max |reference output|)``.
 * int8: the top-1 agreement with fp32 PyTorch on at least ``min_eval_samples`` real images (and
   both accuracies when labels are given); it must reach ``min_agreement``. Fewer than
   ``min_calibration`` calibration images is an error before anything is written.
@@ -16,7 +17,8 @@ Any output that is not finite (NaN, ±inf) fails either check. A failed check ra
 
 Every artifact records what a user needs to feed it (:func:`artifact_metadata`: model name,
 input channels and resolution, mean and std, class names): ONNX ``metadata_props``, OpenVINO
-``rt_info`` under ``mobilenets``, TorchScript the extra file ``mobilenets.json``.
+``rt_info`` under ``mobilenets``, TorchScript the extra file ``mobilenets.json``, ExecuTorch a JSON
+file beside the program (``m.pte.json``); :func:`read_artifact_metadata` reads it back.
 
 ONNX goes through PyTorch's TorchScript-based exporter (``dynamo=False``, opset 18). For every
 family it writes standard operators only (Conv, Clip, GlobalAveragePool, Gemm; Reshape and
@@ -48,14 +50,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import check_writable_file
+from ..checkpoint import atomic_write, check_writable_file
 from ..models.base import check_resolution
+from . import executorch
 from .fuse import fold_batchnorm, input_shape
 from .quantize import quantize_onnx
 from .runtimes import Runner, load_runner, require
 
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}
-INT8_FORMATS = ("onnx", "openvino")
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": executorch.SUFFIX}
+INT8_FORMATS = ("onnx", "openvino", "executorch")
+FIXED_BATCH = {"executorch": executorch.BATCH}  # formats whose input takes one batch size only
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 ONNX_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
@@ -99,6 +103,7 @@ class ExportReport:
     calibration_asked: int | None = None
     min_eval_samples: int | None = None
     nonfinite: int = 0  # output values of the artifact that are NaN or ±inf
+    batch: int | None = None  # the only batch size the artifact takes; None: any (dynamic)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -110,10 +115,12 @@ class ExportReport:
         verdict = "passed" if self.passed else "FAILED"
         nonfinite = f"; {self.nonfinite} output values are NaN or infinite" if self.nonfinite else ""
         if not self.int8:
+            batches = f"batch sizes {' and '.join(map(str, VERIFY_BATCHES))}"
+            if self.batch is not None:
+                batches += f" fed {self.batch} image per call"
             return (
                 f"fp32 verification {verdict}: max |{self.format} − PyTorch| = {self.max_abs_diff:.2e} "
-                f"(allowed {self.max_allowed_diff:.2e}) on {self.samples} random inputs, batch sizes "
-                f"{' and '.join(map(str, VERIFY_BATCHES))}{nonfinite}"
+                f"(allowed {self.max_allowed_diff:.2e}) on {self.samples} random inputs, {batches}{nonfinite}"
             )
         too_few = ""
         if self.samples < self.min_eval_samples:
@@ -134,35 +141,45 @@ class ExportReport:
     def format_text(self) -> str:
         size = sum(path.stat().st_size for path in self.files) / 1e6
         wrote = ", ".join(str(path) for path in self.files)
-        precision = "int8 QDQ" if self.int8 else "fp32"
+        precision = ("int8 PT2E" if self.format == "executorch" else "int8 QDQ") if self.int8 else "fp32"
+        batch = "dynamic batch" if self.batch is None else f"batch {self.batch}"
         return (
             f"wrote {wrote} ({self.model}, {self.format} {precision}, {self.resolution}×{self.resolution}, "
-            f"dynamic batch, {size:.2f} MB)\n{self.summary()}"
+            f"{batch}, {size:.2f} MB)\n{self.summary()}"
         )
 
 
 def check_destination(fmt: str, out: str | Path, int8: bool = False) -> Path:
-    """Check the format (int8: onnx or openvino) and that ``out`` has its suffix and can be written
-    (with OpenVINO's ``.bin`` beside it), in an existing folder; return ``out`` as a path. Raises
-    ``ValueError`` naming the problem."""
+    """Check the format (int8: one of :data:`INT8_FORMATS`) and that ``out`` has its suffix and can be
+    written (with OpenVINO's ``.bin`` or ExecuTorch's metadata JSON beside it), in an existing folder;
+    return ``out`` as a path. Raises ``ValueError`` naming the problem."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
     if int8 and fmt not in INT8_FORMATS:
-        raise ValueError(f"int8 export needs format {' or '.join(INT8_FORMATS)}, got {fmt!r}")
+        raise ValueError(f"int8 export needs format {', '.join(INT8_FORMATS[:-1])} or {INT8_FORMATS[-1]}, got {fmt!r}")
     out = Path(out)
     suffix = FORMATS[fmt]
     if out.suffix != suffix:
         raise ValueError(f"out must end with {suffix} for format {fmt}, got {str(out)!r}")
-    written = [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
-    for path in written:
+    for path in artifact_files(fmt, out):
         check_writable_file(path, "out")
     return out
+
+
+def artifact_files(fmt: str, out: Path) -> list[Path]:
+    """The files an artifact of format ``fmt`` written to ``out`` consists of."""
+    if fmt == "openvino":
+        return [out, out.with_suffix(".bin")]
+    if fmt == "executorch":
+        return [out, executorch.metadata_path(out)]
+    return [out]
 
 
 def artifact_metadata(model: nn.Module, resolution: int) -> dict[str, str]:
     """What an artifact records about its input and output, as strings (lists as JSON): ``model``,
     ``in_chans``, ``resolution``, and from ``model.meta`` when it has one ``mean``, ``std`` (of the
-    0-1 scaled image), ``num_classes`` and ``classes`` (class names in output order; ``[]`` if unknown)."""
+    0-1 scaled image), ``num_classes``, ``classes`` (class names in output order; ``[]`` if unknown) and,
+    when the weights fix it, ``resize`` (the shorter side before the centre crop)."""
     meta = getattr(model, "meta", None)
     metadata = {
         "model": meta.name if meta else type(model).__name__,
@@ -176,7 +193,44 @@ def artifact_metadata(model: nn.Module, resolution: int) -> dict[str, str]:
             "num_classes": str(meta.num_classes),
             "classes": json.dumps(list(meta.labels)),
         }
+        if meta.resize:
+            metadata["resize"] = str(meta.resize)
     return metadata
+
+
+def read_artifact_metadata(path: str | Path, fmt: str) -> dict[str, str]:
+    """What :func:`artifact_metadata` recorded in the artifact at ``path`` of format ``fmt``. Raises
+    ``FileNotFoundError`` or ``ValueError`` (one line, naming the file) when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{fmt} file {str(path)!r} not found")
+    if fmt == "executorch":
+        source = executorch.metadata_path(path)
+        if not source.is_file():
+            raise ValueError(f"{str(path)!r} has no metadata file {str(source)!r} beside it: export it again")
+        try:
+            metadata = json.loads(source.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"metadata file {str(source)!r} cannot be read: {err}") from err
+    elif fmt == "onnx":
+        onnx = require("onnx", "reading ONNX metadata")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as err:  # protobuf's DecodeError and others: not an ONNX file
+            raise ValueError(f"{str(path)!r} is not an ONNX file: {err}") from err
+        metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    elif fmt == "openvino":
+        ov = require("openvino", "reading OpenVINO metadata")
+        converted = ov.Core().read_model(str(path))
+        metadata = {}
+        if converted.has_rt_info([METADATA_SECTION]):
+            section = converted.get_rt_info()[METADATA_SECTION]
+            metadata = {key: value.astype(str) for key, value in section.items()}
+    else:
+        raise ValueError(f"format must be one of onnx, openvino, executorch, got {fmt!r}")
+    if not isinstance(metadata, dict) or "model" not in metadata:
+        raise ValueError(f"{str(path)!r} records no mobilenets metadata: export it with `mobilenets export`")
+    return {str(key): str(value) for key, value in metadata.items()}
 
 
 def export_onnx(model: nn.Module, path: str | Path, resolution: int) -> Path:
@@ -236,9 +290,14 @@ def write_artifact(
     resolution: int,
     calibration: Sequence[np.ndarray] | None = None,
 ) -> list[Path]:
-    """Write ``model`` in ``fmt`` to ``out`` (int8 QDQ when ``calibration`` batches are given); return the files."""
+    """Write ``model`` in ``fmt`` to ``out`` (int8 when ``calibration`` batches are given); return the files."""
     if fmt == "torchscript":
         return [export_torchscript(model, out, resolution)]
+    if fmt == "executorch":
+        executorch.write_program(model, out, resolution, calibration)
+        metadata = json.dumps(artifact_metadata(model, resolution), indent=1) + "\n"
+        atomic_write(executorch.metadata_path(out), metadata.encode())
+        return artifact_files(fmt, out)
     with tempfile.TemporaryDirectory() as tmp:
         last_step = calibration is None and fmt == "onnx"
         onnx_path = export_onnx(model, out if last_step else Path(tmp) / "fp32.onnx", resolution)
@@ -332,7 +391,7 @@ def export_model(
     """Export ``model`` to ``out`` in ``fmt``, then verify the artifact against PyTorch (see the module doc).
 
     ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; giving
-    them makes the export int8 (formats onnx and openvino); fewer than ``min_calibration`` images
+    them makes the export int8 (:data:`INT8_FORMATS`); fewer than ``min_calibration`` images
     is a ``ValueError``. ``calibration_asked``: how many images were asked for (reported; default:
     as many as given). ``evaluation``: ``(images, labels)`` batches for the int8 check (labels may be
     ``None``), read once, at least ``min_eval_samples`` images; by default the calibration images.
@@ -370,7 +429,9 @@ def export_model(
     else:
         checks = _verify_fp32(model, runner, resolution=resolution, tolerance=tolerance)
     name = meta.name if meta else type(model).__name__
-    report = ExportReport(model=name, format=fmt, int8=int8, resolution=resolution, files=files, **checks)
+    report = ExportReport(
+        model=name, format=fmt, int8=int8, resolution=resolution, files=files, batch=FIXED_BATCH.get(fmt), **checks
+    )
     if not report.passed:
         raise VerificationError(report)
     return report

@@ -2,7 +2,8 @@
 
 Every runtime is driven the same way so that export verification and benchmarks compare like
 with like: a NumPy batch in, NumPy logits out (a CUDA run includes its copies to and from the
-device). ONNX Runtime and OpenVINO are imported only when asked for (the ``[deploy]`` extra).
+device). ONNX Runtime and OpenVINO are imported only when asked for (the ``[deploy]`` extra), ExecuTorch
+likewise (the ``[mobile]`` extra; its runner is in :mod:`mobilenets.deploy.executorch`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from .fuse import prepare_for_inference
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def require(package: str, purpose: str) -> ModuleType:
-    """Import an optional dependency, or say in one line how to install it."""
+def require(package: str, purpose: str, *, extra: str = "deploy") -> ModuleType:
+    """Import an optional dependency, or say in one line how to install it (the package ``extra``)."""
     try:
         return importlib.import_module(package)
     except ImportError as err:
-        raise ValueError(f"{purpose} needs the {package!r} package: pip install 'mobilenets[deploy]'") from err
+        raise ValueError(f"{purpose} needs the {package!r} package: pip install 'mobilenets[{extra}]'") from err
 
 
 def torch_runner(model: nn.Module, device: torch.device | str | None = None, compile: bool = False) -> Runner:
@@ -162,11 +163,15 @@ def openvino_runner(
 def load_runner(
     path: str | Path, fmt: str, *, threads: int | None = None, device: torch.device | str | None = None
 ) -> Runner:
-    """A runner for an exported artifact of format ``fmt`` ("onnx", "torchscript" or "openvino")."""
+    """A runner for an exported artifact of format ``fmt`` ("onnx", "torchscript", "openvino" or "executorch")."""
+    if fmt == "executorch":
+        from .executorch import executorch_runner  # imported here: that module builds on this one
+
+        return executorch_runner(path, threads=threads, device=device)
     if fmt == "onnx":
         return onnx_runner(path, threads=threads, device=device)
     if fmt == "openvino":
         return openvino_runner(path, threads=threads, device=device)
     if fmt == "torchscript":
         return torchscript_runner(path, device)
-    raise ValueError(f"format must be one of onnx, torchscript, openvino, got {fmt!r}")
+    raise ValueError(f"format must be one of onnx, torchscript, openvino, executorch, got {fmt!r}")

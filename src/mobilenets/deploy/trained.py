@@ -4,9 +4,10 @@ held-out images, and time them beside fp32.
 :func:`deploy_run` reads ``best.safetensors`` (with the data it was trained on, which it records) and
 ``report.json`` (the training figures) from a ``mobilenets train`` folder, writes ``model.onnx``
 (fp32, verified on random inputs) and ``model-int8.onnx`` (int8 QDQ calibrated on training images,
-verified on the held-out ones; OpenVINO: ``.xml`` + ``.bin``) beside them, then times batch-1 latency
-of eager PyTorch and both files in turns (:func:`mobilenets.bench.measure`). Without the deploy extra
-only eager PyTorch is timed, and the report says so.
+verified on the held-out ones; OpenVINO: ``.xml`` + ``.bin``; ExecuTorch: ``.pte`` + its metadata
+``.pte.json``) beside them, then times batch-1 latency of eager PyTorch and both files in turns
+(:func:`mobilenets.bench.measure`). Without the format's extra (deploy; mobile for ExecuTorch) only
+eager PyTorch is timed, and the report says so.
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ from .fuse import input_shape
 from .quantize import DEFAULT_CALIB_SAMPLES, calibration_data
 from .runtimes import Runner
 
-# The Python packages each export format needs (the deploy extra).
-NEEDS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
-RUNTIME = {"onnx": ("onnx", "onnx-int8"), "openvino": ("openvino", "openvino-int8")}
+# The Python packages each export format needs, and the extra that installs them.
+NEEDS = {
+    "onnx": ("onnx", "onnxruntime"),
+    "openvino": ("onnx", "onnxruntime", "openvino"),
+    "executorch": ("executorch", "torchao"),
+}
+EXTRA = {"onnx": "deploy", "openvino": "deploy", "executorch": "mobile"}
+RUNTIME = {
+    "onnx": ("onnx", "onnx-int8"),
+    "openvino": ("openvino", "openvino-int8"),
+    "executorch": ("executorch", "executorch-int8"),
+}
 # Where the exported files are deployed and timed; eager PyTorch is timed there too, so the three compare.
 CPU = torch.device("cpu")
 
@@ -120,7 +130,7 @@ def deploy_run(
     threads: int | None = None,
     timing: Timing = DEFAULT_TIMING,
 ) -> DeployReport:
-    """Export ``run_dir``'s best weights (fp32 and int8, format ``fmt``: onnx or openvino), verify them
+    """Export ``run_dir``'s best weights (fp32 and int8, format ``fmt``: one of ``INT8_FORMATS``), verify them
     (int8: on up to ``eval_samples`` images of ``data``'s val split, by default the run's data), and time
     batch-1 latency of eager PyTorch and both files on the CPU with ``threads`` threads. Raises
     :class:`~mobilenets.deploy.VerificationError` when a check fails (files kept for inspection)."""
@@ -145,7 +155,8 @@ def deploy_run(
     missing = missing_packages(fmt)
     skipped = None
     if missing:
-        skipped = f"the deploy extra is not installed ({', '.join(missing)}): pip install 'mobilenets[deploy]'"
+        extra = EXTRA[fmt]
+        skipped = f"the {extra} extra is not installed ({', '.join(missing)}): pip install 'mobilenets[{extra}]'"
     else:
         suffix = FORMATS[fmt]
         fp32 = export_model(model, fmt, run_dir / f"model{suffix}", resolution=resolution)

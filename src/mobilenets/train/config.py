@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -21,6 +21,7 @@ from ..checkpoint import write_json
 from ..data import DEFAULT_CROP_SCALE
 from ..device import usable_cores
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION, OUTPUT_STRIDES
+from ..registry import CLASSIFICATION, check_task
 from ..weights import WEIGHTS_FILES
 from .optim import SCHEDULES
 
@@ -48,8 +49,47 @@ def option(default: Any, help: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, **cli})
 
 
+class RunConfig:
+    """What a run's config dataclass shares (:class:`TrainConfig`, the detection trainer's): reading
+    and writing ``config.json`` with every value's type checked, and printing."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """A config from ``to_dict``'s form; raise ``ValueError`` on an unknown field or a value of the wrong type."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config has unknown field(s) {unknown}; known: {sorted(known)}")
+        check_types(values, cls)
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: {str(path)!r} not found; is {str(path.parent)!r} a training run?")
+        try:
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ValueError(f"a JSON object expected, got {type(values).__name__}")
+            return cls.from_dict(values)
+        except ValueError as err:  # json.JSONDecodeError too
+            raise ValueError(f"resume: {str(path)!r}: {err}") from None
+
+    def format(self) -> str:
+        """The config as ``name=value`` pairs, wrapped for a terminal."""
+        pairs = " ".join(f"{k}={v}" for k, v in self.to_dict().items())
+        return textwrap.fill(pairs, width=118, initial_indent="config: ", subsequent_indent="  ")
+
+
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """A training run. ``None`` means "choose from the model and the data" (see ``docs/training.md``).
 
     The optimiser defaults are the paper's recipe: RMSProp with decay and momentum 0.9 and
@@ -179,7 +219,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
-        check_types(vars(self))
+        check_types(vars(self), type(self))
         cores = usable_cores()
         weights = "a weights file or 'pretrained', not empty"
         checks: list[tuple[str, bool, str]] = [
@@ -220,18 +260,8 @@ class TrainConfig:
             ("init", self.init is None or self.init.strip() != "", weights),
             ("teacher", self.teacher is None or self.teacher.strip() != "", weights),
         ]
-        for name, ok, allowed in checks:
-            value = getattr(self, name)
-            if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # NaN too
-                largest = f"the largest float32 is {FLOAT32_MAX:.3g}"
-                raise ValueError(f"{name} must be a finite number {allowed}, got {value!r} ({largest})")
-            if not ok:
-                raise ValueError(f"{name} must be {allowed}, got {value!r}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices and not (value is None and f.default is None):
-                raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
+        check_values(self, checks)
+        check_task(self.model, CLASSIFICATION)
         defaults = {f.name: f.default for f in fields(self)}
         for name, needed in NEEDS:
             if getattr(self, name) != defaults[name] and getattr(self, needed) is None:
@@ -248,41 +278,10 @@ class TrainConfig:
         out["crop_scale"] = list(self.crop_scale)
         return out
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config from ``to_dict``'s form; raise ``ValueError`` on an unknown field or a value of the wrong type."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"config has unknown field(s) {unknown}; known: {sorted(known)}")
-        check_types(values)
-        return cls(**values)
 
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: {str(path)!r} not found; is {str(path.parent)!r} a training run?")
-        try:
-            values = json.loads(path.read_text())
-            if not isinstance(values, dict):
-                raise ValueError(f"a JSON object expected, got {type(values).__name__}")
-            return cls.from_dict(values)
-        except ValueError as err:  # json.JSONDecodeError too
-            raise ValueError(f"resume: {str(path)!r}: {err}") from None
-
-    def format(self) -> str:
-        """The config as ``name=value`` pairs, wrapped for a terminal."""
-        pairs = " ".join(f"{k}={v}" for k, v in self.to_dict().items())
-        return textwrap.fill(pairs, width=118, initial_indent="config: ", subsequent_indent="  ")
-
-
-def field_types() -> dict[str, Any]:
-    """Each field's type (``int``, ``float | None``, ``tuple[float, float]``...)."""
-    return typing.get_type_hints(TrainConfig)
+def field_types(cls: type = TrainConfig) -> dict[str, Any]:
+    """Each field's type (``int``, ``float | None``, ``tuple[float, float]``...) of a config dataclass."""
+    return typing.get_type_hints(cls)
 
 
 def _is_a(value: Any, kind: Any) -> bool:
@@ -309,9 +308,27 @@ def _describe(kind: Any) -> str:
     return names[kind]
 
 
-def check_types(values: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first of ``values`` (field name: value) of the wrong type."""
-    kinds = field_types()
+def check_types(values: dict[str, Any], cls: type = TrainConfig) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` (field name: value) of the wrong type for
+    config dataclass ``cls``."""
+    kinds = field_types(cls)
     for name, value in values.items():
         if name in kinds and not _is_a(value, kinds[name]):
             raise ValueError(f"{name} must be {_describe(kinds[name])}, got {value!r}")
+
+
+def check_values(config: Any, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise ``ValueError`` naming the first field of the dataclass ``config`` that fails its check in
+    ``checks`` ((name, ok, what is allowed)), is a float beyond float32, or is not one of its choices."""
+    for name, ok, allowed in checks:
+        value = getattr(config, name)
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:  # NaN too
+            largest = f"the largest float32 is {FLOAT32_MAX:.3g}"
+            raise ValueError(f"{name} must be a finite number {allowed}, got {value!r} ({largest})")
+        if not ok:
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices and not (value is None and f.default is None):
+            raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")

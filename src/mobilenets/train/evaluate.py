@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ..data import FASHION_MNIST, UNREADABLE, SourceInfo, inspect_source, load_dataset
 from ..device import resolve_device, usable_cores
 from ..models.base import MIN_RESOLUTION
-from ..registry import get_entry
+from ..registry import CLASSIFICATION, check_task, get_entry
 from ..weights import model_from, read_weights_source
 from .config import MAX_BATCH_SIZE, TrainConfig
 from .distributed import Dist, all_reduce
@@ -173,6 +173,7 @@ def evaluate_weights(
     read = read_weights_source(weights)
     info, recorded = read.info, read.info.get("model_args", {})
     name = read.model_name(model)
+    check_task(name, CLASSIFICATION)
     data = data if data is not None else info.get("data") or FASHION_MNIST  # "" is an error, not a default
     in_chans, resolution = resolve_input(
         name,

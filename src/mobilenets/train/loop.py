@@ -47,7 +47,7 @@ from ..device import default_threads, usable_cores
 from ..registry import create_model, get_entry, name_for
 from ..weights import init_from, load_model
 from . import distributed
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, RunConfig, TrainConfig
 from .distill import soft_target_loss
 from .distributed import Dist, ResumableSampler, all_reduce
 from .ema import ModelEma
@@ -114,8 +114,7 @@ class TrainResult:
             f"  speed      {self.images_per_s:,.0f} training images/s",
             f"  files      {self.run_dir}/: {', '.join(self.files)}",
             f"  evaluate   mobilenets eval --weights {self.run_dir / BEST} --data {cfg.data}",
-            f"  deploy     mobilenets export --weights {self.run_dir / BEST} --format onnx "
-            f"--out {self.run_dir / 'model.onnx'}",
+            f"  deploy     mobilenets deploy {self.run_dir}",
         ]
         if self.skipped:
             lines.insert(4, f"  skipped    {self.skipped} unreadable images per epoch (named in the warnings above)")
@@ -262,9 +261,13 @@ class Optimisation:
 class Trainer:
     """One training run; see :func:`train`."""
 
+    command = "mobilenets train"  # the command that resumes the run, as an interruption names it
+    canonical_data = staticmethod(canonical_source)  # the data source as the run records it
+    collate: Any = None  # the loaders' collate_fn (None: torch's default, stacking images and labels)
+
     def __init__(self, config: TrainConfig, resume: bool, env: Dist) -> None:
         # The data path is recorded absolute: the run's config and weights find it from any folder.
-        self.config = replace(config.validate(), data=canonical_source(config.data))
+        self.config = replace(config.validate(), data=self.canonical_data(config.data))
         self.env = env
         self.device = env.device
         self.run_dir = Path(config.out)
@@ -289,7 +292,7 @@ class Trainer:
     # --- set-up ------------------------------------------------------------------------------
 
     def _build_data(self) -> None:
-        cfg, env = self.config, self.env
+        cfg = self.config
         info = inspect_source(cfg.data)
         self.in_chans, self.resolution = resolve_input(
             cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
@@ -312,6 +315,12 @@ class Trainer:
         val_set = load_dataset(cfg.data, "val", train=False, limit=cfg.val_limit, **common)
         self.classes: list[str] = list(self.train_set.classes)
         self.val_set = val_set
+        self._build_loaders()
+
+    def _build_loaders(self) -> None:
+        """Batch size, loader processes, threads, the resumable sampler and the loaders of
+        ``self.train_set`` and ``self.val_set``."""
+        cfg, env = self.config, self.env
         if cfg.batch_size % env.world_size:
             raise ValueError(f"batch_size must be a multiple of the {env.world_size} processes, got {cfg.batch_size}")
         batch_size = min(cfg.batch_size, len(self.train_set) // env.world_size * env.world_size)
@@ -326,7 +335,9 @@ class Trainer:
                 f"batches of {batch_size} instead"
             )
         self.local_batch = batch_size // env.world_size
-        arrays = array_view(self.train_set) if cfg.batched_augment else None
+        # In-memory array sets (only a classification config has batched_augment) are batched unless turned off.
+        arrays = array_view(self.train_set)
+        arrays = arrays if arrays and cfg.batched_augment else None
         self.workers = 0 if arrays else cfg.workers if cfg.workers is not None else default_workers(env)
         # Batched runs leave free the cores loader processes would take: on 2 cores shared with other
         # jobs, 2 threads trained 17× slower than 1 (docs/benchmarks.md); --threads to use them.
@@ -335,7 +346,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads or default_threads(spare, processes=env.world_size))
         self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
         self.loader_generator = torch.Generator()
-        val_shard = Subset(val_set, distributed.shard(len(val_set), env))
+        val_shard = Subset(self.val_set, distributed.shard(len(self.val_set), env))
         if arrays:
             self._batched_loaders(arrays, val_shard)
         else:
@@ -397,6 +408,7 @@ class Trainer:
             drop_last=drop_last,
             generator=self.loader_generator,
             worker_init_fn=_ignore_sigint if self.workers else None,
+            collate_fn=self.collate,
         )
 
     def _build_teacher(self) -> nn.Module:
@@ -644,7 +656,7 @@ class Trainer:
         return TrainingInterrupted(
             signum,
             f"{signal.Signals(signum).name} received: checkpoint written {where}; "
-            f"continue with `mobilenets train --resume {self.run_dir}`",
+            f"continue with `{self.command} --resume {self.run_dir}`",
         )
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
@@ -729,7 +741,7 @@ class Trainer:
         return result
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, *, trainer: type[Trainer] = Trainer) -> TrainResult:
     """Train ``config.model`` on ``config.data``, writing the run to ``config.out``.
 
     With ``resume``, continue the run whose checkpoint is in ``config.out`` (see :func:`resume_config`).
@@ -737,21 +749,24 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     holds the run folder's lock for the whole run). Raises :class:`NonFiniteLoss` or
     :class:`TrainingInterrupted` (after writing a checkpoint); ``ValueError`` for a bad value or a
     folder in use; ``OSError`` naming the file when one cannot be written.
+    ``trainer``: a subclass of :class:`Trainer` for another task (detection), with its own config
+    and result.
     """
     config.validate()
     env = distributed.setup(config.device)
     threads = torch.get_num_threads()
     try:
         with lock_run_dir(Path(config.out)) if env.is_main else nullcontext():
-            return Trainer(config, resume, env).run()
+            return trainer(config, resume, env).run()
     finally:
         torch.set_num_threads(threads)
         sys.stdout.flush()
         distributed.teardown(env)
 
 
-def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
-    """The config of the run in ``run_dir``, with ``changes`` to the fields that may change on resume."""
+def resume_config(run_dir: str | Path, *, config_type: type[RunConfig] = TrainConfig, **changes: Any) -> Any:
+    """The config (a ``config_type``) of the run in ``run_dir``, with ``changes`` to the fields that may
+    change on resume."""
     if not str(run_dir).strip():  # Path("") would be the working folder
         raise ValueError(f"resume must be a training run's folder, got {str(run_dir)!r}")
     not_allowed = sorted(set(changes) - set(RESUMABLE))
@@ -759,7 +774,7 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
         raise ValueError(
             f"resume continues the saved run: only {', '.join(RESUMABLE)} may change, got {', '.join(not_allowed)}"
         )
-    config = TrainConfig.load(Path(run_dir) / "config.json")
+    config = config_type.load(Path(run_dir) / "config.json")
     for key, value in changes.items():
         setattr(config, key, value)
     config.out = str(run_dir)

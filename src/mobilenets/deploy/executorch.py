@@ -1,0 +1,168 @@
+"""ExecuTorch programs (``.pte``) for phones: the model lowered to XNNPACK, fp32 or int8, and their runner.
+
+A program is written from the prepared model (BatchNorm folded) by ``torch.export`` at a fixed
+input of :data:`BATCH` image, lowered with ExecuTorch's XNNPACK partitioner (every convolution,
+activation, pooling and linear layer runs in XNNPACK; what it does not take, such as ShuffleNet V2's
+channel split, runs in ExecuTorch's portable kernels) and serialised. The batch is fixed because a
+dynamic one does not survive lowering for every family (ShuffleNet V2's split is specialised to the
+example's batch), and a phone classifies one image at a time; the runner feeds a batch one image
+per call.
+
+int8 is PyTorch 2 export post-training quantization (PT2E, from torchao) with ExecuTorch's XNNPACK
+quantizer: weights int8, symmetric, per output channel; activations int8, per tensor, their ranges
+observed on the calibration images; XNNPACK then runs the quantized convolutions in int8.
+
+ExecuTorch's Python runtime runs every program on one thread pool shared by the process (sized to
+the processors by default). Its size can only be changed through an experimental binding that
+replaces the pool, which would leave programs loaded before it with a pool that no longer exists:
+the runner therefore resizes it only while no program loaded by this module is alive.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write
+from ..device import resolve_device
+from ..errors import first_line
+from .fuse import fold_batchnorm, input_shape
+from .runtimes import Runner, require
+
+SUFFIX = ".pte"
+BATCH = 1  # images per call: the exported input is (BATCH, C, H, W)
+EXTRA = "mobile"  # the package extra that installs ExecuTorch
+
+# Runners whose programs use the current thread pool (see the module doc).
+_live_runners: weakref.WeakSet = weakref.WeakSet()
+
+
+def _require(package: str, purpose: str) -> ModuleType:
+    """:func:`~mobilenets.deploy.runtimes.require` for the mobile extra, without the deprecation notice that
+    torchao's import logs through PyTorch's pytree logger (about an Enum it registers)."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return require(package, purpose, extra=EXTRA)
+    finally:
+        logger.setLevel(level)
+
+
+def metadata_path(path: str | Path) -> Path:
+    """The JSON file beside a program that records what feeding it needs: ``m.pte`` -> ``m.pte.json``."""
+    return Path(f"{path}.json")
+
+
+def _quantize(module: torch.fx.GraphModule, calibration: Sequence[np.ndarray]) -> torch.fx.GraphModule:
+    """PT2E int8 of an exported module, its activation ranges observed on ``calibration`` batches (B, C, H, W)."""
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
+    xnnpack = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "int8 ExecuTorch export")
+    quantizer = xnnpack.XNNPACKQuantizer().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
+    prepared = pt2e.prepare_pt2e(module, quantizer)
+    with torch.no_grad():
+        for images in calibration:
+            for start in range(0, len(images), BATCH):
+                prepared(torch.from_numpy(images[start : start + BATCH]))
+    return pt2e.convert_pt2e(prepared)
+
+
+def write_program(
+    model: nn.Module, path: str | Path, resolution: int, calibration: Sequence[np.ndarray] | None = None
+) -> Path:
+    """Write ``model`` (BatchNorm folded, CPU) as an ExecuTorch program lowered to XNNPACK, input
+    ``(BATCH, C, resolution, resolution)``; int8 when ``calibration`` batches (normalised images) are given.
+
+    Raises ``ValueError`` with ExecuTorch's first line when the model cannot be exported or lowered.
+    """
+    exir = _require("executorch.exir", "ExecuTorch export")
+    partition = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
+    if calibration is not None and not calibration:
+        raise ValueError("calibration data must hold at least one batch of images")
+    folded = fold_batchnorm(model).cpu().eval()
+    example = (torch.zeros(BATCH, *input_shape(folded, resolution)),)
+    try:
+        program = torch.export.export(folded, example)
+        if calibration is not None:
+            program = torch.export.export(_quantize(program.module(), calibration), example)
+        lowered = exir.to_edge_transform_and_lower(program, partitioner=[partition.XnnpackPartitioner()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the serialiser's importlib.resources.read_binary
+            buffer = lowered.to_executorch().buffer
+    except (RuntimeError, exir.error.ExportError) as err:  # torch.export's and ExecuTorch's own errors
+        name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
+        raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
+    atomic_write(path, buffer)
+    return Path(path)
+
+
+@contextmanager
+def _native_logs_hidden() -> Iterator[None]:
+    """Discard what is written to stderr within the block, by native code (file descriptor 2) or through
+    ``sys.stderr``, where ExecuTorch's Python runtime sends its logs: its CPU probing, thread-pool changes
+    and load failures, which the errors it raises say in one line."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _set_threads(portable, threads: int) -> None:
+    """Size ExecuTorch's shared thread pool to ``threads``, unless it has that size already."""
+    current = portable._threadpool_get_thread_count()
+    if threads == current:
+        return
+    if len(_live_runners):
+        raise ValueError(
+            f"ExecuTorch's thread pool, shared by the process, has {current} threads and {len(_live_runners)} "
+            f"loaded programs still use it: ask for {current} threads, or free those runners first"
+        )
+    portable._unsafe_reset_threadpool(threads)
+
+
+def executorch_runner(
+    path: str | Path, *, threads: int | None = None, device: torch.device | str | None = None
+) -> Runner:
+    """An ExecuTorch program (``.pte``) in ExecuTorch's Python runtime, on the CPU (the only ``device``
+    accepted), ``threads`` threads (default: the pool as it is); a batch runs one image per call."""
+    if device is not None and resolve_device(device).type != "cpu":
+        raise ValueError("runtime executorch runs on the CPU here; use --device cpu")
+    runtime = _require("executorch.runtime", "the ExecuTorch runtime")
+    portable = _require("executorch.extension.pybindings.portable_lib", "the ExecuTorch runtime")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ExecuTorch program {str(path)!r} not found")
+    with _native_logs_hidden():
+        if threads is not None:
+            _set_threads(portable, threads)
+        try:
+            program = runtime.Runtime.get().load_program(path)
+            batch = program.load_method("forward").metadata.input_tensor_meta(0).sizes()[0]
+        except RuntimeError as err:
+            raise ValueError(f"{str(path)!r} cannot be loaded as an ExecuTorch program: {first_line(err)}") from err
+
+    def run(x: np.ndarray) -> np.ndarray:
+        method = program.load_method("forward")  # loaded once and cached by the program, which must stay alive
+        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        calls = [method.execute((images[start : start + batch],))[0] for start in range(0, len(images), batch)]
+        return torch.cat(calls).numpy()
+
+    _live_runners.add(run)
+    return run
