@@ -11,6 +11,12 @@ hits both models of a comparison alike.
 Run in the benchmark environment (timm is not a dependency of the project):
 
     bash bench/setup.sh && .venv-bench/bin/python bench/train_speed.py [--iters 20] [--rounds 3] [--threads N]
+
+``--loaders`` measures instead the main job's whole training step on Fashion-MNIST, data included:
+per-image ``transforms.v2`` in a loader process against the batched in-memory loader
+(``mobilenets.data.batched``), rounds alternating in one process (needs no timm):
+
+    .venv/bin/python bench/train_speed.py --loaders [--iters 40] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from tabulate import tabulate
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
 
 from mobilenets import create_model
+from mobilenets.data import load_dataset
+from mobilenets.data.batched import BatchAugment, BatchedTrainLoader, array_view
 from mobilenets.device import resolve_device
 from mobilenets.train import RMSpropTF
 
@@ -128,6 +137,77 @@ def measure(setting: Setting, channels_last: bool, device: torch.device, args: a
     return rows
 
 
+def measure_loaders(device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Images/s of the main job's training step (``mobilenet_v1_0.25_40``, batch 128, channels_last,
+    random resized crops of 35–100 % and flips) fed by each loader, rounds alternating."""
+    resolution, batch, crop_scale = 40, 128, (0.35, 1.0)
+    model = create_model("mobilenet_v1_0.25_224", num_classes=10, in_chans=1, resolution=resolution)
+    mean, std = model.meta.mean, model.meta.std
+    common = {"resolution": resolution, "in_chans": 1, "mean": mean, "std": std, "crop_scale": crop_scale}
+    train_set = load_dataset("fashion-mnist", "train", train=True, **common)
+    view = array_view(train_set)
+    generator = torch.Generator().manual_seed(0)
+    per_image = DataLoader(
+        train_set,
+        batch_size=batch,
+        sampler=RandomSampler(train_set, num_samples=10**8, generator=generator),
+        num_workers=1,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
+    augment = BatchAugment(resolution=resolution, in_chans=1, mean=mean, std=std, crop_scale=crop_scale)
+    batched = BatchedTrainLoader(
+        view.images,
+        view.labels,
+        sampler=RandomSampler(train_set, num_samples=10**8, generator=generator),
+        batch_size=batch,
+        augment=augment,
+        epoch_generator=generator,
+        device=device,
+        memory_format=torch.channels_last,
+    )
+    model = model.to(device, memory_format=torch.channels_last).train()
+    optimizer = RMSpropTF(model.parameters(), lr=1e-3)
+    cores = torch.get_num_threads() if args.threads is None else args.threads
+    # (name, batches, threads): the per-image loader takes a core, as in the main job.
+    contenders = [
+        ("per-image v2 transforms, 1 loader process", iter(per_image), max(1, cores - 1)),
+        (f"batched on {device.type}, {cores} threads", iter(batched), cores),
+        (f"batched on {device.type}, 1 thread", iter(batched), 1),
+    ]
+
+    def step(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        images, labels = next(batches)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        loss = nn.functional.cross_entropy(model(images), labels.to(device, non_blocking=True))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _, batches, threads in contenders:
+        torch.set_num_threads(threads)
+        for _ in range(args.warmup):
+            step(batches)
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
+    for round_ in range(args.rounds):
+        for name, batches, threads in contenders[:: 1 if round_ % 2 == 0 else -1]:
+            torch.set_num_threads(threads)
+            rates[name].append(images_per_s(lambda b=batches: step(b), batch, args.iters, device))
+    baseline = rates[contenders[0][0]]
+    rows = []
+    for name, values in rates.items():
+        low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+        rows.append(
+            {
+                "loader": name,
+                "images/s (median)": round(statistics.median(values)),
+                "quartiles": f"{low:.0f}–{high:.0f}",
+                "÷ per-image": round(statistics.median(v / p for v, p in zip(values, baseline, strict=True)), 2),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=20, help="timed steps per round (default: 20)")
@@ -143,12 +223,32 @@ def main() -> None:
         action="append",
         help="measure only this setting (repeatable; default: all)",
     )
+    parser.add_argument(
+        "--loaders",
+        action="store_true",
+        help="measure the main job's step fed by per-image transforms and by the batched loader instead",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.loaders:
+        with open("/proc/loadavg") as f:
+            load_before = f.read().split()[0]
+        rows = measure_loaders(device, args)
+        with open("/proc/loadavg") as f:
+            load_after = f.read().split()[0]
+        if args.json:
+            print(json.dumps({"device": str(device), "load_average": [load_before, load_after], "results": rows}))
+        else:
+            print(tabulate(rows, headers="keys", colalign=("left", "right", "right", "right")))
+            print(
+                f"device {device}, median of {args.rounds} rounds × {args.iters} steps; "
+                f"1-minute load average {load_before} before, {load_after} after"
+            )
+        return
 
     rows = []
     for setting in (s for s in SETTINGS if not args.setting or s.key in args.setting):

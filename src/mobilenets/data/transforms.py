@@ -19,6 +19,8 @@ from ..models.base import MAX_RESOLUTION
 # The paper's "reduced distortion": Inception's crop samples 8-100 % of the image area; MobileNets
 # were trained with smaller distortions, so the smallest crop here keeps 35 % of the area.
 DEFAULT_CROP_SCALE = (0.35, 1.0)
+# Aspect ratios (width / height) of the random resized crop: Inception's, torchvision's default.
+CROP_RATIO = (3 / 4, 4 / 3)
 # Inception's evaluation crop: resize to resolution / 0.875, keep the central resolution².
 DEFAULT_CROP_PCT = 0.875
 IMAGE_CHANNELS = (1, 3)
@@ -71,7 +73,9 @@ def build_transform(
     """
     check_image_args(resolution, in_chans=in_chans, crop_scale=crop_scale, crop_pct=crop_pct)
     if train:
-        geometry: list[v2.Transform] = [v2.RandomResizedCrop(resolution, scale=tuple(crop_scale), antialias=True)]
+        geometry: list[v2.Transform] = [
+            v2.RandomResizedCrop(resolution, scale=tuple(crop_scale), ratio=CROP_RATIO, antialias=True)
+        ]
         if hflip:
             geometry.append(v2.RandomHorizontalFlip())
     else:

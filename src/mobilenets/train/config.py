@@ -177,6 +177,11 @@ class TrainConfig(RunConfig):
         metavar="F",
     )
     hflip: bool = option(True, "random horizontal flips for training")
+    batched_augment: bool = option(
+        True,
+        "Fashion-MNIST and CIFAR (held in memory): transform whole training batches with tensor operations on the "
+        "training device, without loader processes (--no-batched-augment: per-image transforms in loader processes)",
+    )
     val_fraction: float = option(0.1, "share of each class held out when --data is one folder", metavar="F")
     train_limit: int | None = option(None, "train on a random (seeded) subset of N images", metavar="N")
     val_limit: int | None = option(None, "validate on a random (seeded) subset of N images", metavar="N")

@@ -35,6 +35,14 @@ from tqdm import tqdm
 from ..checkpoint import read_saved_weights, rng_state, set_rng_state
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, canonical_source, eval_crop_pct, inspect_source, load_dataset
+from ..data.batched import (
+    ArrayView,
+    BatchAugment,
+    BatchedEvalLoader,
+    BatchedTrainLoader,
+    array_view,
+    batch_transform,
+)
 from ..device import default_threads, usable_cores
 from ..registry import create_model, get_entry, name_for
 from ..weights import init_from, load_model
@@ -328,15 +336,68 @@ class Trainer:
                 f"batches of {batch_size} instead"
             )
         self.local_batch = batch_size // env.world_size
-        self.workers = cfg.workers if cfg.workers is not None else default_workers(env)
+        # In-memory array sets (only a classification config has batched_augment) are batched unless turned off.
+        arrays = array_view(self.train_set)
+        arrays = arrays if arrays and cfg.batched_augment else None
+        self.workers = 0 if arrays else cfg.workers if cfg.workers is not None else default_workers(env)
+        # Batched runs leave free the cores loader processes would take: on 2 cores shared with other
+        # jobs, 2 threads trained 17× slower than 1 (docs/benchmarks.md); --threads to use them.
+        spare = default_workers(env) if arrays else self.workers
         if env.device.type == "cpu":
-            torch.set_num_threads(cfg.threads or default_threads(self.workers, processes=env.world_size))
+            torch.set_num_threads(cfg.threads or default_threads(spare, processes=env.world_size))
         self.sampler = ResumableSampler(self.train_set, env, cfg.seed)
         self.loader_generator = torch.Generator()
-        self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
-        shard = distributed.shard(len(self.val_set), env)
-        self.val_loader = self._loader(Subset(self.val_set, shard), None, drop_last=False)
+        val_shard = Subset(self.val_set, distributed.shard(len(self.val_set), env))
+        if arrays:
+            self._batched_loaders(arrays, val_shard)
+        else:
+            self.train_loader = self._loader(self.train_set, self.sampler, drop_last=True)
+            self.val_loader = self._loader(val_shard, None, drop_last=False)
         self.steps_per_epoch = self.sampler.num_samples // self.local_batch
+
+    def _batched_loaders(self, train: ArrayView, val_shard: Dataset) -> None:
+        """Loaders for an in-memory array set: whole batches transformed on the training device."""
+        cfg = self.config
+        if cfg.augment:
+            augment = BatchAugment(
+                resolution=self.resolution,
+                in_chans=self.in_chans,
+                mean=self.mean,
+                std=self.std,
+                crop_scale=cfg.crop_scale,
+                hflip=cfg.hflip,
+            )
+        else:  # the training set's transform is then the evaluation one
+            plain = batch_transform(train.transform)
+
+            def augment(batch: torch.Tensor, _generator: torch.Generator) -> torch.Tensor:
+                return plain(batch)
+
+        self.train_loader = BatchedTrainLoader(
+            train.images,
+            train.labels,
+            sampler=self.sampler,
+            batch_size=self.local_batch,
+            augment=augment,
+            epoch_generator=self.loader_generator,
+            device=self.device,
+            memory_format=self.memory_format,
+        )
+        val = array_view(val_shard)
+        self.val_loader = BatchedEvalLoader(
+            val.images,
+            val.labels,
+            transform=batch_transform(val.transform),
+            out_elements=self.in_chans * self.resolution**2,
+            min_batch=self.local_batch,
+            device=self.device,
+        )
+        given = " (--workers is not used)" if cfg.workers else ""
+        self.notes.append(
+            f"data: batched augmentation: the images are held on {self.device} and each batch is "
+            f"{'cropped, flipped and ' if cfg.augment else 'resized and '}normalised there at once, without "
+            f"loader processes{given}; --no-batched-augment: per-image transforms in loader processes"
+        )
 
     def _loader(self, dataset: Dataset, sampler: ResumableSampler | None, drop_last: bool) -> DataLoader:
         return DataLoader(
