@@ -43,9 +43,9 @@ from ..data.sources import LabelledSubset
 from ..device import resolve_device, usable_cores
 from ..embed import load_embedder, output_dim
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION
-from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, create_embedding_model
+from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, EmbeddingNet, create_embedding_model
 from ..registry import CLASSIFICATION, check_task, get_entry, name_for
-from ..weights import WEIGHTS_FILES
+from ..weights import PRETRAINED, WEIGHTS_FILES, init_from
 from . import distributed
 from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
 from .evaluate import autocast, resolve_input
@@ -80,6 +80,12 @@ class EmbedConfig(RunConfig):
     in_chans: int | None = option(None, "input channels (default: 1 for Fashion-MNIST, else 3)", choices=(1, 3))
     width_mult: float | None = option(
         None, f"width multiplier α, at most {MAX_WIDTH_MULT:g} (default: the model's)", metavar="A"
+    )
+    init: str | None = option(
+        None,
+        f"start from weights: {WEIGHTS_FILES} from `embed train` (all of the model) or from `train`, or 'pretrained' "
+        "(the backbone only; the projection starts fresh) (default: random initialisation)",
+        metavar="WEIGHTS",
     )
     teacher: str | None = option(
         None,
@@ -139,6 +145,7 @@ class EmbedConfig(RunConfig):
                     self.width_mult is None or 0 < self.width_mult <= MAX_WIDTH_MULT,
                     f"in (0, {MAX_WIDTH_MULT:g}]",
                 ),
+                ("init", self.init is None or self.init.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher", self.teacher is None or self.teacher.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher_model", self.teacher_model is None or self.teacher is not None, "given with --teacher"),
                 ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
@@ -203,6 +210,27 @@ def orthogonal_projection(in_dim: int, out_dim: int, seed: int) -> torch.Tensor:
     q, r = torch.linalg.qr(gaussian)
     q = q * torch.sign(torch.diagonal(r))  # a uniformly distributed orthogonal matrix (Mezzadri 2007)
     return (q if out_dim >= in_dim else q.T).float()
+
+
+def init_embedding(net: EmbeddingNet, source: str) -> str:
+    """Load ``source`` into ``net`` and say what was loaded: all of an embedding model from
+    ``embed train`` (of the same model and ``dim``), else a classifier's weights into the backbone."""
+    if source != PRETRAINED and not Path(source).is_file():
+        raise FileNotFoundError(f"init {source!r} is not a file; give 'pretrained' or a weights file")
+    state, info = read_saved_weights(source) if source != PRETRAINED else ({}, {})
+    if info.get("task") == EMBEDDING:
+        if (info["model"], info["dim"]) != (net.meta.name, net.dim):
+            raise ValueError(
+                f"init {source!r} holds a {info['dim']}-d {info['model']!r} embedding model, not a {net.dim}-d "
+                f"{net.meta.name!r}"
+            )
+        net.load_state_dict(state)
+        return f"init: the embedding model {source}"
+    try:
+        init_from(net.backbone, source)
+    except ValueError as err:
+        raise ValueError(f"init: {err} (--model, --width-mult and --in-chans must be those of the weights)") from None
+    return f"init: backbone from {source}, a fresh projection"
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -348,6 +376,8 @@ class EmbeddingTrainer(Trainer):
         self.model_args = {"in_chans": self.in_chans, "resolution": self.resolution, **cfg.model_overrides()}
         self.name = name_for(cfg.model, num_classes=0, **self.model_args)
         net = create_embedding_model(self.name, dim=cfg.dim, **self.model_args)
+        if cfg.init and not resume:  # a resumed run takes every weight from its checkpoint
+            self.notes.append(init_embedding(net, cfg.init))
         self.cost = count_cost(net)
         self.teacher, self.projection = self._build_teacher() if cfg.teacher else (None, None)
         self.net = net.to(self.device, memory_format=self.memory_format)
@@ -564,6 +594,7 @@ __all__ = [
     "EmbeddingTrainer",
     "distillation_loss",
     "evaluate_embedding_weights",
+    "init_embedding",
     "orthogonal_projection",
     "resume_embedding_config",
     "semi_hard_triplet_loss",
