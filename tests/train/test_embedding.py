@@ -176,3 +176,17 @@ def test_missing_files_are_one_line(folder: Path, tmp_path: Path, cli) -> None:
 def test_held_out_must_leave_classes_to_train_on(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="held_out must leave at least 2 of the 4 classes"):
         train_embedding(_config(folder, tmp_path / "run", held_out=3))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"distill_alpha": 0.5}, "distill_alpha must be given only with --teacher"),
+        ({"teacher_model": MODEL}, "teacher_model must be given with --teacher"),
+        ({"dim": 0}, r"dim must be an integer in \[1, 65536\]"),
+        ({"held_out": 1}, "held_out must be an integer >= 2"),
+    ],
+)
+def test_config_errors_name_the_option(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EmbedConfig(**changes).validate()

@@ -149,6 +149,7 @@ class EmbedConfig(RunConfig):
                 ("teacher", self.teacher is None or self.teacher.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher_model", self.teacher_model is None or self.teacher is not None, "given with --teacher"),
                 ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
+                ("distill_alpha", self.teacher is not None or self.distill_alpha == 1, "given only with --teacher"),
                 ("margin", self.margin > 0, "> 0"),
                 ("epochs", self.epochs >= 1, "an integer >= 1"),
                 ("batch_size", 2 <= self.batch_size <= MAX_BATCH_SIZE, f"an integer in [2, {MAX_BATCH_SIZE}]"),
