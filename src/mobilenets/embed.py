@@ -38,9 +38,8 @@ def load_embedder(
     ``defaults``: ``create_model`` arguments the file does not record (``in_chans``...)."""
     if str(weights) != PRETRAINED and not Path(weights).is_file():
         raise FileNotFoundError(f"weights {str(weights)!r} not found; give a weights file or 'pretrained'")
-    info = read_saved_weights(weights)[1] if str(weights) != PRETRAINED else {}
+    state, info = read_saved_weights(weights) if str(weights) != PRETRAINED else ({}, {})
     if info.get("task") == EMBEDDING:
-        state, _ = read_saved_weights(weights)
         model = create_embedding_model(info["model"], dim=info["dim"], **info["model_args"])
         model.load_state_dict(state)
         return model

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from mobilenets.registry import create_model
 from mobilenets.train.embedding import (
     EmbedConfig,
     distillation_loss,
+    evaluate_embedding_weights,
     orthogonal_projection,
+    resume_embedding_config,
     semi_hard_triplet_loss,
     train_embedding,
 )
@@ -190,3 +193,24 @@ def test_held_out_must_leave_classes_to_train_on(folder: Path, tmp_path: Path) -
 def test_config_errors_name_the_option(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EmbedConfig(**changes).validate()
+
+
+def test_a_resumed_run_computes_what_the_uninterrupted_run_computes(folder: Path, tmp_path: Path, one_thread) -> None:
+    whole = train_embedding(_config(folder, tmp_path / "whole", epochs=2))
+    parts = tmp_path / "parts"  # the run as it stood after its first epoch
+    parts.mkdir()
+    shutil.copy(tmp_path / "whole" / "previous.safetensors", parts / "last.safetensors")
+    shutil.copy(tmp_path / "whole" / "config.json", parts / "config.json")
+    resumed = train_embedding(resume_embedding_config(parts), resume=True)
+    assert resumed.verification.to_dict() == whole.verification.to_dict()
+    a, _ = read_saved_weights(tmp_path / "whole" / "best.safetensors")
+    b, _ = read_saved_weights(parts / "best.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_classifiers_pooled_features_are_evaluated_on_the_last_classes(folder: Path, tmp_path: Path) -> None:
+    weights = _classifier_weights(tmp_path / "classifier.safetensors")
+    result, info = evaluate_embedding_weights(weights, str(folder), held_out=2, device="cpu")
+    assert info["held_out_classes"] == ["class_2", "class_3"] and result.images == 8
+    with pytest.raises(ValueError, match=r"held_out must be an integer in \[2, 4\]"):
+        evaluate_embedding_weights(weights, str(folder), device="cpu")  # a classifier records no held-out classes
