@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.checkpoint import read_saved_weights, save_weights
+from mobilenets.checkpoint import load_checkpoint, read_saved_weights, save_weights
 from mobilenets.embed import embed_files, load_embedder, read_embeddings
 from mobilenets.models.embedding import create_embedding_model
 from mobilenets.registry import create_model
@@ -102,8 +102,6 @@ def test_distillation_lowers_its_loss_and_saves_the_projection(folder: Path, tmp
     assert report["verification"]["genuine_pairs"] == 2 * 6  # 2 held-out classes of 4 val images
     assert (tmp_path / "run" / "roc.png").is_file()
     assert result.verification.images == 8
-    from mobilenets.checkpoint import load_checkpoint
-
     projection = load_checkpoint(tmp_path / "run" / "last.safetensors")["teacher_projection"]
     assert torch.equal(projection, orthogonal_projection(256, 16, seed=0))
 
@@ -214,3 +212,10 @@ def test_a_classifiers_pooled_features_are_evaluated_on_the_last_classes(folder:
     assert info["held_out_classes"] == ["class_2", "class_3"] and result.images == 8
     with pytest.raises(ValueError, match=r"held_out must be an integer in \[2, 4\]"):
         evaluate_embedding_weights(weights, str(folder), device="cpu")  # a classifier records no held-out classes
+
+
+def test_imagenet_features_teach_through_a_projection(folder: Path, tmp_path: Path, one_thread) -> None:
+    config = _config(folder, tmp_path / "run", teacher="pretrained", teacher_model="mobilenet_v2_1.0_224")
+    train_embedding(config)
+    projection = load_checkpoint(tmp_path / "run" / "last.safetensors")["teacher_projection"]
+    assert projection.shape == (16, 1280)  # MobileNetV2's pooled features, mapped to --dim
