@@ -380,7 +380,7 @@ class EmbeddingTrainer(Trainer):
         if cfg.init and not resume:  # a resumed run takes every weight from its checkpoint
             self.notes.append(init_embedding(net, cfg.init))
         self.cost = count_cost(net)
-        self.teacher, self.projection = self._build_teacher() if cfg.teacher else (None, None)
+        self.teacher, self.projection = self._load_teacher() if cfg.teacher else (None, None)
         self.net = net.to(self.device, memory_format=self.memory_format)
         optimizer = torch.optim.AdamW(param_groups(self.net, cfg.weight_decay, cfg.weight_decay), lr=cfg.lr)
         scheduler = build_scheduler(
@@ -405,7 +405,7 @@ class EmbeddingTrainer(Trainer):
         self.model = model
         self.last_verification: Verification | None = None
 
-    def _build_teacher(self) -> tuple[nn.Module, torch.Tensor | None]:  # type: ignore[override]
+    def _load_teacher(self) -> tuple[nn.Module, torch.Tensor | None]:
         """The frozen teacher (in eval mode, on this device, fed the student's images) and the fixed
         projection of its outputs to ``dim`` (None when they already have ``dim`` dimensions)."""
         cfg = self.config
