@@ -172,6 +172,9 @@ def test_missing_files_are_one_line(folder: Path, tmp_path: Path, cli) -> None:
                           "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
     assert code == 2 and stderr.count("\n") == 1 and str(missing) in stderr
     assert not (tmp_path / "e.safetensors").exists()
+    code, _, stderr = cli("embed", "images", str(tmp_path / "there.png"), "--weights", "pretrained",
+                          "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
+    assert code == 2 and stderr.count("\n") == 1 and "--weights pretrained needs --model NAME" in stderr
 
 
 def test_held_out_must_leave_classes_to_train_on(folder: Path, tmp_path: Path) -> None:

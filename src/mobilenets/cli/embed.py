@@ -22,6 +22,7 @@ from ..train.config import RESUMABLE
 from ..train.distributed import is_main_process
 from ..train.embedding import EmbedConfig, evaluate_embedding_weights, resume_embedding_config, train_embedding
 from ..train.verification import plot_roc
+from ..weights import PRETRAINED
 from . import describe_error
 from .train import add_config_options
 
@@ -88,6 +89,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     images.set_defaults(handler=run_images)
 
 
+def _check_model(args: argparse.Namespace) -> None:
+    if args.weights == PRETRAINED and args.model is None:
+        raise ValueError("--weights pretrained needs --model NAME (e.g. mobilenet_v2_1.0_224): whose ImageNet weights")
+
+
 def run_train(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(EmbedConfig) if getattr(args, f.name) is not None}
     if args.resume is not None:
@@ -120,6 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.plot
         else Path(args.weights).parent / "eval-roc.png"
     )
+    _check_model(args)
     result, info = evaluate_embedding_weights(
         args.weights, args.data, model=args.model, held_out=args.held_out, limit=args.limit, device=args.device
     )
@@ -146,6 +153,7 @@ def run_images(args: argparse.Namespace) -> int:
     if Path(args.out).suffix != ".safetensors":
         raise ValueError(f"--out must end with .safetensors, got {args.out!r}")
     out = check_writable_file(args.out, "--out", make_folder=True)
+    _check_model(args)
     paths = image_files(args.images)
     model = load_embedder(args.weights, args.model)
     embeddings = embed_files(model, paths, device=args.device)
