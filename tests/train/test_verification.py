@@ -82,3 +82,14 @@ def test_verify_refuses_non_finite_embeddings() -> None:
     embeddings[1, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
         verify(embeddings, torch.tensor([0, 0, 1, 1]))
+
+
+def test_roc_agrees_with_scikit_learn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is not installed")
+    generator = torch.Generator().manual_seed(1)
+    genuine = (1 + torch.randn(300, generator=generator, dtype=torch.float64)).round(decimals=1)  # with ties
+    impostor = torch.randn(700, generator=generator, dtype=torch.float64).round(decimals=1)
+    far, tar = roc_curve(genuine, impostor)
+    labels = np.r_[np.ones(300), np.zeros(700)]
+    their_far, their_tar, _ = metrics.roc_curve(labels, torch.cat([genuine, impostor]).numpy(), drop_intermediate=False)
+    assert np.allclose(far, their_far) and np.allclose(tar, their_tar)

@@ -48,7 +48,8 @@ def tar_at_far(genuine: torch.Tensor, impostor: torch.Tensor, far: float) -> flo
 
 
 def roc_curve(genuine: torch.Tensor, impostor: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(FAR, TAR) at every threshold, from accepting nothing to accepting every pair."""
+    """(FAR, TAR) at every threshold, from accepting nothing to accepting every pair (as scikit-learn's
+    ``roc_curve``, which is not a dependency: here one sort and two running sums)."""
     scores = torch.cat([genuine, impostor])
     is_genuine = torch.cat([torch.ones(len(genuine)), torch.zeros(len(impostor))]).double()
     order = torch.argsort(scores, descending=True)
