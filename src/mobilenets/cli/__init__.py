@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "evaluate trained weights on a data set"),
     "deploy": ("deploy", "export a trained run to verified int8 and time it beside fp32"),
     "detect": ("detect", "train, evaluate and run object detectors (SSD, SSDLite, Faster R-CNN)"),
+    "embed": ("embed", "train, evaluate and compute compact image embeddings (verification at a fixed FAR)"),
     "study": ("study", "re-run the MobileNets paper's accuracy claims at small scale, over seeds"),
 }
 
