@@ -11,19 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from ..checkpoint import check_writable_file, write_json
 from ..detect import DEFAULT_SCORE_THRESHOLD, Detector, drawn_name, load_detector, save_drawn
 from ..predict import image_files
-from ..train import NonFiniteLoss, TrainingInterrupted
 from ..train.config import RESUMABLE
 from ..train.detect import DetectConfig, evaluate_detection_weights, resume_detection_config, train_detector
 from ..train.detection_metrics import plot_precision_recall
-from ..train.distributed import is_main_process
 from . import describe_error
-from .train import add_config_options
+from .train import add_config_options, run_training
 
 DETECTIONS_JSON = "detections.json"
 SHOWN = 5  # detections printed per image (all are in the JSON and drawn)
@@ -103,27 +101,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    given = {f.name: getattr(args, f.name) for f in fields(DetectConfig) if getattr(args, f.name) is not None}
-    if args.resume is not None:
-        if "out" in given and given.pop("out") != args.resume:
-            raise ValueError("--out must not differ from --resume RUN_DIR: a resumed run stays in its folder")
-        config = resume_detection_config(args.resume, **given)
-    else:
-        config = DetectConfig(**given)
-    main = is_main_process()
-    try:
-        result = train_detector(config, resume=args.resume is not None)
-    except NonFiniteLoss as err:
-        if main:
-            print(f"mobilenets detect train: stopped: {err}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as err:
-        if main:
-            print(f"mobilenets detect train: {err}", file=sys.stderr)
-        return 128 + err.signum
-    if main:
-        print(json.dumps(result.to_dict(), indent=2) if args.json else "\n" + result.format())
-    return 0
+    return run_training(
+        args, DetectConfig, resume=resume_detection_config, train=train_detector, command="mobilenets detect train"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

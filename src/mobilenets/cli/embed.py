@@ -11,20 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from ..checkpoint import check_writable_file
 from ..embed import embed_files, load_embedder, save_embeddings
 from ..predict import image_files
-from ..train import NonFiniteLoss, TrainingInterrupted
 from ..train.config import RESUMABLE
-from ..train.distributed import is_main_process
 from ..train.embedding import EmbedConfig, evaluate_embedding_weights, resume_embedding_config, train_embedding
 from ..train.verification import plot_roc
 from ..weights import PRETRAINED
 from . import describe_error
-from .train import add_config_options
+from .train import add_config_options, run_training
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -95,27 +92,9 @@ def _check_model(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    given = {f.name: getattr(args, f.name) for f in fields(EmbedConfig) if getattr(args, f.name) is not None}
-    if args.resume is not None:
-        if "out" in given and given.pop("out") != args.resume:
-            raise ValueError("--out must not differ from --resume RUN_DIR: a resumed run stays in its folder")
-        config = resume_embedding_config(args.resume, **given)
-    else:
-        config = EmbedConfig(**given)
-    main = is_main_process()
-    try:
-        result = train_embedding(config, resume=args.resume is not None)
-    except NonFiniteLoss as err:
-        if main:
-            print(f"mobilenets embed train: stopped: {err}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as err:
-        if main:
-            print(f"mobilenets embed train: {err}", file=sys.stderr)
-        return 128 + err.signum
-    if main:
-        print(json.dumps(result.to_dict(), indent=2) if args.json else "\n" + result.format())
-    return 0
+    return run_training(
+        args, EmbedConfig, resume=resume_embedding_config, train=train_embedding, command="mobilenets embed train"
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -67,23 +68,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    return run_training(args, TrainConfig, resume=resume_config, train=train, command="mobilenets train")
+
+
+def run_training(
+    args: argparse.Namespace,
+    config_type: type,
+    *,
+    resume: Callable[..., Any],
+    train: Callable[..., Any],
+    command: str,
+) -> int:
+    """Build a ``config_type`` from the options given (or ``resume`` the run ``--resume`` names, with
+    them), ``train`` it and print its report; 1 after a non-finite loss, 128 + N after signal N."""
+    given = {f.name: getattr(args, f.name) for f in fields(config_type) if getattr(args, f.name) is not None}
     if args.resume is not None:
         if "out" in given and given.pop("out") != args.resume:
             raise ValueError("--out must not differ from --resume RUN_DIR: a resumed run stays in its folder")
-        config = resume_config(args.resume, **given)
+        config = resume(args.resume, **given)
     else:
-        config = TrainConfig(**given)
+        config = config_type(**given)
     main = is_main_process()
     try:
         result = train(config, resume=args.resume is not None)
     except NonFiniteLoss as err:
         if main:
-            print(f"mobilenets train: stopped: {err}", file=sys.stderr)
+            print(f"{command}: stopped: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as err:
         if main:
-            print(f"mobilenets train: {err}", file=sys.stderr)
+            print(f"{command}: {err}", file=sys.stderr)
         return 128 + err.signum
     if main:
         print(json.dumps(result.to_dict(), indent=2) if args.json else "\n" + result.format())

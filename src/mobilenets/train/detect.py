@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..checkpoint import read_saved_weights, write_json
@@ -35,7 +34,7 @@ from .detection_metrics import DetectionMetrics, coco_evaluate, plot_precision_r
 from .distributed import Dist
 from .evaluate import autocast
 from .loop import Optimisation, Trainer, resume_config, train
-from .optim import build_scheduler, param_groups
+from .optim import param_groups
 from .records import _save
 from .run_files import BEST, CHECKPOINT, PREVIOUS
 
@@ -356,26 +355,11 @@ class DetectionTrainer(Trainer):
         optimizer = torch.optim.SGD(
             param_groups(self.net, cfg.weight_decay, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
         )
-        scheduler = build_scheduler(
-            optimizer,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            schedule="cosine",
-            decay=1.0,
-        )
-        self.optimisation = Optimisation(
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16),
+        self.optimisation = Optimisation.warmup_cosine(
+            optimizer, cfg, steps_per_epoch=self.steps_per_epoch, device=self.device, amp=self.amp
         )
         self.ema = None
-        model: nn.Module = self.net
-        if self.env.enabled:
-            model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.index is not None else None
-            )
-        self.model = model
+        self.model = self._parallel()
 
     @property
     def info(self) -> dict[str, Any]:

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import read_saved_weights, write_json
@@ -50,7 +49,7 @@ from . import distributed
 from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
 from .evaluate import autocast, resolve_input
 from .loop import Optimisation, Trainer, resume_config, train
-from .optim import build_scheduler, param_groups
+from .optim import param_groups
 from .run_files import BEST, CHECKPOINT, PREVIOUS
 from .verification import Verification, plot_roc, verify
 
@@ -383,26 +382,11 @@ class EmbeddingTrainer(Trainer):
         self.teacher, self.projection = self._load_teacher() if cfg.teacher else (None, None)
         self.net = net.to(self.device, memory_format=self.memory_format)
         optimizer = torch.optim.AdamW(param_groups(self.net, cfg.weight_decay, cfg.weight_decay), lr=cfg.lr)
-        scheduler = build_scheduler(
-            optimizer,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=cfg.epochs,
-            warmup_epochs=cfg.warmup_epochs,
-            schedule="cosine",
-            decay=1.0,
-        )
-        self.optimisation = Optimisation(
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16),
+        self.optimisation = Optimisation.warmup_cosine(
+            optimizer, cfg, steps_per_epoch=self.steps_per_epoch, device=self.device, amp=self.amp
         )
         self.ema = None
-        model: nn.Module = self.net
-        if self.env.enabled:
-            model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.index is not None else None
-            )
-        self.model = model
+        self.model = self._parallel()
         self.last_verification: Verification | None = None
 
     def _load_teacher(self) -> tuple[nn.Module, torch.Tensor | None]:

@@ -230,6 +230,32 @@ class Optimisation:
             scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
         )
 
+    @classmethod
+    def warmup_cosine(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        cfg: Any,
+        *,
+        steps_per_epoch: int,
+        device: torch.device,
+        amp: torch.dtype | None,
+    ) -> Optimisation:
+        """``optimizer`` with ``cfg.warmup_epochs`` of linear warm-up then cosine decay to 0 over
+        ``cfg.epochs``, stepped per batch (the detection and embedding recipes)."""
+        scheduler = build_scheduler(
+            optimizer,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            warmup_epochs=cfg.warmup_epochs,
+            schedule="cosine",
+            decay=1.0,
+        )
+        return cls(
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+        )
+
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -468,12 +494,16 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(
             reduction="sum", ignore_index=UNREADABLE, label_smoothing=cfg.label_smoothing
         )
-        model: nn.Module = self.net
-        if self.env.enabled:
-            model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.index is not None else None
-            )
+        model = self._parallel()
         self.model = torch.compile(model) if cfg.compile else model
+
+    def _parallel(self) -> nn.Module:
+        """``self.net``, wrapped for data parallelism when the run has several processes."""
+        if not self.env.enabled:
+            return self.net
+        return DistributedDataParallel(
+            self.net, device_ids=[self.device.index] if self.device.index is not None else None
+        )
 
     @property
     def info(self) -> dict[str, Any]:
