@@ -2,9 +2,11 @@
 
 import json
 import math
+import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -222,3 +224,19 @@ def test_imagenet_features_teach_through_a_projection(folder: Path, tmp_path: Pa
     train_embedding(config)
     projection = load_checkpoint(tmp_path / "run" / "last.safetensors")["teacher_projection"]
     assert projection.shape == (16, 1280)  # MobileNetV2's pooled features, mapped to --dim
+
+
+def test_an_in_memory_array_set_trains(tmp_path: Path, one_thread) -> None:
+    """CIFAR and Fashion-MNIST are held in memory as arrays: the embedding trainer reads them too."""
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in [*((f"data_batch_{i}", 8) for i in range(1, 6)), ("test_batch", 40)]:
+        labels = [i % 4 for i in range(count)]
+        data = rng.integers(0, 256, (count, 3 * 32 * 32), dtype=np.uint8)
+        (cifar / name).write_bytes(pickle.dumps({b"labels": labels, b"data": data}, protocol=2))
+    (cifar / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b", b"c", b"d"]}, protocol=2))
+    train_embedding(_config(cifar, tmp_path / "run"))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["data"] == str(cifar) and "verification" in report
+    assert (tmp_path / "run" / "best.safetensors").is_file()

@@ -362,9 +362,10 @@ class Trainer:
                 f"batches of {batch_size} instead"
             )
         self.local_batch = batch_size // env.world_size
-        # In-memory array sets (only a classification config has batched_augment) are batched unless turned off.
+        # In-memory array sets are batched unless turned off; only a classification config has the
+        # option (the detection and embedding trainers keep per-image loading).
         arrays = array_view(self.train_set)
-        arrays = arrays if arrays and cfg.batched_augment else None
+        arrays = arrays if arrays and getattr(cfg, "batched_augment", False) else None
         self.workers = 0 if arrays else cfg.workers if cfg.workers is not None else default_workers(env)
         # Batched runs leave free the cores loader processes would take: on 2 cores shared with other
         # jobs, 2 threads trained 17× slower than 1 (docs/benchmarks.md); --threads to use them.
