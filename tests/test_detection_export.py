@@ -157,7 +157,7 @@ def test_export_command_writes_a_detector_and_refuses_int8(
     code, stdout, err = cli("export", *base)
     assert code == 0 and "detection verification passed" in stdout and out.is_file(), err
     for extra, message in (
-        (["--int8", "--calib", "fashion-mnist"], "--int8 is for classifiers; a detector exports in fp32"),
+        (["--int8", "--calib", "fashion-mnist"], "--int8 is for classifiers; detection models export in fp32"),
         (["--int8"], "--int8 is for classifiers"),
     ):
         code, _, err = cli("export", *base, *extra)

@@ -240,3 +240,15 @@ def test_an_in_memory_array_set_trains(tmp_path: Path, one_thread) -> None:
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["data"] == str(cifar) and "verification" in report
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_an_embedding_model_exports_like_a_classifier(folder: Path, tmp_path: Path, one_thread) -> None:
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the deploy extra")
+    from mobilenets.cli import main
+
+    train_embedding(_config(folder, tmp_path / "run"))
+    weights = str(tmp_path / "run" / "best.safetensors")
+    assert main(["export", "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "e.onnx")]) == 0
+    assert (tmp_path / "e.onnx").is_file()
+    code = main(["export", "--weights", weights, "--format", "onnx", "--int8", "--out", str(tmp_path / "q.onnx")])
+    assert code == 2 and not (tmp_path / "q.onnx").exists()

@@ -21,7 +21,9 @@ from ..deploy.export import (
 )
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_EVAL_SAMPLES
 from ..detect import load_detector
-from ..registry import DETECTION, create_model, get_entry, same_architecture
+from ..embed import load_embedder
+from ..models.embedding import EMBEDDING
+from ..registry import CLASSIFICATION, DETECTION, create_model, get_entry, same_architecture
 from ..weights import PRETRAINED, WEIGHTS_FILES, load_model
 from . import NO_MODEL
 
@@ -113,17 +115,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
-def is_detector_source(model: str | None, weights: str | None) -> bool:
-    """Whether the model to export is a detector: a registered detector's name, else weights from
-    ``mobilenets detect train``."""
+def source_task(model: str | None, weights: str | None) -> str:
+    """What the model to export does: its registered task (a name given), else the task its weights
+    file records (``detect train``: detection, ``embed train``: embedding), else classification."""
     if model:
-        return get_entry(model).task == DETECTION
+        return get_entry(model).task
     if weights is None or weights == PRETRAINED:
-        return False
+        return CLASSIFICATION
     try:
-        return read_saved_weights(weights)[1].get("task") == DETECTION
+        return read_saved_weights(weights)[1].get("task") or CLASSIFICATION
     except (OSError, ValueError):  # not a safetensors file: load_model reads or refuses it
-        return False
+        return CLASSIFICATION
 
 
 def load_detector_to_export(model: str | None, weights: str | None, given: dict[str, Any]) -> nn.Module:
@@ -140,9 +142,9 @@ def load_detector_to_export(model: str | None, weights: str | None, given: dict[
 
 
 def run(args: argparse.Namespace) -> int:
-    detector = is_detector_source(args.model, args.weights)
-    if detector and args.int8:
-        raise ValueError("--int8 is for classifiers; a detector exports in fp32 (leave out --int8)")
+    task = source_task(args.model, args.weights)
+    if task in (DETECTION, EMBEDDING) and args.int8:
+        raise ValueError(f"--int8 is for classifiers; {task} models export in fp32 (leave out --int8)")
     if args.int8 and not args.calib:
         raise ValueError("--int8 needs --calib DATA: 'fashion-mnist' or a folder of images in class subfolders")
     int8_only = ("calib", "calib_samples", "eval_samples", "min_calibration", "min_eval_samples", "min_agreement")
@@ -162,8 +164,14 @@ def run(args: argparse.Namespace) -> int:
     if not (args.model or args.weights):
         raise ValueError(NO_MODEL)
     # Weights set meta too (resolution, normalisation); files from `train` also the model's name and arguments.
-    if detector:
+    if task == DETECTION:
         model = load_detector_to_export(args.model, args.weights, given)
+    elif task == EMBEDDING:
+        if given:
+            raise ValueError(
+                f"--{next(iter(given)).replace('_', '-')}: an embedding model's weights file records its arguments"
+            )
+        model = load_embedder(args.weights)
     elif args.weights is not None:
         model = load_model(args.weights, args.model, **given)
     else:
