@@ -252,3 +252,10 @@ def test_an_embedding_model_exports_like_a_classifier(folder: Path, tmp_path: Pa
     assert (tmp_path / "e.onnx").is_file()
     code = main(["export", "--weights", weights, "--format", "onnx", "--int8", "--out", str(tmp_path / "q.onnx")])
     assert code == 2 and not (tmp_path / "q.onnx").exists()
+
+
+def test_a_detectors_weights_are_one_line_pointing_to_detect(tmp_path: Path, cli) -> None:
+    weights = tmp_path / "det.safetensors"
+    save_weights(weights, {"w": torch.zeros(1)}, {"task": "detection", "model": "ssdlite320_mobilenet_v2_0.25"})
+    code, _, stderr = cli("embed", "eval", "--weights", str(weights))
+    assert code == 2 and stderr.count("\n") == 1 and "mobilenets detect eval" in stderr, stderr

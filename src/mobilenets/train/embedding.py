@@ -43,7 +43,7 @@ from ..device import resolve_device, usable_cores
 from ..embed import load_embedder, output_dim
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION
 from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, EmbeddingNet, create_embedding_model
-from ..registry import CLASSIFICATION, check_task, get_entry, name_for
+from ..registry import CLASSIFICATION, DETECTION, check_task, get_entry, name_for
 from ..weights import PRETRAINED, WEIGHTS_FILES, init_from
 from . import distributed
 from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
@@ -543,6 +543,8 @@ def evaluate_embedding_weights(
     if limit is not None and limit < 2:
         raise ValueError(f"limit must be an integer >= 2, got {limit!r}")
     info = read_saved_weights(weights)[1] if Path(weights).is_file() else {}
+    if info.get("task") == DETECTION:
+        raise ValueError(f"weights {str(weights)!r} are a detector's: evaluate them with `mobilenets detect eval`")
     data = data or info.get("data")
     if data is None:
         raise ValueError(f"weights {str(weights)!r} do not record their data: give --data")
