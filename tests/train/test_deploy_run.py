@@ -4,8 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mobilenets.bench import QUICK
+from mobilenets.checkpoint import save_weights
 from mobilenets.cli import main
 from mobilenets.data.synthetic import make_image_folder
 from mobilenets.deploy import VerificationError
@@ -77,3 +79,14 @@ def test_deploy_run_without_mobile_extra(run_dir: Path, monkeypatch: pytest.Monk
     assert "export     skipped: the mobile extra is not installed (executorch): pip install 'mobilenets[mobile]'" in (
         report.format()
     )
+
+
+@pytest.mark.parametrize("task", ["detection", "embedding", "multilabel"])
+def test_a_run_of_another_task_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], task: str) -> None:
+    save_weights(tmp_path / "best.safetensors", {"w": torch.zeros(1)}, {"task": task, "data": "fashion-mnist"})
+    assert main(["deploy", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"({task})" in err and "mobilenets export --weights" in err, err
+    code = main(["export", "--weights", str(tmp_path / "best.safetensors"), "--format", "onnx", "--int8",
+                 "--calib", "fashion-mnist", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
+    assert code == 2 and "export in fp32" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

@@ -144,6 +144,13 @@ def deploy_run(
     report_file = run_dir / "report.json"
     training = json.loads(report_file.read_text()) if report_file.is_file() else None
     read = read_weights_source(weights)  # read once: the model and the data it was trained on
+    task = read.info.get("task")
+    if task is not None:  # detection, embedding, multilabel: their int8 needs another check than top-1 agreement
+        raise ValueError(
+            f"{run_dir} is not a single-label classifier's run ({task}): `mobilenets deploy` verifies int8 by top-1 "
+            f"agreement; export it "
+            f"with `mobilenets export --weights {weights} --format onnx` and time it with `mobilenets bench`"
+        )
     data = data if data is not None else read.info.get("data")
     if not data:
         raise ValueError(f"{weights} records no training data: give the data to calibrate and verify on")
