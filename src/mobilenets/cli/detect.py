@@ -17,11 +17,10 @@ from pathlib import Path
 from ..checkpoint import check_writable_file, write_json
 from ..detect import DEFAULT_SCORE_THRESHOLD, Detector, drawn_name, load_detector, save_drawn
 from ..predict import image_files
-from ..train.config import RESUMABLE
 from ..train.detect import DetectConfig, evaluate_detection_weights, resume_detection_config, train_detector
 from ..train.detection_metrics import plot_precision_recall
 from . import describe_error
-from .train import add_config_options, run_training
+from .train import add_training_options, run_training
 
 DETECTIONS_JSON = "detections.json"
 SHOWN = 5  # detections printed per image (all are in the JSON and drawn)
@@ -43,16 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "with their boxes drawn. Run under `torchrun --nproc_per_node=N -m mobilenets detect train ...` for "
         "data-parallel training."
     )
-    add_config_options(train, DetectConfig)
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint, with its saved config; only "
-        + ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
-        + " may be given with it",
-    )
-    train.add_argument("--json", action="store_true", help="print the final report as JSON")
-    train.set_defaults(handler=run_train)
+    add_training_options(train, DetectConfig, run_train)
 
     text = "COCO mAP of a detector's weights from `detect train`"
     evaluate = sub.add_parser("eval", help=text, description=text)

@@ -16,12 +16,11 @@ from pathlib import Path
 from ..checkpoint import check_writable_file
 from ..embed import embed_files, load_embedder, save_embeddings
 from ..predict import image_files
-from ..train.config import RESUMABLE
 from ..train.embedding import EmbedConfig, evaluate_embedding_weights, resume_embedding_config, train_embedding
 from ..train.verification import plot_roc
 from ..weights import PRETRAINED
 from . import describe_error
-from .train import add_config_options, run_training
+from .train import add_training_options, run_training
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,16 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "epoch is evaluated on the held-out classes of the val split; writes checkpoints (resume with --resume), "
         "metrics.jsonl/csv, roc.png and report.json."
     )
-    add_config_options(train, EmbedConfig)
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint; only "
-        + ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
-        + " may be given with it",
-    )
-    train.add_argument("--json", action="store_true", help="print the final report as JSON")
-    train.set_defaults(handler=run_train)
+    add_training_options(train, EmbedConfig, run_train)
 
     text = "verification (TAR at FAR) and retrieval (recall@k) of embedding weights on held-out classes"
     evaluate = sub.add_parser("eval", help=text, description=text)

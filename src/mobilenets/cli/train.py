@@ -31,6 +31,23 @@ def _argparse_kwargs(kind: Any) -> dict[str, Any]:
     return {} if kind is str else {"type": kind}
 
 
+def add_training_options(
+    parser: argparse.ArgumentParser, config_type: type, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    """A training command's options: one per field of ``config_type`` (:func:`add_config_options`),
+    ``--resume RUN_DIR`` and ``--json``; ``handler`` runs the command."""
+    add_config_options(parser, config_type)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint, with its saved config; only "
+        + ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
+        + " may be given with it",
+    )
+    parser.add_argument("--json", action="store_true", help="print the final report as JSON")
+    parser.set_defaults(handler=handler)
+
+
 def add_config_options(parser: argparse.ArgumentParser, config_type: type) -> None:
     """An option for each field of the config dataclass ``config_type``, from its type, default and
     metadata; an option not given is None (the config's default applies)."""
@@ -55,16 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "checkpoint every epoch, tracks the best weights, and ends with a short report. Run under "
         "`torchrun --nproc_per_node=N -m mobilenets train ...` for data-parallel training."
     )
-    add_config_options(parser, TrainConfig)
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue the run in RUN_DIR from its last checkpoint, with its saved config; only "
-        + ", ".join("--" + name.replace("_", "-") for name in RESUMABLE)
-        + " may be given with it",
-    )
-    parser.add_argument("--json", action="store_true", help="print the final report as JSON")
-    parser.set_defaults(handler=run)
+    add_training_options(parser, TrainConfig, run)
 
 
 def run(args: argparse.Namespace) -> int:
