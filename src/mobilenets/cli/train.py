@@ -17,7 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..train import NonFiniteLoss, TrainConfig, TrainingInterrupted, resume_config, train
-from ..train.config import RESUMABLE, field_types
+from ..train.config import RESUMABLE, RunSettings, field_types
 from ..train.distributed import is_main_process
 
 
@@ -52,7 +52,8 @@ def add_config_options(parser: argparse.ArgumentParser, config_type: type) -> No
     """An option for each field of the config dataclass ``config_type``, from its type, default and
     metadata; an option not given is None (the config's default applies)."""
     kinds = field_types(config_type)
-    for f in fields(config_type):
+    settings = {f.name for f in fields(RunSettings)} if issubclass(config_type, RunSettings) else set()
+    for f in sorted(fields(config_type), key=lambda f: f.name in settings):  # the run's own options first
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata["help"]
         default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default

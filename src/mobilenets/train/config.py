@@ -89,6 +89,43 @@ class RunConfig:
 
 
 @dataclass(kw_only=True)
+class RunSettings(RunConfig):
+    """Where and how a run computes, shared by the configs of the trainers built on the classifier's
+    (detection, embeddings); their commands list these options after their own."""
+
+    workers: int | None = option(
+        None, "data-loading processes per training process (default: as `mobilenets train`)", metavar="N"
+    )
+    threads: int | None = option(
+        None, "CPU compute threads per process, at most the cores (default: as `mobilenets train`)", metavar="N"
+    )
+    device: str | None = option(
+        None, "torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)", metavar="DEVICE"
+    )
+    amp: str = option("auto", "mixed precision (auto: bf16 on CUDA when supported, none on the CPU)", choices=AMP_MODES)
+    channels_last: bool = option(True, "channels-last memory format (faster depthwise convolutions on CPU and GPU)")
+    freeze_bn: bool = option(
+        False, "keep BatchNorm in inference mode: running statistics used and not updated (fine-tuning)"
+    )
+    seed: int = option(0, "seed of the initialisation, data order, augmentation and any other random draw")
+    deterministic: bool = option(False, "deterministic algorithms only (slower on CUDA)")
+
+    @property
+    def freeze_features(self) -> bool:
+        """Read by the classifier's loop; only a classifier has a linear probe."""
+        return False
+
+    def settings_checks(self) -> list[tuple[str, bool, str]]:
+        """:func:`check_values`' checks of the settings."""
+        cores = usable_cores()
+        return [
+            ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}]"),
+            ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}]"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        ]
+
+
+@dataclass(kw_only=True)
 class TrainConfig(RunConfig):
     """A training run. ``None`` means "choose from the model and the data" (see ``docs/training.md``).
 

@@ -29,7 +29,7 @@ from ..device import resolve_device, usable_cores
 from ..models.base import MAX_RESOLUTION, MIN_RESOLUTION
 from ..registry import DETECTION, check_task, create_model, get_entry, same_architecture
 from . import distributed
-from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
+from .config import MAX_BATCH_SIZE, RunSettings, check_types, check_values, option
 from .detection_metrics import DetectionMetrics, coco_evaluate, plot_precision_recall
 from .distributed import Dist
 from .evaluate import autocast
@@ -52,7 +52,7 @@ def canonical_detection_source(source: str) -> str:
 
 
 @dataclass(kw_only=True)
-class DetectConfig(RunConfig):
+class DetectConfig(RunSettings):
     """A detection training run, saved as ``config.json``. ``None`` means "choose from the model and the data".
 
     The optimiser is torchvision's detection recipe for SSDLite: SGD with momentum 0.9, weight decay
@@ -96,34 +96,10 @@ class DetectConfig(RunConfig):
     predictions: int = option(
         4, f"validation images drawn with the best weights' boxes into RUN_DIR/{PREDICTIONS}/", metavar="N"
     )
-    workers: int | None = option(
-        None,
-        "data-loading processes per training process (default: 1 on the CPU, none on a single core; up to 4 with CUDA)",
-        metavar="N",
-    )
-    threads: int | None = option(
-        None, "CPU compute threads per process, at most the cores (default: as `mobilenets train`)", metavar="N"
-    )
-    device: str | None = option(
-        None, "torch device, e.g. cpu, cuda, cuda:1 (default: CUDA when available)", metavar="DEVICE"
-    )
-    amp: str = option("auto", "mixed precision (auto: bf16 on CUDA when supported, none on the CPU)", choices=AMP_MODES)
-    channels_last: bool = option(True, "channels-last memory format (faster depthwise convolutions on CPU and GPU)")
-    freeze_bn: bool = option(
-        False, "keep BatchNorm in inference mode: running statistics used and not updated (fine-tuning)"
-    )
-    seed: int = option(0, "seed of the initialisation, data order and augmentation")
-    deterministic: bool = option(False, "deterministic algorithms only (slower on CUDA)")
-
-    @property
-    def freeze_features(self) -> bool:
-        """Read by the classifier's loop; a detector has no linear probe."""
-        return False
 
     def validate(self) -> DetectConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
         check_types(vars(self), type(self))
-        cores = usable_cores()
         check_values(
             self,
             [
@@ -146,9 +122,7 @@ class DetectConfig(RunConfig):
                 ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),
                 ("eval_every", self.eval_every >= 1, "an integer >= 1"),
                 ("predictions", self.predictions >= 0, "an integer >= 0"),
-                ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}]"),
-                ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}]"),
-                ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+                *self.settings_checks(),
             ],
         )
         return self

@@ -39,14 +39,14 @@ from ..checkpoint import read_saved_weights, write_json
 from ..cost import CostReport, count_cost
 from ..data import UNREADABLE, inspect_source, load_dataset
 from ..data.sources import LabelledSubset
-from ..device import resolve_device, usable_cores
+from ..device import resolve_device
 from ..embed import load_embedder, output_dim
 from ..models.base import MAX_RESOLUTION, MAX_WIDTH_MULT, MIN_RESOLUTION
 from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, EmbeddingNet, create_embedding_model
 from ..registry import CLASSIFICATION, DETECTION, check_task, get_entry, name_for
 from ..weights import PRETRAINED, WEIGHTS_FILES, init_from
 from . import distributed
-from .config import AMP_MODES, MAX_BATCH_SIZE, MAX_SEED, RunConfig, check_types, check_values, option
+from .config import MAX_BATCH_SIZE, RunSettings, check_types, check_values, option
 from .evaluate import autocast, resolve_input
 from .loop import Optimisation, Trainer, resume_config, train
 from .optim import param_groups
@@ -57,7 +57,7 @@ ROC = "roc.png"
 
 
 @dataclass(kw_only=True)
-class EmbedConfig(RunConfig):
+class EmbedConfig(RunSettings):
     """An embedding training run, saved as ``config.json``. ``None`` means "choose from the model and the data".
 
     The optimiser is AdamW with linear warm-up then cosine decay, stepped per batch: metric-learning
@@ -110,24 +110,10 @@ class EmbedConfig(RunConfig):
     val_limit: int | None = option(
         None, "evaluate on a random (seeded) subset of N images (all pairs: N (N - 1) / 2)", metavar="N"
     )
-    workers: int | None = option(None, "data-loading processes per training process (default: as `train`)")
-    threads: int | None = option(None, "CPU compute threads per process (default: as `train`)", metavar="N")
-    device: str | None = option(None, "torch device, e.g. cpu, cuda (default: CUDA when available)", metavar="DEVICE")
-    amp: str = option("auto", "mixed precision (auto: bf16 on CUDA when supported, none on the CPU)", choices=AMP_MODES)
-    channels_last: bool = option(True, "channels-last memory format")
-    freeze_bn: bool = option(False, "keep BatchNorm in inference mode: running statistics used and not updated")
-    seed: int = option(0, "seed of the initialisation, data order, augmentation and teacher projection")
-    deterministic: bool = option(False, "deterministic algorithms only (slower on CUDA)")
-
-    @property
-    def freeze_features(self) -> bool:
-        """Read by the classifier's loop; an embedding run has no linear probe."""
-        return False
 
     def validate(self) -> EmbedConfig:
         """Raise ``ValueError`` naming the first field of the wrong type or out of its range; return self."""
         check_types(vars(self), type(self))
-        cores = usable_cores()
         check_values(
             self,
             [
@@ -158,9 +144,7 @@ class EmbedConfig(RunConfig):
                 ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
                 ("train_limit", self.train_limit is None or self.train_limit >= 2, "an integer >= 2"),
                 ("val_limit", self.val_limit is None or self.val_limit >= 2, "an integer >= 2"),
-                ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}]"),
-                ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}]"),
-                ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+                *self.settings_checks(),
             ],
         )
         check_task(self.model, CLASSIFICATION)
