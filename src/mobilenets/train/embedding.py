@@ -413,25 +413,16 @@ class EmbeddingTrainer(Trainer):
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns (loss × images, 0, images, unreadable) for the batch."""
         cfg = self.config
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        labels = labels.to(self.device, non_blocking=True)
+        labels, embeddings, target = self._forward(images, labels)
         valid = labels != UNREADABLE
         count = valid.sum()
-        with autocast(self.device, self.amp):
-            embeddings = self.model(images).float()
-            if self.teacher is not None:
-                with torch.no_grad():
-                    target = self.teacher(images).float()
         alpha = cfg.distill_alpha if self.teacher is not None else 0.0
         loss = embeddings.new_zeros(())
         if alpha < 1:
             loss = loss + (1 - alpha) * semi_hard_triplet_loss(embeddings, labels, cfg.margin)
         if alpha > 0:
             if not torch.isfinite(target).all():
-                raise ValueError(
-                    f"teacher {cfg.teacher!r} gave NaN or infinite outputs at epoch {self.progress.epoch + 1}, step "
-                    f"{self.progress.step_in_epoch + 1}: its weights are damaged or it overflows in --amp"
-                )
+                raise self._teacher_not_finite("its weights are damaged or it overflows in --amp")
             if self.projection is not None:
                 target = target @ self.projection.T
             loss = loss + alpha * distillation_loss(embeddings, target)[valid].sum() / count.clamp(min=1)

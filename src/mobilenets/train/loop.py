@@ -643,20 +643,36 @@ class Trainer:
         self._add_to_partial(sums)
         progress.partial["seconds"] += time.perf_counter() - start
 
+    def _forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``labels`` on the device, the model's float32 outputs for ``images`` and the teacher's
+        (None without a teacher), both under the run's autocast."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        teacher_outputs = None
+        with autocast(self.device, self.amp):
+            outputs = self.model(images).float()
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_outputs = self.teacher(images).float()
+        return labels, outputs, teacher_outputs
+
+    def _teacher_not_finite(self, why: str) -> ValueError:
+        """The error for a teacher whose outputs became NaN or infinite at the current step."""
+        return ValueError(
+            f"teacher {self.config.teacher!r} gave NaN or infinite outputs at epoch {self.progress.epoch + 1}, "
+            f"step {self.progress.step_in_epoch + 1}: {why}"
+        )
+
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns (loss sum, correct, images counted, unreadable) for the batch."""
         cfg = self.config
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        labels = labels.to(self.device, non_blocking=True)
+        labels, logits, teacher_logits = self._forward(images, labels)
         valid = labels != UNREADABLE
         count = valid.sum()
-        with autocast(self.device, self.amp):
-            logits = self.model(images).float()
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images).float()
         loss_sum = self.criterion(logits, labels)
-        if self.teacher is not None:
+        if teacher_logits is not None:
             soft = soft_target_loss(logits, teacher_logits, cfg.distill_temperature)
             loss_sum = (1 - cfg.distill_alpha) * loss_sum + cfg.distill_alpha * soft[valid].sum()
         self.optimisation.step(loss_sum / count.clamp(min=1), self.net.parameters(), cfg.grad_clip)

@@ -320,21 +320,11 @@ class MultiLabelTrainer(Trainer):
 
     def _step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        targets = targets.to(self.device, non_blocking=True)
+        targets, logits, teacher_logits = self._forward(images, targets)
         valid = targets[:, 0] != UNREADABLE
         count = valid.sum()
-        teacher_logits = None
-        with autocast(self.device, self.amp):
-            logits = self.model(images).float()
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(images).float()
         if teacher_logits is not None and not torch.isfinite(teacher_logits[valid]).all():
-            raise ValueError(
-                f"teacher {cfg.teacher!r} gave NaN or infinite outputs at epoch {self.progress.epoch + 1}, step "
-                f"{self.progress.step_in_epoch + 1}: its weights or these images are broken"
-            )
+            raise self._teacher_not_finite("its weights or these images are broken")
         per_image = multilabel_loss(
             logits,
             targets if self.reads_labels else None,
