@@ -14,12 +14,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..checkpoint import check_writable_file, write_json
+from ..checkpoint import write_json
 from ..detect import DEFAULT_SCORE_THRESHOLD, Detector, drawn_name, load_detector, save_drawn
 from ..predict import image_files
 from ..train.detect import DetectConfig, evaluate_detection_weights, resume_detection_config, train_detector
 from ..train.detection_metrics import plot_precision_recall
 from . import describe_error
+from .eval import plot_path
 from .train import add_training_options, run_training
 
 DETECTIONS_JSON = "detections.json"
@@ -97,12 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.plot is None:
-        plot = Path(args.weights).parent / "eval-precision-recall.png"
-    elif Path(args.plot).suffix.lower() != ".png":
-        raise ValueError(f"--plot must end with .png (a PNG is written), got {args.plot!r}")
-    else:
-        plot = check_writable_file(args.plot, "--plot", make_folder=True)
+    plot = plot_path(args.plot, args.weights, "eval-precision-recall.png", "--plot")
     metrics, info = evaluate_detection_weights(
         args.weights,
         args.data,

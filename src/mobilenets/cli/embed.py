@@ -20,6 +20,7 @@ from ..train.embedding import EmbedConfig, evaluate_embedding_weights, resume_em
 from ..train.verification import plot_roc
 from ..weights import PRETRAINED
 from . import describe_error
+from .eval import plot_path
 from .train import add_training_options, run_training
 
 
@@ -88,13 +89,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
-        raise ValueError(f"--plot must end with .png (a PNG is written), got {args.plot!r}")
-    plot = (
-        check_writable_file(args.plot, "--plot", make_folder=True)
-        if args.plot
-        else Path(args.weights).parent / "eval-roc.png"
-    )
+    plot = plot_path(args.plot, args.weights, "eval-roc.png", "--plot")
     _check_model(args)
     result, info = evaluate_embedding_weights(
         args.weights, args.data, model=args.model, held_out=args.held_out, limit=args.limit, device=args.device

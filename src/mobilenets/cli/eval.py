@@ -73,7 +73,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run)
 
 
-def _png(given: str | None, weights: str, default: str, option: str) -> Path:
+def plot_path(given: str | None, weights: str, default: str, option: str) -> Path:
     """Where a plot goes: ``given`` (checked to be a writable .png) or ``default`` beside the weights."""
     if given is None:
         return Path(weights).parent / default
@@ -84,8 +84,8 @@ def _png(given: str | None, weights: str, default: str, option: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     # Checked before evaluating, which may take long; a full disk is still reported after the figures.
-    confusion = _png(args.confusion, args.weights, "eval-confusion.png", "--confusion")
-    pr_curves = _png(args.pr_curves, args.weights, "eval-pr-curves.png", "--pr-curves")
+    confusion = plot_path(args.confusion, args.weights, "eval-confusion.png", "--confusion")
+    pr_curves = plot_path(args.pr_curves, args.weights, "eval-pr-curves.png", "--pr-curves")
     result = evaluate_weights(
         args.model,
         args.weights,
