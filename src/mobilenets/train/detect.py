@@ -38,10 +38,12 @@ from .optim import param_groups
 from .records import _save
 from .run_files import BEST, CHECKPOINT, PREVIOUS
 
-# The default run: small enough to train on two CPU cores from scratch. The built-in scenes' objects
-# (24-160 px in 320 px scenes) stay 14 px or more at 192 px, which costs (192/320)² = 36 % of 320's mult-adds.
-DEFAULT_DETECTOR = "ssdlite320_mobilenet_v2_0.5"
+# The default run: SSDLite on the packaged ImageNet MobileNetV2, 3 epochs of the built-in scenes, which
+# trains on two CPU cores in minutes (docs/detection.md measures it). The scenes' objects (24-160 px in
+# 320 px scenes) stay 14 px or more at 192 px, which costs (192/320)² = 36 % of 320's mult-adds.
+DEFAULT_DETECTOR = "ssdlite320_mobilenet_v2_1.0"
 BUILTIN_RESOLUTION = 192
+RANDOM_INIT = "random"  # --init value: random initialisation even where a packaged backbone exists
 PREDICTIONS = "predictions"  # the run's folder of validation images drawn with the best weights' boxes
 PR_CURVE = "precision_recall.png"
 
@@ -76,15 +78,16 @@ class DetectConfig(RunSettings):
     init: str | None = option(
         None,
         "start from 'pretrained' (the packaged ImageNet MobileNetV2's backbone), a classifier's weights file (its "
-        "backbone) or a detector's from `mobilenets detect train` (all of it; the class heads start fresh when the "
-        "class count differs) (default: random initialisation)",
+        "backbone), a detector's from `mobilenets detect train` (all of it; the class heads start fresh when the "
+        f"class count differs) or '{RANDOM_INIT}' (default: 'pretrained' where the project ships the backbone's "
+        f"weights, MobileNetV2 at α = 1, else '{RANDOM_INIT}')",
         metavar="WEIGHTS",
     )
-    epochs: int = option(10, "epochs to train (with --resume: may extend the run)", metavar="N")
+    epochs: int = option(3, "epochs to train (with --resume: may extend the run)", metavar="N")
     batch_size: int = option(
         32, f"global batch size, split over torchrun processes, at most {MAX_BATCH_SIZE}", metavar="B"
     )
-    lr: float = option(0.05, "peak learning rate (reached after warm-up)")
+    lr: float = option(0.02, "peak learning rate (reached after warm-up)")
     warmup_epochs: float = option(1.0, "linear learning-rate warm-up, in epochs", metavar="E")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(4e-5, "L2 weight decay on conv and linear weights (not BN, biases)", metavar="L2")
@@ -110,7 +113,11 @@ class DetectConfig(RunSettings):
                     self.resolution is None or MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
                     f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
                 ),
-                ("init", self.init is None or self.init.strip() != "", "a weights file or 'pretrained', not empty"),
+                (
+                    "init",
+                    self.init is None or self.init.strip() != "",
+                    f"a weights file, 'pretrained' or '{RANDOM_INIT}', not empty",
+                ),
                 ("epochs", self.epochs >= 1, "an integer >= 1"),
                 ("batch_size", 1 <= self.batch_size <= MAX_BATCH_SIZE, f"an integer in [1, {MAX_BATCH_SIZE}]"),
                 ("lr", self.lr > 0, "> 0"),
@@ -182,10 +189,19 @@ class DetectResult:
         )
 
 
-def init_detector(model: nn.Module, source: str) -> str:
+def init_detector(model: nn.Module, source: str | None) -> str:
     """Load ``source`` into ``model`` and say what was loaded: a detector's weights file from
     ``detect train`` (every tensor whose shape fits: the class heads start fresh for another class
-    count), else a classifier's weights or 'pretrained' into the backbone."""
+    count), else a classifier's weights or 'pretrained' into the backbone; 'random' loads nothing,
+    ``None`` is 'pretrained' where the backbone has packaged weights, else 'random'."""
+    from ..models.detection import has_pretrained_backbone, init_backbone  # the detectors' module
+
+    if source is None:
+        if not has_pretrained_backbone(model):
+            return f"init: random initialisation (no packaged weights for {model.meta.name}'s backbone)"
+        source = "pretrained"
+    if source == RANDOM_INIT:
+        return "init: random initialisation"
     if source != "pretrained" and not Path(source).is_file():
         raise FileNotFoundError(f"init {source!r} is not a file; give 'pretrained' or a weights file")
     state, info = read_saved_weights(source) if source != "pretrained" else ({}, {})
@@ -197,8 +213,6 @@ def init_detector(model: nn.Module, source: str) -> str:
         model.load_state_dict(fits, strict=False)
         fresh = f"; {len(own) - len(fits)} start fresh (another class count)" if len(fits) < len(own) else ""
         return f"init: {len(fits)} of {len(own)} tensors from the detector {source}{fresh}"
-    from ..models.detection import init_backbone  # the detectors' module
-
     return f"init: {init_backbone(model, source)}"
 
 
@@ -322,7 +336,7 @@ class DetectionTrainer(Trainer):
         self.name = cfg.model
         self.model_args = {"num_classes": len(self.classes) + 1, "resolution": self.resolution}  # + background
         net = create_model(self.name, **self.model_args)
-        if cfg.init and not resume:  # a resumed run takes every weight from its checkpoint
+        if not resume:  # a resumed run takes every weight from its checkpoint
             self.notes.append(init_detector(net, cfg.init))
         self.cost = count_cost(net)
         self.net = net.to(self.device, memory_format=self.memory_format)
