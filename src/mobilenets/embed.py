@@ -20,30 +20,30 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import atomic_write, read_saved_weights
+from .checkpoint import atomic_write
 from .data.decode import decode_image, mode_for
 from .device import resolve_device
 from .models.embedding import EMBEDDING, create_embedding_model
 from .predict import preprocessing
-from .weights import PRETRAINED, load_model
+from .weights import WeightsFile, model_from, read_weights_source
 
 EMBEDDINGS_FORMAT = "mobilenets-embeddings"
 
 
 def load_embedder(
-    weights: str | os.PathLike, name: str | None = None, *, defaults: dict[str, Any] | None = None
+    weights: str | os.PathLike | WeightsFile, name: str | None = None, *, defaults: dict[str, Any] | None = None
 ) -> nn.Module:
-    """The model of ``weights``: an embedding model when the file is one from ``embed train``,
-    else the classification model ``name`` (or the one the file records) with ``num_classes=0``.
-    ``defaults``: ``create_model`` arguments the file does not record (``in_chans``...)."""
-    if str(weights) != PRETRAINED and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights {str(weights)!r} not found; give a weights file or 'pretrained'")
-    state, info = read_saved_weights(weights) if str(weights) != PRETRAINED else ({}, {})
+    """The model of ``weights`` (a path, ``"pretrained"`` or a file already read): an embedding model
+    when the file is one from ``embed train``, else the classification model ``name`` (or the one
+    the file records) with ``num_classes=0``. ``defaults``: ``create_model`` arguments the file
+    does not record (``in_chans``...)."""
+    source = weights if isinstance(weights, WeightsFile) else read_weights_source(weights, name or "")
+    info = source.info
     if info.get("task") == EMBEDDING:
         model = create_embedding_model(info["model"], dim=info["dim"], **info["model_args"])
-        model.load_state_dict(state)
+        model.load_state_dict(source.state)
         return model
-    return load_model(weights, name, defaults=defaults, num_classes=0)
+    return model_from(source, name, defaults, num_classes=0)
 
 
 def output_dim(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from mobilenets.models.embedding import create_embedding_model
 from mobilenets.registry import create_model
 from mobilenets.train.embedding import (
     EmbedConfig,
+    EmbeddingTrainer,
     distillation_loss,
     evaluate_embedding_weights,
     orthogonal_projection,
@@ -24,6 +25,9 @@ from mobilenets.train.embedding import (
     semi_hard_triplet_loss,
     train_embedding,
 )
+from mobilenets.train.loop import train
+
+from tiny_run import spying
 
 MODEL = "mobilenet_v1_0.25_32"
 
@@ -191,6 +195,8 @@ def test_held_out_must_leave_classes_to_train_on(folder: Path, tmp_path: Path) -
         ({"teacher_model": MODEL}, "teacher_model must be given with --teacher"),
         ({"dim": 0}, r"dim must be an integer in \[1, 65536\]"),
         ({"held_out": 1}, "held_out must be an integer >= 2"),
+        ({"teacher_resolution": 64}, "teacher_resolution must be given with --teacher"),
+        ({"teacher": "t.safetensors", "teacher_resolution": 8}, r"teacher_resolution must be in \[32, \d+\], got 8"),
     ],
 )
 def test_config_errors_name_the_option(changes: dict, message: str) -> None:
@@ -259,3 +265,12 @@ def test_a_detectors_weights_are_one_line_pointing_to_detect(tmp_path: Path, cli
     save_weights(weights, {"w": torch.zeros(1)}, {"task": "detection", "model": "ssdlite320_mobilenet_v2_0.25"})
     code, _, stderr = cli("embed", "eval", "--weights", str(weights))
     assert code == 2 and stderr.count("\n") == 1 and "mobilenets detect eval" in stderr, stderr
+
+
+def test_a_teacher_trained_at_a_larger_size_is_fed_that_size(folder: Path, tmp_path: Path, one_thread) -> None:
+    spy = spying(EmbeddingTrainer)
+    teacher = _classifier_weights(tmp_path / "teacher.safetensors", resolution=48)
+    train(_config(folder, tmp_path / "run", teacher=str(teacher)), trainer=spy)
+    assert {(h, w) for h, w, _ in spy.seen["student"]} == {(32, 32)}
+    assert {(h, w) for h, w, _ in spy.seen["teacher"]} == {(48, 48)}
+    assert len(spy.seen["teacher"]) == len(spy.seen["student"]) > 0

@@ -46,7 +46,7 @@ from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, EmbeddingNet, cr
 from ..registry import CLASSIFICATION, DETECTION, check_task, get_entry, name_for
 from ..weights import PRETRAINED, WEIGHTS_FILES, init_from
 from . import distributed
-from .config import MAX_BATCH_SIZE, RunSettings, check_types, check_values, option
+from .config import MAX_BATCH_SIZE, TEACHER_RESOLUTION_HELP, RunSettings, check_types, check_values, option
 from .evaluate import autocast, resolve_input
 from .loop import Optimisation, Trainer, resume_config, train
 from .optim import param_groups
@@ -95,6 +95,7 @@ class EmbedConfig(RunSettings):
     teacher_model: str | None = option(
         None, "the teacher's registered name (default: the one its weights file records)", metavar="NAME"
     )
+    teacher_resolution: int | None = option(None, TEACHER_RESOLUTION_HELP, metavar="R")
     distill_alpha: float = option(
         1.0, "with --teacher: weight of the distillation loss, 1 - A on the triplet loss", metavar="A"
     )
@@ -133,6 +134,16 @@ class EmbedConfig(RunSettings):
                 ("init", self.init is None or self.init.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher", self.teacher is None or self.teacher.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher_model", self.teacher_model is None or self.teacher is not None, "given with --teacher"),
+                (
+                    "teacher_resolution",
+                    self.teacher_resolution is None or MIN_RESOLUTION <= self.teacher_resolution <= MAX_RESOLUTION,
+                    f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
+                ),
+                (
+                    "teacher_resolution",
+                    self.teacher_resolution is None or self.teacher is not None,
+                    "given with --teacher",
+                ),
                 ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
                 ("distill_alpha", self.teacher is not None or self.distill_alpha == 1, "given only with --teacher"),
                 ("margin", self.margin > 0, "> 0"),
@@ -319,17 +330,12 @@ class EmbeddingTrainer(Trainer):
         self.in_chans, self.resolution = resolve_input(
             cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
         )
+        self._read_teacher()
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
-        common = {
-            "resolution": self.resolution,
-            "in_chans": self.in_chans,
-            "mean": self.mean,
-            "std": self.std,
-            "seed": cfg.seed,
-        }
-        train_split = load_dataset(cfg.data, "train", train=cfg.augment, **common)
-        val_split = load_dataset(cfg.data, "val", train=False, **common)
+        common = {"in_chans": self.in_chans, "mean": self.mean, "std": self.std, "seed": cfg.seed}
+        train_split = load_dataset(cfg.data, "train", train=cfg.augment, resolution=self.train_resolution, **common)
+        val_split = load_dataset(cfg.data, "val", train=False, resolution=self.resolution, **common)
         classes = list(train_split.classes)
         if cfg.held_out > len(classes) - 2:
             raise ValueError(
@@ -374,10 +380,10 @@ class EmbeddingTrainer(Trainer):
         self.last_verification: Verification | None = None
 
     def _load_teacher(self) -> tuple[nn.Module, torch.Tensor | None]:
-        """The frozen teacher (in eval mode, on this device, fed the student's images) and the fixed
-        projection of its outputs to ``dim`` (None when they already have ``dim`` dimensions)."""
+        """The frozen teacher (in eval mode, on this device) and the fixed projection of its outputs
+        to ``dim`` (None when they already have ``dim`` dimensions)."""
         cfg = self.config
-        teacher = load_embedder(cfg.teacher, cfg.teacher_model, defaults={"in_chans": self.in_chans})
+        teacher = load_embedder(self.teacher_weights, cfg.teacher_model, defaults={"in_chans": self.in_chans})
         if teacher.meta.in_chans != self.in_chans:
             raise ValueError(
                 f"teacher {cfg.teacher!r} takes {teacher.meta.in_chans}-channel input; the student takes "
@@ -386,10 +392,10 @@ class EmbeddingTrainer(Trainer):
         width = output_dim(teacher)
         projection = None if width == cfg.dim else orthogonal_projection(width, cfg.dim, cfg.seed).to(self.device)
         mapped = "" if projection is None else f", mapped to {cfg.dim} by a fixed orthogonal projection"
-        cost = count_cost(teacher, self.resolution)
+        cost = count_cost(teacher, self.teacher_resolution)
         self.notes.append(
-            f"distill: teacher {teacher.meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds at "
-            f"{self.resolution}×{self.resolution}), {width}-d outputs{mapped}, alpha {cfg.distill_alpha}"
+            f"distill: teacher {teacher.meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds), "
+            f"{self.teacher_input}; {width}-d outputs{mapped}, alpha {cfg.distill_alpha}"
         )
         return teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False), projection
 
