@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +54,42 @@ def output_dim(model: nn.Module) -> int:
 
 @torch.no_grad()
 def embed_files(
-    model: nn.Module, paths: list[Path], *, device: str | torch.device | None = None, batch_size: int = 32
+    model: nn.Module,
+    paths: list[Path],
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    on_unreadable: Callable[[Path, Exception], None] | None = None,
 ) -> torch.Tensor:
-    """L2-normalised embeddings (len(paths), D), float32 on the CPU, of the image files ``paths``
-    prepared as ``model.meta`` prescribes. Raises ``ValueError``/``FileNotFoundError`` naming the
-    first file that cannot be read."""
+    """L2-normalised embeddings (N, D), float32 on the CPU, of the image files ``paths`` prepared as
+    ``model.meta`` prescribes, in their order.
+
+    A file that cannot be read raises its ``ValueError``/``FileNotFoundError`` (one line naming it),
+    or with ``on_unreadable`` is passed to it with that error and left out (N is then the readable
+    files' count); ``ValueError`` when none is readable."""
     if not paths:
         raise ValueError("no images to embed")
     target = resolve_device(device) if not isinstance(device, torch.device) else device
     model = model.to(target).eval()
     transform = preprocessing(model.meta)
     mode = mode_for(model.meta.in_chans)
+
+    def read(path: Path) -> torch.Tensor | None:
+        try:
+            return transform(decode_image(path, mode=mode))
+        except (ValueError, FileNotFoundError) as err:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, err)
+            return None
+
     out = []
     for start in range(0, len(paths), batch_size):
-        batch = torch.stack([transform(decode_image(path, mode=mode)) for path in paths[start : start + batch_size]])
-        out.append(F.normalize(model(batch.to(target)).float(), dim=1).cpu())
+        images = [image for path in paths[start : start + batch_size] if (image := read(path)) is not None]
+        if images:
+            out.append(F.normalize(model(torch.stack(images).to(target)).float(), dim=1).cpu())
+    if not out:
+        raise ValueError(f"none of the {len(paths)} images could be read")
     return torch.cat(out)
 
 

@@ -171,13 +171,7 @@ def test_missing_files_are_one_line(folder: Path, tmp_path: Path, cli) -> None:
     code, _, stderr = cli("embed", "train", "--data", str(folder), "--out", str(tmp_path / "run"),
                           "--teacher", str(teacher), "--held-out", "2")  # fmt: skip
     assert code == 2 and stderr.count("\n") == 1 and str(teacher) in stderr
-    weights = _classifier_weights(tmp_path / "w.safetensors")
-    missing = tmp_path / "missing.png"
     Image.new("RGB", (32, 32)).save(tmp_path / "there.png")
-    code, _, stderr = cli("embed", "images", str(tmp_path / "there.png"), str(missing), "--weights", str(weights),
-                          "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
-    assert code == 2 and stderr.count("\n") == 1 and str(missing) in stderr
-    assert not (tmp_path / "e.safetensors").exists()
     code, _, stderr = cli("embed", "images", str(tmp_path / "there.png"), "--weights", "pretrained",
                           "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
     assert code == 2 and stderr.count("\n") == 1 and "--weights pretrained needs --model NAME" in stderr
@@ -274,3 +268,28 @@ def test_a_teacher_trained_at_a_larger_size_is_fed_that_size(folder: Path, tmp_p
     assert {(h, w) for h, w, _ in spy.seen["student"]} == {(32, 32)}
     assert {(h, w) for h, w, _ in spy.seen["teacher"]} == {(48, 48)}
     assert len(spy.seen["teacher"]) == len(spy.seen["student"]) > 0
+
+
+def test_embed_images_skips_and_counts_unreadable_images(tmp_path: Path, cli) -> None:
+    weights = _classifier_weights(tmp_path / "w.safetensors")
+    good, missing, broken = tmp_path / "good.png", tmp_path / "missing.png", tmp_path / "broken.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(good)
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "e.safetensors"
+    code, stdout, stderr = cli("embed", "images", str(missing), str(good), str(broken), "--weights", str(weights),
+                               "--out", str(out), "--device", "cpu")  # fmt: skip
+    assert code == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 2 and str(missing) in lines[0] and str(broken) in lines[1]
+    assert "1 embeddings of 256 dimensions" in stdout and "2 unreadable images skipped" in stdout
+    paths, embeddings, _ = read_embeddings(out)
+    assert paths == [str(good)]
+    assert torch.allclose(embeddings, embed_files(load_embedder(weights), [good], device="cpu"), atol=1e-6)
+    # Nothing readable: one error after the lines naming each file, and no file written.
+    code, _, stderr = cli("embed", "images", str(missing), str(broken), "--weights", str(weights),
+                          "--out", str(tmp_path / "none.safetensors"))  # fmt: skip
+    lines = stderr.splitlines()
+    assert code == 2 and len(lines) == 3 and lines[-1] == "mobilenets embed: error: none of the 2 images could be read"
+    assert not (tmp_path / "none.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):  # without a handler, the first unreadable file stops
+        embed_files(load_embedder(weights), [good, missing], device="cpu")
