@@ -26,6 +26,7 @@ from mobilenets.train.embedding import (
     train_embedding,
 )
 from mobilenets.train.loop import train
+from mobilenets.train.records import curves_figure
 
 from tiny_run import spying
 
@@ -102,11 +103,19 @@ def _classifier_weights(path: Path, **args) -> Path:
 def test_distillation_lowers_its_loss_and_saves_the_projection(folder: Path, tmp_path: Path, one_thread) -> None:
     teacher = _classifier_weights(tmp_path / "teacher.safetensors")  # 256 pooled features, projected to 16
     result = train_embedding(_config(folder, tmp_path / "run", teacher=str(teacher), epochs=4, lr=3e-3))
-    losses = [json.loads(line)["train_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < 0.8 * losses[0]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["verification"]["genuine_pairs"] == 2 * 6  # 2 held-out classes of 4 val images
-    assert (tmp_path / "run" / "roc.png").is_file()
+    for name in ("roc.png", "curves.png"):
+        assert (tmp_path / "run" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and name in report["files"]
+    assert report["files"] == result.files
+    # The curves: training loss, the held-out figures of each epoch, the learning rate.
+    loss_ax, held_out_ax, lr_ax = curves_figure(records).axes
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[r["train_loss"] for r in records]]
+    assert [line.get_label() for line in held_out_ax.lines] == ["TAR @ FAR 1e-3", "recall@1"]
+    assert list(held_out_ax.lines[1].get_ydata()) == [100 * r["val_recall_at_1"] for r in records]
+    assert list(lr_ax.lines[0].get_ydata()) == [r["lr"] for r in records]
     assert result.verification.images == 8
     projection = load_checkpoint(tmp_path / "run" / "last.safetensors")["teacher_projection"]
     assert torch.equal(projection, orthogonal_projection(256, 16, seed=0))

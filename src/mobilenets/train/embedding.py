@@ -19,7 +19,8 @@ never seen. Two losses, weighted by ``distill_alpha`` when a teacher is given:
 
 The run folder is the classifier's (checkpoints, exact resume, stop on a signal or non-finite
 loss); ``best.safetensors`` holds the last epoch's weights, since the evaluation classes must not
-choose among epochs; ``roc.png`` plots the final ROC.
+choose among epochs; ``curves.png`` plots each epoch's training loss, held-out TAR at FAR 1e-3 and
+recall@1, and learning rate; ``roc.png`` the final ROC.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .config import MAX_BATCH_SIZE, TEACHER_RESOLUTION_HELP, RunSettings, check_
 from .evaluate import autocast, resolve_input
 from .loop import Optimisation, Trainer, resume_config, train
 from .optim import param_groups
-from .run_files import BEST, CHECKPOINT, PREVIOUS
+from .run_files import BEST, RunFiles
 from .verification import Verification, plot_roc, verify
 
 ROC = "roc.png"
@@ -318,10 +319,24 @@ class EmbedResult:
         )
 
 
+class EmbeddingRunFiles(RunFiles):
+    """An embedding run's files: the held-out classes' ROC where a classifier's run has its confusion matrix."""
+
+    def names(self) -> list[str]:
+        return [ROC if name == "confusion.png" else name for name in super().names()]
+
+    def finish(self, evaluation: Verification, report: dict[str, Any]) -> None:  # type: ignore[override]
+        if self.write:
+            title = f"{report['model']} on held-out classes of {report['data']}"
+            plot_roc({report["model"]: evaluation}, self.dir / ROC, title)
+            write_json(self.dir / "report.json", report)
+
+
 class EmbeddingTrainer(Trainer):
     """One embedding run; see :func:`train_embedding`."""
 
     command = "mobilenets embed train"
+    run_files = EmbeddingRunFiles
     config: EmbedConfig
 
     def _build_data(self) -> None:
@@ -457,8 +472,7 @@ class EmbeddingTrainer(Trainer):
         progress.best = {"epoch": epoch, "weights": "raw"}
         self.files.save_best(self.net.state_dict(), {**self.info, "epoch": epoch})
         self.last_verification = result
-        if self.files.metrics:
-            self.files.metrics.append(record)
+        self.files.add_record(record)
         self._save_checkpoint()
         tars = ", ".join(f"{100 * tar:.2f} % at {far:g}" for far, tar in result.tar.items())
         self.log(
@@ -473,9 +487,6 @@ class EmbeddingTrainer(Trainer):
         if self.env.enabled:
             distributed.dist.barrier()
         verification = self.last_verification or self._evaluate(self.net)
-        names = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl"]
-        if self.files.previous.is_file():
-            names.insert(2, PREVIOUS)
         result = EmbedResult(
             config=self.config,
             model=self.name,
@@ -484,13 +495,9 @@ class EmbeddingTrainer(Trainer):
             cost=self.cost,
             images_per_s=float(np.mean(self.progress.images_per_s)),
             seconds=self.progress.elapsed,
-            files=[*names, ROC, "report.json"],
+            files=self.files.names(),
         )
-        if self.env.is_main:
-            plot_roc(
-                {self.name: verification}, self.run_dir / ROC, f"{self.name} on held-out classes of {self.config.data}"
-            )
-            write_json(self.run_dir / "report.json", result.to_dict())
+        self.files.finish(verification, result.to_dict())
         return result
 
 
