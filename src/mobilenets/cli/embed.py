@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Train a backbone + linear projection + L2 normalisation on the classes of --data but the last --held-out, "
         "with FaceNet's semi-hard triplet loss, or by matching a trained --teacher's normalised features. Every "
         "epoch is evaluated on the held-out classes of the val split; writes checkpoints (resume with --resume), "
-        "metrics.jsonl/csv, roc.png and report.json."
+        "metrics.jsonl/csv, curves.png, roc.png and report.json."
     )
     add_training_options(train, EmbedConfig, run_train)
 
