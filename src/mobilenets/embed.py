@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +21,30 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import atomic_write, read_saved_weights
+from .checkpoint import atomic_write
 from .data.decode import decode_image, mode_for
 from .device import resolve_device
 from .models.embedding import EMBEDDING, create_embedding_model
 from .predict import preprocessing
-from .weights import PRETRAINED, load_model
+from .weights import WeightsFile, model_from, read_weights_source
 
 EMBEDDINGS_FORMAT = "mobilenets-embeddings"
 
 
 def load_embedder(
-    weights: str | os.PathLike, name: str | None = None, *, defaults: dict[str, Any] | None = None
+    weights: str | os.PathLike | WeightsFile, name: str | None = None, *, defaults: dict[str, Any] | None = None
 ) -> nn.Module:
-    """The model of ``weights``: an embedding model when the file is one from ``embed train``,
-    else the classification model ``name`` (or the one the file records) with ``num_classes=0``.
-    ``defaults``: ``create_model`` arguments the file does not record (``in_chans``...)."""
-    if str(weights) != PRETRAINED and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights {str(weights)!r} not found; give a weights file or 'pretrained'")
-    state, info = read_saved_weights(weights) if str(weights) != PRETRAINED else ({}, {})
+    """The model of ``weights`` (a path, ``"pretrained"`` or a file already read): an embedding model
+    when the file is one from ``embed train``, else the classification model ``name`` (or the one
+    the file records) with ``num_classes=0``. ``defaults``: ``create_model`` arguments the file
+    does not record (``in_chans``...)."""
+    source = weights if isinstance(weights, WeightsFile) else read_weights_source(weights, name or "")
+    info = source.info
     if info.get("task") == EMBEDDING:
         model = create_embedding_model(info["model"], dim=info["dim"], **info["model_args"])
-        model.load_state_dict(state)
+        model.load_state_dict(source.state)
         return model
-    return load_model(weights, name, defaults=defaults, num_classes=0)
+    return model_from(source, name, defaults, num_classes=0)
 
 
 def output_dim(model: nn.Module) -> int:
@@ -53,21 +54,42 @@ def output_dim(model: nn.Module) -> int:
 
 @torch.no_grad()
 def embed_files(
-    model: nn.Module, paths: list[Path], *, device: str | torch.device | None = None, batch_size: int = 32
+    model: nn.Module,
+    paths: list[Path],
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    on_unreadable: Callable[[Path, Exception], None] | None = None,
 ) -> torch.Tensor:
-    """L2-normalised embeddings (len(paths), D), float32 on the CPU, of the image files ``paths``
-    prepared as ``model.meta`` prescribes. Raises ``ValueError``/``FileNotFoundError`` naming the
-    first file that cannot be read."""
+    """L2-normalised embeddings (N, D), float32 on the CPU, of the image files ``paths`` prepared as
+    ``model.meta`` prescribes, in their order.
+
+    A file that cannot be read raises its ``ValueError``/``FileNotFoundError`` (one line naming it),
+    or with ``on_unreadable`` is passed to it with that error and left out (N is then the readable
+    files' count); ``ValueError`` when none is readable."""
     if not paths:
         raise ValueError("no images to embed")
     target = resolve_device(device) if not isinstance(device, torch.device) else device
     model = model.to(target).eval()
     transform = preprocessing(model.meta)
     mode = mode_for(model.meta.in_chans)
+
+    def read(path: Path) -> torch.Tensor | None:
+        try:
+            return transform(decode_image(path, mode=mode))
+        except (ValueError, FileNotFoundError) as err:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, err)
+            return None
+
     out = []
     for start in range(0, len(paths), batch_size):
-        batch = torch.stack([transform(decode_image(path, mode=mode)) for path in paths[start : start + batch_size]])
-        out.append(F.normalize(model(batch.to(target)).float(), dim=1).cpu())
+        images = [image for path in paths[start : start + batch_size] if (image := read(path)) is not None]
+        if images:
+            out.append(F.normalize(model(torch.stack(images).to(target)).float(), dim=1).cpu())
+    if not out:
+        raise ValueError(f"none of the {len(paths)} images could be read")
     return torch.cat(out)
 
 

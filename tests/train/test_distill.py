@@ -1,5 +1,7 @@
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,8 +12,9 @@ from mobilenets.checkpoint import save_weights
 from mobilenets.data import load_dataset
 from mobilenets.train import TrainConfig, train
 from mobilenets.train.distill import soft_target_loss
+from mobilenets.train.loop import Trainer
 
-from tiny_run import MODEL, tiny
+from tiny_run import MODEL, spying, tiny
 
 TEACHER = "mobilenet_v1_0.5_128"
 
@@ -82,3 +85,75 @@ def test_teacher_for_other_classes_is_refused(tmp_path: Path, folder: Path) -> N
     torch.save(seven, tmp_path / "seven.pth")  # records nothing: its classifier tells its 7 classes
     with pytest.raises(ValueError, match="classifies 7 classes from 3-channel input; the data has 4 classes"):
         train(one_epoch(folder, tmp_path / "run2", teacher=str(tmp_path / "seven.pth"), teacher_model=MODEL))
+
+
+def _recording(path: Path, resolution: int | None) -> Path:
+    """A 4-class teacher's weights, recording that it was trained at ``resolution`` (None: a bare state dict)."""
+    model = create_model(TEACHER, num_classes=4, resolution=resolution or 32)
+    if resolution is None:
+        torch.save(model.state_dict(), path)
+    else:
+        info = {"model": TEACHER, "model_args": {"num_classes": 4, "resolution": resolution}}
+        save_weights(path, model.state_dict(), info)
+    return path
+
+
+def _cifar(folder: Path) -> Path:
+    """A CIFAR-10 folder of 40 training and 16 test images of 4 classes (an in-memory array set: batched)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in [*((f"data_batch_{i}", 8) for i in range(1, 6)), ("test_batch", 16)]:
+        data = rng.integers(0, 256, (count, 3 * 32 * 32), dtype=np.uint8)
+        (folder / name).write_bytes(pickle.dumps({b"labels": [i % 4 for i in range(count)], b"data": data}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b", b"c", b"d"]}))
+    return folder
+
+
+MADE = "training batches made at {} px, resized to 32 px for the {}"
+
+
+@pytest.mark.parametrize(
+    ("batched", "student", "recorded", "option", "teacher_size", "why"),
+    [
+        (False, 32, 48, None, 48, "(the size its weights record it was trained at); " + MADE.format(48, "student")),
+        (True, 32, 48, 40, 40, "(--teacher-resolution); " + MADE.format(40, "student")),
+        (False, 48, 48, 32, 32, "(--teacher-resolution); " + MADE.format(48, "teacher")),
+        (False, 32, None, None, 32, "(the student's: its weights record no training size)"),
+    ],
+    ids=["recorded", "option-batched", "teacher-smaller", "not-recorded"],
+)
+def test_the_teacher_sees_its_own_resolution(
+    tmp_path: Path,
+    folder: Path,
+    capsys: pytest.CaptureFixture[str],
+    batched: bool,
+    student: int,
+    recorded: int | None,
+    option: int | None,
+    teacher_size: int,
+    why: str,
+) -> None:
+    data = _cifar(tmp_path / "cifar") if batched else folder
+    teacher = _recording(tmp_path / ("teacher.safetensors" if recorded else "teacher.pth"), recorded)
+    spy = spying(Trainer)
+    config = one_epoch(data, tmp_path / "run", resolution=student, teacher=str(teacher), teacher_model=TEACHER,
+                       teacher_resolution=option)  # fmt: skip
+    train(config, trainer=spy)
+    assert f"fed {teacher_size}×{teacher_size} images {why}" in capsys.readouterr().out
+    seen = spy.seen
+    assert {(h, w) for h, w, _ in seen["student"]} == {(student, student)}
+    assert {(h, w) for h, w, _ in seen["teacher"]} == {(teacher_size, teacher_size)}
+    assert len(seen["teacher"]) == len(seen["student"]) > 0
+    # Where the two sizes agree, the teacher takes the student's batch itself: nothing is resized.
+    same = [s[2] == t[2] for s, t in zip(seen["student"], seen["teacher"], strict=True)]
+    assert all(same) if teacher_size == student else not any(same)
+
+
+def test_a_teacher_resolution_out_of_range_is_one_line(tmp_path: Path, folder: Path, cli) -> None:
+    with pytest.raises(ValueError, match=r"teacher_resolution must be in \[32, \d+\], got 8"):
+        one_epoch(folder, tmp_path / "run", teacher="t.safetensors", teacher_resolution=8).validate()
+    with pytest.raises(ValueError, match="teacher_resolution is only used with teacher"):
+        one_epoch(folder, tmp_path / "run", teacher_resolution=64).validate()
+    code, _, stderr = cli("train", "--data", str(folder), "--out", str(tmp_path / "run"), "--teacher", "t.safetensors",
+                          "--teacher-resolution", "8")  # fmt: skip
+    assert code == 2 and stderr.count("\n") == 1 and "teacher_resolution must be in [32," in stderr

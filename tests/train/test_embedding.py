@@ -17,6 +17,7 @@ from mobilenets.models.embedding import create_embedding_model
 from mobilenets.registry import create_model
 from mobilenets.train.embedding import (
     EmbedConfig,
+    EmbeddingTrainer,
     distillation_loss,
     evaluate_embedding_weights,
     orthogonal_projection,
@@ -24,6 +25,10 @@ from mobilenets.train.embedding import (
     semi_hard_triplet_loss,
     train_embedding,
 )
+from mobilenets.train.loop import train
+from mobilenets.train.records import curves_figure
+
+from tiny_run import spying
 
 MODEL = "mobilenet_v1_0.25_32"
 
@@ -98,11 +103,19 @@ def _classifier_weights(path: Path, **args) -> Path:
 def test_distillation_lowers_its_loss_and_saves_the_projection(folder: Path, tmp_path: Path, one_thread) -> None:
     teacher = _classifier_weights(tmp_path / "teacher.safetensors")  # 256 pooled features, projected to 16
     result = train_embedding(_config(folder, tmp_path / "run", teacher=str(teacher), epochs=4, lr=3e-3))
-    losses = [json.loads(line)["train_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < 0.8 * losses[0]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["verification"]["genuine_pairs"] == 2 * 6  # 2 held-out classes of 4 val images
-    assert (tmp_path / "run" / "roc.png").is_file()
+    for name in ("roc.png", "curves.png"):
+        assert (tmp_path / "run" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and name in report["files"]
+    assert report["files"] == result.files
+    # The curves: training loss, the held-out figures of each epoch, the learning rate.
+    loss_ax, held_out_ax, lr_ax = curves_figure(records).axes
+    assert [list(line.get_ydata()) for line in loss_ax.lines] == [[r["train_loss"] for r in records]]
+    assert [line.get_label() for line in held_out_ax.lines] == ["TAR @ FAR 1e-3", "recall@1"]
+    assert list(held_out_ax.lines[1].get_ydata()) == [100 * r["val_recall_at_1"] for r in records]
+    assert list(lr_ax.lines[0].get_ydata()) == [r["lr"] for r in records]
     assert result.verification.images == 8
     projection = load_checkpoint(tmp_path / "run" / "last.safetensors")["teacher_projection"]
     assert torch.equal(projection, orthogonal_projection(256, 16, seed=0))
@@ -167,13 +180,7 @@ def test_missing_files_are_one_line(folder: Path, tmp_path: Path, cli) -> None:
     code, _, stderr = cli("embed", "train", "--data", str(folder), "--out", str(tmp_path / "run"),
                           "--teacher", str(teacher), "--held-out", "2")  # fmt: skip
     assert code == 2 and stderr.count("\n") == 1 and str(teacher) in stderr
-    weights = _classifier_weights(tmp_path / "w.safetensors")
-    missing = tmp_path / "missing.png"
     Image.new("RGB", (32, 32)).save(tmp_path / "there.png")
-    code, _, stderr = cli("embed", "images", str(tmp_path / "there.png"), str(missing), "--weights", str(weights),
-                          "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
-    assert code == 2 and stderr.count("\n") == 1 and str(missing) in stderr
-    assert not (tmp_path / "e.safetensors").exists()
     code, _, stderr = cli("embed", "images", str(tmp_path / "there.png"), "--weights", "pretrained",
                           "--out", str(tmp_path / "e.safetensors"))  # fmt: skip
     assert code == 2 and stderr.count("\n") == 1 and "--weights pretrained needs --model NAME" in stderr
@@ -191,6 +198,8 @@ def test_held_out_must_leave_classes_to_train_on(folder: Path, tmp_path: Path) -
         ({"teacher_model": MODEL}, "teacher_model must be given with --teacher"),
         ({"dim": 0}, r"dim must be an integer in \[1, 65536\]"),
         ({"held_out": 1}, "held_out must be an integer >= 2"),
+        ({"teacher_resolution": 64}, "teacher_resolution must be given with --teacher"),
+        ({"teacher": "t.safetensors", "teacher_resolution": 8}, r"teacher_resolution must be in \[32, \d+\], got 8"),
     ],
 )
 def test_config_errors_name_the_option(changes: dict, message: str) -> None:
@@ -259,3 +268,37 @@ def test_a_detectors_weights_are_one_line_pointing_to_detect(tmp_path: Path, cli
     save_weights(weights, {"w": torch.zeros(1)}, {"task": "detection", "model": "ssdlite320_mobilenet_v2_0.25"})
     code, _, stderr = cli("embed", "eval", "--weights", str(weights))
     assert code == 2 and stderr.count("\n") == 1 and "mobilenets detect eval" in stderr, stderr
+
+
+def test_a_teacher_trained_at_a_larger_size_is_fed_that_size(folder: Path, tmp_path: Path, one_thread) -> None:
+    spy = spying(EmbeddingTrainer)
+    teacher = _classifier_weights(tmp_path / "teacher.safetensors", resolution=48)
+    train(_config(folder, tmp_path / "run", teacher=str(teacher)), trainer=spy)
+    assert {(h, w) for h, w, _ in spy.seen["student"]} == {(32, 32)}
+    assert {(h, w) for h, w, _ in spy.seen["teacher"]} == {(48, 48)}
+    assert len(spy.seen["teacher"]) == len(spy.seen["student"]) > 0
+
+
+def test_embed_images_skips_and_counts_unreadable_images(tmp_path: Path, cli) -> None:
+    weights = _classifier_weights(tmp_path / "w.safetensors")
+    good, missing, broken = tmp_path / "good.png", tmp_path / "missing.png", tmp_path / "broken.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(good)
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "e.safetensors"
+    code, stdout, stderr = cli("embed", "images", str(missing), str(good), str(broken), "--weights", str(weights),
+                               "--out", str(out), "--device", "cpu")  # fmt: skip
+    assert code == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 2 and str(missing) in lines[0] and str(broken) in lines[1]
+    assert "1 embeddings of 256 dimensions" in stdout and "2 unreadable images skipped" in stdout
+    paths, embeddings, _ = read_embeddings(out)
+    assert paths == [str(good)]
+    assert torch.allclose(embeddings, embed_files(load_embedder(weights), [good], device="cpu"), atol=1e-6)
+    # Nothing readable: one error after the lines naming each file, and no file written.
+    code, _, stderr = cli("embed", "images", str(missing), str(broken), "--weights", str(weights),
+                          "--out", str(tmp_path / "none.safetensors"))  # fmt: skip
+    lines = stderr.splitlines()
+    assert code == 2 and len(lines) == 3 and lines[-1] == "mobilenets embed: error: none of the 2 images could be read"
+    assert not (tmp_path / "none.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):  # without a handler, the first unreadable file stops
+        embed_files(load_embedder(weights), [good, missing], device="cpu")

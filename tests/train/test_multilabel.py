@@ -14,9 +14,9 @@ from mobilenets.checkpoint import read_saved_weights, save_weights
 from mobilenets.data import FASHION_MNIST_ENV, load_dataset
 from mobilenets.data.multilabel import FASHION_MNIST_MULTILABEL, GRID, read_manifest
 from mobilenets.train import train
-from mobilenets.train.multilabel import MultiLabelResult, average_precision, multilabel_loss
+from mobilenets.train.multilabel import MultiLabelResult, MultiLabelTrainer, average_precision, multilabel_loss
 
-from tiny_run import MODEL, tiny
+from tiny_run import MODEL, spying, tiny
 
 COLOURS = ("red", "green", "blue")
 
@@ -201,12 +201,13 @@ def test_eval_and_predict_read_a_multilabel_model(trained: tuple[Path, str], col
     assert code == 2 and "error:" in err
 
 
-def frozen_copy(tmp_path: Path, scale: float = 1.0) -> Path:
-    """Weights of a 3-label student as a training run writes them, the classifier scaled by ``scale``."""
-    model = create_model(MODEL, num_classes=3, resolution=32, dropout=0.0)
+def frozen_copy(tmp_path: Path, scale: float = 1.0, resolution: int = 32) -> Path:
+    """Weights of a 3-label student as a run at ``resolution`` writes them, the classifier scaled by ``scale``."""
+    model = create_model(MODEL, num_classes=3, resolution=resolution, dropout=0.0)
     with torch.no_grad():
         model.classifier.weight.mul_(scale)
-    info = {"model": "mobilenet_v1_0.25_32", "model_args": {"num_classes": 3, "resolution": 32, "dropout": 0.0}}
+    args = {"num_classes": 3, "resolution": resolution, "dropout": 0.0}
+    info = {"model": f"mobilenet_v1_0.25_{resolution}", "model_args": args}
     save_weights(tmp_path / f"copy{scale:g}.safetensors", model.state_dict(), info)
     return tmp_path / f"copy{scale:g}.safetensors"
 
@@ -270,3 +271,12 @@ def test_distillation_term_is_zero_at_the_teacher_and_labels_unread_at_alpha_one
     assert multilabel_loss(logits, nan_targets, teacher=logits + 1, alpha=1.0).isfinite().all()
     with pytest.raises(ValueError, match="labels are needed unless distill_alpha is 1"):
         multilabel_loss(logits, None, teacher=logits, alpha=0.5)
+
+
+def test_a_teacher_trained_at_a_larger_size_is_fed_that_size(tmp_path: Path, colours: Path) -> None:
+    spy = spying(MultiLabelTrainer)
+    teacher = frozen_copy(tmp_path, resolution=48)
+    train(tiny(colours, tmp_path / "run", epochs=1, teacher=str(teacher), distill_alpha=1.0), trainer=spy)
+    assert {(h, w) for h, w, _ in spy.seen["student"]} == {(32, 32)}
+    assert {(h, w) for h, w, _ in spy.seen["teacher"]} == {(48, 48)}
+    assert len(spy.seen["teacher"]) == len(spy.seen["student"]) > 0

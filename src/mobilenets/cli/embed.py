@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Train a backbone + linear projection + L2 normalisation on the classes of --data but the last --held-out, "
         "with FaceNet's semi-hard triplet loss, or by matching a trained --teacher's normalised features. Every "
         "epoch is evaluated on the held-out classes of the val split; writes checkpoints (resume with --resume), "
-        "metrics.jsonl/csv, roc.png and report.json."
+        "metrics.jsonl/csv, curves.png, roc.png and report.json."
     )
     add_training_options(train, EmbedConfig, run_train)
 
@@ -67,7 +67,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     images.description = (
         "Embed image files (or folders of them, recursively) with weights from `embed train`, or with a "
         "classifier's pooled features (--model NAME --weights FILE|pretrained); writes a safetensors file: tensor "
-        "'embeddings' (N, D), L2-normalised, and the images' paths in its metadata."
+        "'embeddings' (N, D), L2-normalised, and the images' paths in its metadata. An image that cannot be read "
+        "gets a one-line error on stderr and is left out, the summary counts them, and the exit status is then 1."
     )
     images.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     images.add_argument("--weights", required=True, metavar="FILE", help="weights from `embed train` or `train`")
@@ -120,7 +121,15 @@ def run_images(args: argparse.Namespace) -> int:
     _check_model(args)
     paths = image_files(args.images)
     model = load_embedder(args.weights, args.model)
-    embeddings = embed_files(model, paths, device=args.device)
-    save_embeddings(out, paths, embeddings, model=model.meta.name, weights=str(args.weights))
-    print(f"{len(paths)} embeddings of {embeddings.shape[1]} dimensions ({model.meta.name}): {out}")
-    return 0
+    unreadable: set[Path] = set()
+
+    def skip(path: Path, err: Exception) -> None:
+        print(f"mobilenets embed: error: {err}", file=sys.stderr)
+        unreadable.add(path)
+
+    embeddings = embed_files(model, paths, device=args.device, on_unreadable=skip)
+    readable = [path for path in paths if path not in unreadable]
+    save_embeddings(out, readable, embeddings, model=model.meta.name, weights=str(args.weights))
+    skipped = f"; {len(paths) - len(readable)} unreadable images skipped (named above)" if unreadable else ""
+    print(f"{len(readable)} embeddings of {embeddings.shape[1]} dimensions ({model.meta.name}): {out}{skipped}")
+    return 1 if unreadable else 0

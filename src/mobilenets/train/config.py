@@ -35,10 +35,16 @@ MAX_BATCH_SIZE = 65536
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Seeds are mixed with the epoch and rank into 64-bit generator seeds: non-negative, below 2**63.
 MAX_SEED = 2**63 - 1
+TEACHER_RESOLUTION_HELP = (
+    f"the teacher's input size in pixels, {MIN_RESOLUTION} to {MAX_RESOLUTION}: training batches are prepared at "
+    "the larger of it and --resolution, and each model gets them resized to its own size (default: the resolution "
+    "the teacher's weights record they were trained at, else --resolution)"
+)
 # (option, the option it needs): given without the second, the first would have no effect.
 NEEDS = (
     ("freeze_features", "init"),
     ("teacher_model", "teacher"),
+    ("teacher_resolution", "teacher"),
     ("distill_alpha", "teacher"),
     ("distill_temperature", "teacher"),
 )
@@ -199,6 +205,7 @@ class TrainConfig(RunConfig):
     teacher_model: str | None = option(
         None, "the teacher's registered name (default: the one its weights file records)", metavar="NAME"
     )
+    teacher_resolution: int | None = option(None, TEACHER_RESOLUTION_HELP, metavar="R")
     distill_alpha: float = option(0.5, "weight of the teacher's soft targets, 1 - A on the labels", metavar="A")
     distill_temperature: float = option(4.0, "softmax temperature of the soft targets", metavar="T")
     # Data.
@@ -287,6 +294,11 @@ class TrainConfig(RunConfig):
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0: no EMA)"),
             ("grad_clip", self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+            (
+                "teacher_resolution",
+                self.teacher_resolution is None or MIN_RESOLUTION <= self.teacher_resolution <= MAX_RESOLUTION,
+                f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
+            ),
             ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
             ("distill_temperature", self.distill_temperature > 0, "> 0"),
             ("crop_pct", self.crop_pct is None or 0 < self.crop_pct <= 1, "in (0, 1]"),

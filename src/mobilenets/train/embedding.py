@@ -19,7 +19,8 @@ never seen. Two losses, weighted by ``distill_alpha`` when a teacher is given:
 
 The run folder is the classifier's (checkpoints, exact resume, stop on a signal or non-finite
 loss); ``best.safetensors`` holds the last epoch's weights, since the evaluation classes must not
-choose among epochs; ``roc.png`` plots the final ROC.
+choose among epochs; ``curves.png`` plots each epoch's training loss, held-out TAR at FAR 1e-3 and
+recall@1, and learning rate; ``roc.png`` the final ROC.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from ..models.embedding import DEFAULT_DIM, EMBEDDING, MAX_DIM, EmbeddingNet, cr
 from ..registry import CLASSIFICATION, DETECTION, check_task, get_entry, name_for
 from ..weights import PRETRAINED, WEIGHTS_FILES, init_from
 from . import distributed
-from .config import MAX_BATCH_SIZE, RunSettings, check_types, check_values, option
+from .config import MAX_BATCH_SIZE, TEACHER_RESOLUTION_HELP, RunSettings, check_types, check_values, option
 from .evaluate import autocast, resolve_input
 from .loop import Optimisation, Trainer, resume_config, train
 from .optim import param_groups
-from .run_files import BEST, CHECKPOINT, PREVIOUS
+from .run_files import BEST, RunFiles
 from .verification import Verification, plot_roc, verify
 
 ROC = "roc.png"
@@ -95,6 +96,7 @@ class EmbedConfig(RunSettings):
     teacher_model: str | None = option(
         None, "the teacher's registered name (default: the one its weights file records)", metavar="NAME"
     )
+    teacher_resolution: int | None = option(None, TEACHER_RESOLUTION_HELP, metavar="R")
     distill_alpha: float = option(
         1.0, "with --teacher: weight of the distillation loss, 1 - A on the triplet loss", metavar="A"
     )
@@ -133,6 +135,16 @@ class EmbedConfig(RunSettings):
                 ("init", self.init is None or self.init.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher", self.teacher is None or self.teacher.strip() != "", "a weights file or 'pretrained'"),
                 ("teacher_model", self.teacher_model is None or self.teacher is not None, "given with --teacher"),
+                (
+                    "teacher_resolution",
+                    self.teacher_resolution is None or MIN_RESOLUTION <= self.teacher_resolution <= MAX_RESOLUTION,
+                    f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
+                ),
+                (
+                    "teacher_resolution",
+                    self.teacher_resolution is None or self.teacher is not None,
+                    "given with --teacher",
+                ),
                 ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
                 ("distill_alpha", self.teacher is not None or self.distill_alpha == 1, "given only with --teacher"),
                 ("margin", self.margin > 0, "> 0"),
@@ -307,10 +319,24 @@ class EmbedResult:
         )
 
 
+class EmbeddingRunFiles(RunFiles):
+    """An embedding run's files: the held-out classes' ROC where a classifier's run has its confusion matrix."""
+
+    def names(self) -> list[str]:
+        return [ROC if name == "confusion.png" else name for name in super().names()]
+
+    def finish(self, evaluation: Verification, report: dict[str, Any]) -> None:  # type: ignore[override]
+        if self.write:
+            title = f"{report['model']} on held-out classes of {report['data']}"
+            plot_roc({report["model"]: evaluation}, self.dir / ROC, title)
+            write_json(self.dir / "report.json", report)
+
+
 class EmbeddingTrainer(Trainer):
     """One embedding run; see :func:`train_embedding`."""
 
     command = "mobilenets embed train"
+    run_files = EmbeddingRunFiles
     config: EmbedConfig
 
     def _build_data(self) -> None:
@@ -319,17 +345,12 @@ class EmbeddingTrainer(Trainer):
         self.in_chans, self.resolution = resolve_input(
             cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
         )
+        self._read_teacher()
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
-        common = {
-            "resolution": self.resolution,
-            "in_chans": self.in_chans,
-            "mean": self.mean,
-            "std": self.std,
-            "seed": cfg.seed,
-        }
-        train_split = load_dataset(cfg.data, "train", train=cfg.augment, **common)
-        val_split = load_dataset(cfg.data, "val", train=False, **common)
+        common = {"in_chans": self.in_chans, "mean": self.mean, "std": self.std, "seed": cfg.seed}
+        train_split = load_dataset(cfg.data, "train", train=cfg.augment, resolution=self.train_resolution, **common)
+        val_split = load_dataset(cfg.data, "val", train=False, resolution=self.resolution, **common)
         classes = list(train_split.classes)
         if cfg.held_out > len(classes) - 2:
             raise ValueError(
@@ -374,10 +395,10 @@ class EmbeddingTrainer(Trainer):
         self.last_verification: Verification | None = None
 
     def _load_teacher(self) -> tuple[nn.Module, torch.Tensor | None]:
-        """The frozen teacher (in eval mode, on this device, fed the student's images) and the fixed
-        projection of its outputs to ``dim`` (None when they already have ``dim`` dimensions)."""
+        """The frozen teacher (in eval mode, on this device) and the fixed projection of its outputs
+        to ``dim`` (None when they already have ``dim`` dimensions)."""
         cfg = self.config
-        teacher = load_embedder(cfg.teacher, cfg.teacher_model, defaults={"in_chans": self.in_chans})
+        teacher = load_embedder(self.teacher_weights, cfg.teacher_model, defaults={"in_chans": self.in_chans})
         if teacher.meta.in_chans != self.in_chans:
             raise ValueError(
                 f"teacher {cfg.teacher!r} takes {teacher.meta.in_chans}-channel input; the student takes "
@@ -386,10 +407,10 @@ class EmbeddingTrainer(Trainer):
         width = output_dim(teacher)
         projection = None if width == cfg.dim else orthogonal_projection(width, cfg.dim, cfg.seed).to(self.device)
         mapped = "" if projection is None else f", mapped to {cfg.dim} by a fixed orthogonal projection"
-        cost = count_cost(teacher, self.resolution)
+        cost = count_cost(teacher, self.teacher_resolution)
         self.notes.append(
-            f"distill: teacher {teacher.meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds at "
-            f"{self.resolution}×{self.resolution}), {width}-d outputs{mapped}, alpha {cfg.distill_alpha}"
+            f"distill: teacher {teacher.meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds), "
+            f"{self.teacher_input}; {width}-d outputs{mapped}, alpha {cfg.distill_alpha}"
         )
         return teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False), projection
 
@@ -451,8 +472,7 @@ class EmbeddingTrainer(Trainer):
         progress.best = {"epoch": epoch, "weights": "raw"}
         self.files.save_best(self.net.state_dict(), {**self.info, "epoch": epoch})
         self.last_verification = result
-        if self.files.metrics:
-            self.files.metrics.append(record)
+        self.files.add_record(record)
         self._save_checkpoint()
         tars = ", ".join(f"{100 * tar:.2f} % at {far:g}" for far, tar in result.tar.items())
         self.log(
@@ -467,9 +487,6 @@ class EmbeddingTrainer(Trainer):
         if self.env.enabled:
             distributed.dist.barrier()
         verification = self.last_verification or self._evaluate(self.net)
-        names = [BEST, CHECKPOINT, "config.json", "metrics.csv", "metrics.jsonl"]
-        if self.files.previous.is_file():
-            names.insert(2, PREVIOUS)
         result = EmbedResult(
             config=self.config,
             model=self.name,
@@ -478,13 +495,9 @@ class EmbeddingTrainer(Trainer):
             cost=self.cost,
             images_per_s=float(np.mean(self.progress.images_per_s)),
             seconds=self.progress.elapsed,
-            files=[*names, ROC, "report.json"],
+            files=self.files.names(),
         )
-        if self.env.is_main:
-            plot_roc(
-                {self.name: verification}, self.run_dir / ROC, f"{self.name} on held-out classes of {self.config.data}"
-            )
-            write_json(self.run_dir / "report.json", result.to_dict())
+        self.files.finish(verification, result.to_dict())
         return result
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
@@ -44,8 +45,9 @@ from ..data.batched import (
     batch_transform,
 )
 from ..device import default_threads, usable_cores
+from ..models.base import check_resolution
 from ..registry import create_model, get_entry, name_for
-from ..weights import init_from, load_model
+from ..weights import WeightsFile, init_from, model_from, read_weights_source
 from . import distributed
 from .config import RESUMABLE, RunConfig, TrainConfig
 from .distill import soft_target_loss
@@ -325,6 +327,7 @@ class Trainer:
             cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
         )
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
+        self._read_teacher()
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
         common = {
@@ -333,13 +336,14 @@ class Trainer:
             "hflip": cfg.hflip,
             "val_fraction": cfg.val_fraction,
             "seed": cfg.seed,
-            "resolution": self.resolution,
             "in_chans": self.in_chans,
             "mean": self.mean,
             "std": self.std,
         }
-        self.train_set = load_dataset(cfg.data, "train", train=cfg.augment, limit=cfg.train_limit, **common)
-        val_set = load_dataset(cfg.data, "val", train=False, limit=cfg.val_limit, **common)
+        self.train_set = load_dataset(
+            cfg.data, "train", train=cfg.augment, limit=cfg.train_limit, resolution=self.train_resolution, **common
+        )
+        val_set = load_dataset(cfg.data, "val", train=False, limit=cfg.val_limit, resolution=self.resolution, **common)
         self.classes: list[str] = list(self.train_set.classes)
         self.val_set = val_set
         self._build_loaders()
@@ -387,7 +391,7 @@ class Trainer:
         cfg = self.config
         if cfg.augment:
             augment = BatchAugment(
-                resolution=self.resolution,
+                resolution=self.train_resolution,
                 in_chans=self.in_chans,
                 mean=self.mean,
                 std=self.std,
@@ -439,11 +443,44 @@ class Trainer:
             collate_fn=self.collate,
         )
 
+    def _read_teacher(self) -> None:
+        """Read the teacher's weights (once: the teacher is built from them after the data) and choose
+        the inputs' sizes: ``teacher_resolution`` (--teacher-resolution, else the size its weights
+        record they were trained at, else the student's) and ``train_resolution``, the larger of it
+        and the student's, at which training batches are prepared (``_forward`` resizes them to each
+        model's own, so that the larger model sees real detail)."""
+        cfg = self.config
+        self.teacher_weights: WeightsFile | None = None
+        self.teacher_resolution = self.train_resolution = self.resolution
+        if cfg.teacher is None:
+            return
+        self.teacher_weights = read_weights_source(cfg.teacher, cfg.teacher_model or "")
+        recorded = self.teacher_weights.info.get("model_args", {}).get("resolution")
+        if cfg.teacher_resolution is not None:
+            self.teacher_resolution, why = cfg.teacher_resolution, "--teacher-resolution"
+        elif recorded is not None:
+            try:
+                self.teacher_resolution = check_resolution(recorded)
+            except ValueError as err:
+                raise ValueError(f"teacher {cfg.teacher!r} records an input size out of range: {err}") from None
+            why = "the size its weights record it was trained at"
+        else:
+            why = "the student's: its weights record no training size"
+        self.train_resolution = max(self.resolution, self.teacher_resolution)
+        size = self.teacher_resolution
+        self.teacher_input = f"fed {size}×{size} images ({why})"
+        if size != self.resolution:
+            smaller, who = min(size, self.resolution), "student" if size > self.resolution else "teacher"
+            made = f"training batches made at {self.train_resolution} px"
+            self.teacher_input += f"; {made}, resized to {smaller} px for the {who}"
+
     def _build_teacher(self) -> nn.Module:
         """The distillation teacher: frozen, in eval mode, on this process's device."""
         cfg = self.config
-        teacher = load_model(
-            cfg.teacher, cfg.teacher_model, defaults={"num_classes": len(self.classes), "in_chans": self.in_chans}
+        teacher = model_from(
+            self.teacher_weights,
+            cfg.teacher_model,
+            defaults={"num_classes": len(self.classes), "in_chans": self.in_chans},
         )
         meta = teacher.meta
         if (meta.num_classes, meta.in_chans) != (len(self.classes), self.in_chans):
@@ -451,10 +488,10 @@ class Trainer:
                 f"teacher {cfg.teacher!r} classifies {meta.num_classes} classes from {meta.in_chans}-channel input; "
                 f"the data has {len(self.classes)} classes and the student takes {self.in_chans} channels"
             )
-        cost = count_cost(teacher, self.resolution)
+        cost = count_cost(teacher, self.teacher_resolution)
         self.notes.append(
-            f"distill: teacher {meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds at "
-            f"{self.resolution}×{self.resolution}), alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}"
+            f"distill: teacher {meta.name} from {cfg.teacher} ({cost.mult_adds / 1e6:,.2f} M mult-adds), "
+            f"{self.teacher_input}; alpha {cfg.distill_alpha}, temperature {cfg.distill_temperature}"
         )
         return teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False)
 
@@ -647,16 +684,27 @@ class Trainer:
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``labels`` on the device, the model's float32 outputs for ``images`` and the teacher's
-        (None without a teacher), both under the run's autocast."""
+        (None without a teacher), both under the run's autocast; ``images`` (N, C, R, R) at
+        ``train_resolution``, each model's input resized to its own size where it differs."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
+        student_input = self._resized(images, self.resolution)
+        teacher_input = self._resized(images, self.teacher_resolution) if self.teacher is not None else None
         teacher_outputs = None
         with autocast(self.device, self.amp):
-            outputs = self.model(images).float()
-            if self.teacher is not None:
+            outputs = self.model(student_input).float()
+            if teacher_input is not None:
                 with torch.no_grad():
-                    teacher_outputs = self.teacher(images).float()
+                    teacher_outputs = self.teacher(teacher_input).float()
         return labels, outputs, teacher_outputs
+
+    def _resized(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """``images`` (N, C, H, W) resized to (N, C, size, size), bilinear and antialiased, in the
+        run's memory format; as they are when already of that size."""
+        if images.shape[-2:] == (size, size):
+            return images
+        resized = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        return resized.contiguous(memory_format=self.memory_format)
 
     def _teacher_not_finite(self, why: str) -> ValueError:
         """The error for a teacher whose outputs became NaN or infinite at the current step."""

@@ -63,7 +63,8 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
 
 
 def curves_figure(records: list[dict[str, Any]], title: str = "") -> Figure:
-    """Loss, top-1 accuracy (mean AP for a multi-label run) and learning rate (at the end of each epoch) per epoch.
+    """Loss, top-1 accuracy (mean AP for a multi-label run; held-out TAR at FAR 1e-3 and recall@1 for
+    an embedding run) and learning rate (at the end of each epoch) per epoch.
 
     Every epoch is a tick when there are few (a one-epoch run shows one tick, not fractions); loss and
     learning rate start at 0 and accuracy spans 0-100 %, so runs compare at a glance.
@@ -75,19 +76,24 @@ def curves_figure(records: list[dict[str, Any]], title: str = "") -> Figure:
     fig = Figure(figsize=(12, 3.8), layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     series = {"train": "train", "val": "val", "ema_val": "val, EMA"}
-    # A multi-label run records mean AP (binary cross-entropy) where a single-label one records top-1.
-    metric, metric_name, loss_name = (
-        ("map", "mean AP (%)", "binary cross-entropy")
-        if any("val_map" in r for r in records)
-        else ("top1", "top-1 accuracy (%)", "cross-entropy")
-    )
+    # What the run's records hold: top-1 for a single-label run, mean AP for a multi-label one (binary
+    # cross-entropy), verification and retrieval of held-out classes for an embedding one (no val loss).
+    if any("val_recall_at_1" in r for r in records):
+        scores = {"val_tar_at_far_0.001": "TAR @ FAR 1e-3", "val_recall_at_1": "recall@1"}
+        metric_name, loss_name = "held-out classes (%)", "training loss"
+    else:
+        multilabel = any("val_map" in r for r in records)
+        metric, metric_name = ("map", "mean AP (%)") if multilabel else ("top1", "top-1 accuracy (%)")
+        loss_name = f"loss ({'binary cross-entropy' if multilabel else 'cross-entropy'}, nats)"
+        scores = {f"{prefix}_{metric}": label for prefix, label in series.items()}
     for prefix, label in series.items():
         if any(f"{prefix}_loss" in r for r in records):
             loss_ax.plot(epochs, [r.get(f"{prefix}_loss") for r in records], marker="o", label=label)
-            figure = [100 * r[f"{prefix}_{metric}"] if f"{prefix}_{metric}" in r else None for r in records]
-            acc_ax.plot(epochs, figure, marker="o", label=label)
+    for key, label in scores.items():
+        if any(key in r for r in records):
+            acc_ax.plot(epochs, [100 * r[key] if key in r else None for r in records], marker="o", label=label)
     lr_ax.plot(epochs, [r["lr"] for r in records], marker="o")
-    for ax, name in ((loss_ax, f"loss ({loss_name}, nats)"), (acc_ax, metric_name), (lr_ax, "learning rate")):
+    for ax, name in ((loss_ax, loss_name), (acc_ax, metric_name), (lr_ax, "learning rate")):
         ax.set_title(name)
         ax.set_xlabel("epoch")
         if len(epochs) <= 12:
