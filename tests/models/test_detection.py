@@ -56,6 +56,7 @@ def test_names_families_and_tasks() -> None:
     expected = {f"ssd300_{b}_{a}" for b, alphas in widths.items() for a in alphas}
     expected |= {f"ssdlite320_{b}_{a}" for b, alphas in widths.items() for a in alphas}
     expected |= {f"ssdlite320_shufflenet_v2_{w}" for w in ("0.5", "1.0", "1.5", "2.0")}
+    expected |= {"ssdlite320_mobilenet_v3_large"}  # torchvision's own, the peer
     assert set(list_models("ssd*")) == expected
     frcnn = {f"fasterrcnn{r}_mobilenet_v1_{a}" for r in (300, 600) for a in widths["mobilenet_v1"]}
     assert set(list_models(task=DETECTION)) == expected | frcnn

@@ -48,9 +48,15 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 
 def check_detector_arguments(backbone: str, *, num_classes: int, in_chans: int) -> BackboneSpec:
-    """Validate the arguments every detector builder takes; return the backbone's spec."""
+    """Validate the arguments every detector builder on our backbones takes; return the backbone's spec."""
     if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+    check_detector_input(num_classes=num_classes, in_chans=in_chans)
+    return BACKBONES[backbone]
+
+
+def check_detector_input(*, num_classes: int, in_chans: int) -> None:
+    """Validate the class count (background included, so >= 2) and input channels (3) of any detector."""
     check_num_classes(num_classes)
     if num_classes < 2:
         raise ValueError(
@@ -59,7 +65,6 @@ def check_detector_arguments(backbone: str, *, num_classes: int, in_chans: int) 
         )
     if not _is_int(in_chans) or in_chans != 3:
         raise ValueError(f"in_chans must be 3 for a detector (its normalisation is RGB), got {in_chans!r}")
-    return BACKBONES[backbone]
 
 
 def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
