@@ -601,15 +601,22 @@ def check_detector_options(runtimes: Sequence[str], batches: Sequence[int]) -> N
 
 
 def detector_entries(
-    model: nn.Module, runtimes: Sequence[str], *, workdir: Path, device: torch.device, threads: int, resolution: int
+    model: nn.Module,
+    runtimes: Sequence[str],
+    *,
+    workdir: Path,
+    device: torch.device,
+    threads: int,
+    resolution: int,
+    artifact: Path | None = None,
 ) -> tuple[list[Entry], list[Entry]]:
     """A detector's :class:`Entry` per runtime for its network alone ((1, 3, R, R) in 0..1 -> the
     artifact's output) and end to end (a batch of one picture (1, H, W, 3) uint8 -> its boxes:
-    preprocessing, network, decoding, NMS); the ONNX file that onnx and openvino load is written once
-    in ``workdir``."""
+    preprocessing, network, decoding, NMS). onnx and openvino load ``artifact`` (a file exported from
+    ``model``), by default an ONNX file written once in ``workdir``."""
     name = model.meta.name
     mult_adds = count_cost(model, resolution, name).mult_adds
-    artifact = workdir / "detector.onnx"
+    artifact = artifact or workdir / "detector.onnx"
     alone = len(runtimes) == 1
 
     def network(runtime: str) -> Runner:
@@ -644,10 +651,11 @@ def benchmark_detector(
     timing: Timing = DEFAULT_TIMING,
     resolution: int | None = None,
     peak: float | None = None,
+    artifact: Path | None = None,
 ) -> list[BenchResult]:
     """Time a detector at batch 1 in each of :data:`DETECTOR_RUNTIMES`: its network alone on a random
     (1, 3, R, R) input in 0..1, then end to end on a random :data:`PICTURE_SIZE` picture (see
-    :func:`detector_entries`). Rows by stage, then runtime as asked."""
+    :func:`detector_entries`, which ``artifact`` goes to). Rows by stage, then runtime as asked."""
     check_detector_options(runtimes, batches)
     resolution = detector_resolution(model, resolution)
     rng = np.random.default_rng(0)
@@ -655,7 +663,7 @@ def benchmark_detector(
     pictures = rng.integers(0, 256, (1, *PICTURE_SIZE, 3), dtype=np.uint8)  # a batch of one
     with tempfile.TemporaryDirectory() as tmp, torch_threads(threads):
         network, end_to_end = detector_entries(
-            model, runtimes, workdir=Path(tmp), device=device, threads=threads, resolution=resolution
+            model, runtimes, workdir=Path(tmp), device=device, threads=threads, resolution=resolution, artifact=artifact
         )
         results = measure(network, x, device=device, threads=threads, timing=timing, peak=peak)
         results += measure(

@@ -29,7 +29,7 @@ from .data.transforms import DEFAULT_CROP_PCT, build_transform
 from .deploy.export import FORMATS, read_artifact_metadata
 from .deploy.runtimes import Runner, load_runner
 from .device import resolve_device
-from .registry import CLASSIFICATION, ModelMeta, check_task, get_entry
+from .registry import CLASSIFICATION, DETECTION, ModelMeta, check_task, get_entry
 from .weights import packaged_class_names
 
 DEFAULT_THRESHOLD = 0.5  # probability from which a multi-label model predicts a label
@@ -127,7 +127,8 @@ def artifact_format(path: str | Path) -> str | None:
     return ARTIFACT_FORMATS.get(Path(path).suffix)
 
 
-def _artifact_meta(path: Path, metadata: dict[str, str]) -> ModelMeta:
+def artifact_meta(path: Path, metadata: dict[str, str]) -> ModelMeta:
+    """The :class:`ModelMeta` an artifact's ``metadata`` records (``path``: its file, named in errors)."""
     try:
         name = metadata["model"]
         try:
@@ -160,7 +161,13 @@ def load_artifact(path: str | Path, model: str | None = None, *, device: str | t
     fmt = artifact_format(path)
     if fmt is None:
         raise ValueError(f"{str(path)!r} is not an exported model: its suffix must be one of {list(ARTIFACT_FORMATS)}")
-    meta = _artifact_meta(path, read_artifact_metadata(path, fmt))
+    metadata = read_artifact_metadata(path, fmt)
+    if metadata.get("task") == DETECTION:
+        raise ValueError(
+            f"{str(path)!r} holds the detector {metadata.get('model')}: run it with "
+            f"`mobilenets detect predict --weights {path} IMAGES --out DIR`"
+        )
+    meta = artifact_meta(path, metadata)
     if model is not None:
         wanted = get_entry(model).name
         held = get_entry(meta.name).name if meta.family else meta.name

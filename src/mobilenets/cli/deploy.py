@@ -1,4 +1,5 @@
-"""``mobilenets deploy``: a trained run exported to fp32 and int8, verified, and timed, in one report."""
+"""``mobilenets deploy``: a trained run exported to fp32 and int8 (a detection run: fp32), verified, and
+timed, in one report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import replace
 from ..bench import DEFAULT_TIMING
 from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, INT8_FORMATS, VerificationError
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES
-from ..deploy.trained import deploy_run
+from ..deploy.trained import DEFAULT_EVAL_SAMPLES, deploy_run
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,43 +21,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(int8: top-1 agreement and accuracy on the held-out images, calibrated on training images), then time "
         "batch-1 latency of eager PyTorch and both files on the CPU, and print one report. A failed check exits "
         "with status 1. Without the format's extra (deploy; mobile for executorch) it says so and times eager "
-        "PyTorch only."
+        "PyTorch only. A run of `mobilenets detect train` is exported in fp32 only (onnx or openvino), its "
+        "detections verified against PyTorch on the first validation images of its data, then eager PyTorch and "
+        "the file are timed on the network alone and end to end (preprocessing, network, selection and NMS)."
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `mobilenets train`")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a folder written by `mobilenets train` or `mobilenets detect train`"
+    )
     parser.add_argument(
         "--format",
         default="onnx",
         choices=list(INT8_FORMATS),
-        help="onnx (ONNX Runtime), openvino, or executorch (ExecuTorch on XNNPACK) (default: onnx)",
+        help="onnx (ONNX Runtime), openvino, or executorch (ExecuTorch on XNNPACK; classifiers only) (default: onnx)",
     )
     parser.add_argument("--data", metavar="SOURCE", help="data to calibrate and verify on (default: the run's)")
     parser.add_argument(
         "--calib-samples",
         type=int,
-        default=DEFAULT_CALIB_SAMPLES,
         metavar="N",
-        help="training images calibrated on (default: %(default)s)",
+        help=f"training images int8 is calibrated on (default: {DEFAULT_CALIB_SAMPLES})",
     )
     parser.add_argument(
         "--eval-samples",
         type=int,
-        default=10_000,
         metavar="N",
-        help="held-out images the int8 check runs on, at most (default: %(default)s)",
+        help=f"held-out images the int8 check runs on, at most (default: {DEFAULT_EVAL_SAMPLES:,})",
     )
     parser.add_argument(
         "--min-agreement",
         type=float,
-        default=DEFAULT_MIN_AGREEMENT,
         metavar="F",
-        help="required int8 top-1 agreement with fp32 PyTorch, in (0, 1] (default: %(default)s)",
+        help=f"required int8 top-1 agreement with fp32 PyTorch, in (0, 1] (default: {DEFAULT_MIN_AGREEMENT})",
     )
     parser.add_argument(
         "--min-eval-samples",
         type=int,
-        default=DEFAULT_MIN_EVAL_SAMPLES,
         metavar="N",
-        help="an int8 check on fewer images fails (default: %(default)s)",
+        help=f"an int8 check on fewer images fails (default: {DEFAULT_MIN_EVAL_SAMPLES})",
     )
     parser.add_argument("--threads", type=int, metavar="N", help="threads for every runtime (default: the cores)")
     parser.add_argument(

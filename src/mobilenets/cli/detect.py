@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..checkpoint import write_json
-from ..detect import DEFAULT_SCORE_THRESHOLD, Detector, drawn_name, load_detector, save_drawn
+from ..detect import DEFAULT_SCORE_THRESHOLD, drawn_name, open_detector, save_drawn
 from ..predict import image_files
 from ..train.detect import DetectConfig, evaluate_detection_weights, resume_detection_config, train_detector
 from ..train.detection_metrics import plot_precision_recall
@@ -72,13 +72,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     text = "find objects in images and draw their boxes"
     predict = sub.add_parser("predict", help=text, description=text)
     predict.description = (
-        f"Run a detector's weights from `mobilenets detect train` on images: writes {DETECTIONS_JSON} (for each "
+        "Run a detector on images: its weights from `mobilenets detect train`, or the detector exported by "
+        "`mobilenets export` (.onnx, .xml), run in its runtime with the selection and NMS its metadata describes. "
+        f"Writes {DETECTIONS_JSON} (for each "
         "image its boxes in pixels x0, y0, x1, y1, class names and scores) and each image with its boxes drawn "
         "and labelled into --out. An image that cannot be read gets a one-line error, the others still run, and "
         "the exit status is then 1."
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them (recursively)")
-    predict.add_argument("--weights", required=True, metavar="FILE", help="weights from `mobilenets detect train`")
+    predict.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="weights from `mobilenets detect train`, or a detector exported by `mobilenets export` (.onnx, .xml)",
+    )
     predict.add_argument("--out", required=True, metavar="DIR", help="folder for the JSON and the drawn images")
     predict.add_argument(
         "--score-threshold",
@@ -87,7 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"keep the boxes scoring at least S, in [0, 1] (default: {DEFAULT_SCORE_THRESHOLD})",
     )
-    predict.add_argument("--device", metavar="DEVICE", help="torch device (default: CUDA when available)")
+    predict.add_argument(
+        "--device", metavar="DEVICE", help="torch device (default: CUDA when available; an exported file: the CPU)"
+    )
     predict.set_defaults(handler=run_predict)
 
 
@@ -136,8 +145,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {args.out!r} is a file; give a folder")
     images = image_files(args.images)
-    model, classes = load_detector(args.weights)
-    detector = Detector(model, classes, device=args.device, score_threshold=args.score_threshold)
+    detector = open_detector(args.weights, device=args.device, score_threshold=args.score_threshold)
     out.mkdir(parents=True, exist_ok=True)
     results, taken, failed = [], set(), 0
     for image in images:
@@ -148,7 +156,7 @@ def run_predict(args: argparse.Namespace) -> int:
             failed += 1
             continue
         drawn = out / drawn_name(image, taken)
-        save_drawn(pixels, detections, classes, drawn)
+        save_drawn(pixels, detections, detector.classes, drawn)
         results.append({"image": str(image), "drawn": str(drawn), "detections": [asdict(d) for d in detections]})
         shown = ", ".join(f"{d.name} {d.score:.2f}" for d in detections[:SHOWN])
         more = f" and {len(detections) - SHOWN} more" if len(detections) > SHOWN else ""

@@ -71,6 +71,7 @@ SELECT, SCALE = "select", "scale"  # what postprocess does: SSD's selection and 
 DEFAULT_MIN_IOU = 0.99
 DEFAULT_MAX_SCORE_DIFF = 1e-3
 DEFAULT_VERIFY_IMAGES = 8
+INT8_REFUSED = "int8 export is for classifiers; a detector exports in fp32"
 
 # A picture: (H, W, 3) uint8 RGB. Detections: {"boxes" (N, 4) float32 xyxy pixels, "scores" (N,), "labels" (N,) int64}.
 Detections = dict[str, np.ndarray]
@@ -474,16 +475,17 @@ class DetectionExportReport:
 
 
 def verification_pictures(
-    count: int = DEFAULT_VERIFY_IMAGES, *, cache_dir: str | Path | None = None
+    count: int = DEFAULT_VERIFY_IMAGES, *, data: str | None = None, cache_dir: str | Path | None = None
 ) -> list[np.ndarray]:
-    """The first ``count`` validation scenes of the built-in detection set, (H, W, 3) uint8 RGB."""
+    """The first ``count`` validation images of detection ``data`` (default: the built-in scenes),
+    (H, W, 3) uint8 RGB."""
     from ..data.decode import decode_image
     from ..data.detection import DEFAULT_DETECTION_DATA, load_detection_dataset
 
-    data = load_detection_dataset(
-        DEFAULT_DETECTION_DATA, "val", train=False, resolution=32, limit=count, cache_dir=cache_dir
+    found = load_detection_dataset(
+        data or DEFAULT_DETECTION_DATA, "val", train=False, resolution=32, limit=count, cache_dir=cache_dir
     )
-    return [np.asarray(decode_image(record.path).convert("RGB")) for record in data.images]
+    return [np.asarray(decode_image(record.path).convert("RGB")) for record in found.images]
 
 
 def export_detector(

@@ -403,11 +403,11 @@ def export_model(
     :func:`~mobilenets.deploy.detection.export_detector` (fp32 only).
     """
     int8 = calibration is not None
-    from .detection import export_detector, is_detector  # it builds on this module
+    from .detection import INT8_REFUSED, export_detector, is_detector  # it builds on this module
 
     if is_detector(model):  # boxes, not logits: verified on real pictures by their detections
         if int8:
-            raise ValueError("int8 export is for classifiers; a detector exports in fp32 (leave out --int8)")
+            raise ValueError(f"{INT8_REFUSED} (leave out --int8)")
         return export_detector(model, fmt, out, resolution=resolution, tolerance=tolerance)
     out = check_destination(fmt, out, int8)
     if not 0 < tolerance < math.inf:

@@ -1,5 +1,6 @@
 """What users do after training, in one call: export a run's best weights to int8, verify them on the
-held-out images, and time them beside fp32.
+held-out images, and time them beside fp32; or, for a detection run, export them in fp32, verify their
+detections and time the network and the whole detector.
 
 :func:`deploy_run` reads ``best.safetensors`` (with the data it was trained on, which it records) and
 ``report.json`` (the training figures) from a ``mobilenets train`` folder, writes ``model.onnx``
@@ -8,6 +9,12 @@ verified on the held-out ones; OpenVINO: ``.xml`` + ``.bin``; ExecuTorch: ``.pte
 ``.pte.json``) beside them, then times batch-1 latency of eager PyTorch and both files in turns
 (:func:`mobilenets.bench.measure`). Without the format's extra (deploy; mobile for ExecuTorch) only
 eager PyTorch is timed, and the report says so.
+
+A run of ``mobilenets detect train`` (:func:`deploy_detection_run`) is exported to ``model.onnx`` or
+``model.xml`` (fp32: int8 is for classifiers), its detections verified against PyTorch on the first
+validation images of its data (:func:`~mobilenets.deploy.detection.export_detector`), then eager
+PyTorch and the file are timed at batch 1, the network alone and end to end
+(:func:`mobilenets.bench.benchmark_detector`).
 """
 
 from __future__ import annotations
@@ -21,10 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bench import DEFAULT_TIMING, BenchResult, Entry, Timing, check_threads, make_runner, measure, torch_threads
+from ..bench import (
+    DEFAULT_TIMING,
+    BenchResult,
+    Entry,
+    Timing,
+    benchmark_detector,
+    check_threads,
+    make_runner,
+    measure,
+    torch_threads,
+)
 from ..cost import count_cost
+from ..registry import DETECTION
 from ..train.run_files import BEST
-from ..weights import model_from, read_weights_source
+from ..weights import WeightsFile, model_from, read_weights_source
+from .detection import DETECTION_FORMATS, INT8_REFUSED, DetectionExportReport, export_detector, verification_pictures
 from .export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, FORMATS, INT8_FORMATS, ExportReport, export_model
 from .fuse import input_shape
 from .quantize import DEFAULT_CALIB_SAMPLES, calibration_data
@@ -44,6 +63,7 @@ RUNTIME = {
 }
 # Where the exported files are deployed and timed; eager PyTorch is timed there too, so the three compare.
 CPU = torch.device("cpu")
+DEFAULT_EVAL_SAMPLES = 10_000  # held-out images the int8 check runs on, at most
 
 
 def missing_packages(fmt: str) -> list[str]:
@@ -118,39 +138,69 @@ class DeployReport:
         return "\n".join(lines)
 
 
+# The int8 options of deploy_run, by their command-line names: a detection run takes none of them.
+INT8_OPTIONS = {
+    "calib_samples": "--calib-samples",
+    "eval_samples": "--eval-samples",
+    "min_agreement": "--min-agreement",
+    "min_eval_samples": "--min-eval-samples",
+}
+
+
 def deploy_run(
     run_dir: str | Path,
     *,
     fmt: str = "onnx",
     data: str | None = None,
-    calib_samples: int = DEFAULT_CALIB_SAMPLES,
-    eval_samples: int = 10_000,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    min_eval_samples: int = DEFAULT_MIN_EVAL_SAMPLES,
+    calib_samples: int | None = None,
+    eval_samples: int | None = None,
+    min_agreement: float | None = None,
+    min_eval_samples: int | None = None,
     threads: int | None = None,
     timing: Timing = DEFAULT_TIMING,
-) -> DeployReport:
+) -> DeployReport | DetectionDeployReport:
     """Export ``run_dir``'s best weights (fp32 and int8, format ``fmt``: one of ``INT8_FORMATS``), verify them
-    (int8: on up to ``eval_samples`` images of ``data``'s val split, by default the run's data), and time
-    batch-1 latency of eager PyTorch and both files on the CPU with ``threads`` threads. Raises
-    :class:`~mobilenets.deploy.VerificationError` when a check fails (files kept for inspection)."""
-    if fmt not in INT8_FORMATS:
-        raise ValueError(f"format must be one of {list(INT8_FORMATS)}, got {fmt!r}")
+    (int8: on up to ``eval_samples`` images (default 10,000) of ``data``'s val split, by default the run's
+    data, calibrated on ``calib_samples``; None: the defaults), and time batch-1 latency of eager PyTorch and
+    both files on the CPU with ``threads`` threads. A detection run goes to :func:`deploy_detection_run`
+    (fp32 only: giving an int8 option is a ``ValueError``). Raises :class:`~mobilenets.deploy.VerificationError`
+    when a check fails (files kept for inspection)."""
     run_dir = Path(run_dir)
     weights = run_dir / BEST
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: give a folder written by `mobilenets train`")
+        raise FileNotFoundError(
+            f"{weights} not found: give a folder written by `mobilenets train` or `mobilenets detect train`"
+        )
     threads = check_threads(threads)
     report_file = run_dir / "report.json"
     training = json.loads(report_file.read_text()) if report_file.is_file() else None
     read = read_weights_source(weights)  # read once: the model and the data it was trained on
     task = read.info.get("task")
-    if task is not None:  # detection, embedding, multilabel: their int8 needs another check than top-1 agreement
+    if task == DETECTION:
+        given = {
+            "calib_samples": calib_samples,
+            "eval_samples": eval_samples,
+            "min_agreement": min_agreement,
+            "min_eval_samples": min_eval_samples,
+        }
+        int8 = [INT8_OPTIONS[name] for name, value in given.items() if value is not None]
+        if int8:
+            raise ValueError(f"{', '.join(int8)}: {INT8_REFUSED}; leave them out for a detection run")
+        return deploy_detection_run(
+            run_dir, read, training=training, fmt=fmt, data=data, threads=threads, timing=timing
+        )
+    if fmt not in INT8_FORMATS:
+        raise ValueError(f"format must be one of {list(INT8_FORMATS)}, got {fmt!r}")
+    if task is not None:  # embedding, multilabel: their int8 needs another check than top-1 agreement
         raise ValueError(
             f"{run_dir} is not a single-label classifier's run ({task}): `mobilenets deploy` verifies int8 by top-1 "
             f"agreement; export it "
             f"with `mobilenets export --weights {weights} --format onnx` and time it with `mobilenets bench`"
         )
+    calib_samples = DEFAULT_CALIB_SAMPLES if calib_samples is None else calib_samples
+    eval_samples = DEFAULT_EVAL_SAMPLES if eval_samples is None else eval_samples
+    min_agreement = DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement
+    min_eval_samples = DEFAULT_MIN_EVAL_SAMPLES if min_eval_samples is None else min_eval_samples
     data = data if data is not None else read.info.get("data")
     if not data:
         raise ValueError(f"{weights} records no training data: give the data to calibrate and verify on")
@@ -203,3 +253,107 @@ def _entry(model: torch.nn.Module, runtime: str, artifact: Path | None, *, threa
         return make_runner(model, runtime, artifact=artifact, device=CPU, threads=threads, batch=1, alone=False)
 
     return Entry(model=model.meta.name, runtime=runtime, build=build, mult_adds=mult_adds)
+
+
+@dataclass(kw_only=True)
+class DetectionDeployReport:
+    """A detection run exported in fp32, verified and timed. Latencies in ms at batch 1 (rows with a
+    ``stage``: the network alone, or end to end); ``training``: the run's report.json."""
+
+    run_dir: Path
+    fmt: str
+    training: dict[str, Any] | None
+    params: int
+    export: DetectionExportReport | None
+    latency: list[BenchResult]
+    skipped: str | None = None  # why the export was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "format": self.fmt,
+            "training": self.training,
+            "params": self.params,
+            "fp32": self.export.to_dict() if self.export else None,
+            "int8": None,
+            "latency": [result.to_dict() for result in self.latency],
+            "skipped": self.skipped,
+        }
+
+    def format(self) -> str:
+        lines = []
+        if self.training:
+            t, m = self.training, self.training["metrics"]
+            minutes, seconds = divmod(round(t["seconds"]), 60)
+            lines.append(
+                f"trained    {t['model']} on {t['data']} at {t['resolution']}×{t['resolution']}: "
+                f"{minutes} min {seconds:02d} s, {t['train_images_per_s']:,.1f} images/s; mAP@[.5:.95] "
+                f"{100 * m['map']:.2f} %, @.5 {100 * m['map50']:.2f} % on {t['val_images']:,} val images "
+                f"(epoch {t['best']['epoch']} weights, the best on val)"
+            )
+        if self.export is not None:
+            lines.append(f"verified   {self.export.summary()}")
+        lines.append(f"int8       not made: {INT8_REFUSED}")
+        for r in self.latency:
+            lines.append(
+                f"latency    {f'{r.runtime}, {r.stage}':<20} p50 {r.p50_ms:.3f} ms, p90 {r.p90_ms:.3f} ms, IQR "
+                f"{r.iqr_ms:.3f} ms over {r.repeats} calls ({r.device}, batch 1)"
+            )
+        size = f"size       {self.params / 1e6:.3f} M params"
+        if self.export is not None:
+            size += f", fp32 {self.fmt} {sum(p.stat().st_size for p in self.export.files) / 1e3:,.0f} kB"
+        lines.append(size)
+        if self.skipped:
+            lines.append(f"export     skipped: {self.skipped}")
+        else:
+            lines.append(f"files      {', '.join(str(path) for path in self.export.files)}")
+        return "\n".join(lines)
+
+
+def deploy_detection_run(
+    run_dir: Path,
+    read: WeightsFile,
+    *,
+    training: dict[str, Any] | None,
+    fmt: str = "onnx",
+    data: str | None = None,
+    threads: int,
+    timing: Timing = DEFAULT_TIMING,
+) -> DetectionDeployReport:
+    """Export the detector of ``read`` (``run_dir``'s best weights; ``training``: its report.json) to
+    ``run_dir/model.onnx`` or ``.xml`` (fp32), verify its detections against PyTorch on the first
+    validation images of ``data`` (default: the run's), and time eager PyTorch and the file at batch 1
+    on the CPU, network and end to end."""
+    from ..detect import load_detector  # the detector API builds on this package
+
+    if fmt not in DETECTION_FORMATS:
+        raise ValueError(f"format must be {' or '.join(DETECTION_FORMATS)} for a detection run, got {fmt!r}")
+    model, _ = load_detector(read.path)
+    resolution = model.meta.resolution
+    params = count_cost(model, resolution).params
+    export, skipped, runtimes = None, None, ["eager"]
+    missing = missing_packages(fmt)
+    if missing:
+        extra = EXTRA[fmt]
+        skipped = f"the {extra} extra is not installed ({', '.join(missing)}): pip install 'mobilenets[{extra}]'"
+    else:
+        pictures = verification_pictures(data=data if data is not None else read.info.get("data"))
+        export = export_detector(model, fmt, run_dir / f"model{FORMATS[fmt]}", pictures=pictures)
+        runtimes.append(fmt)
+    latency = benchmark_detector(
+        model,
+        runtimes,
+        threads=threads,
+        device=CPU,
+        timing=timing,
+        artifact=export.files[0] if export is not None else None,
+    )
+    return DetectionDeployReport(
+        run_dir=run_dir,
+        fmt=fmt,
+        training=training,
+        params=params,
+        export=export,
+        latency=latency,
+        skipped=skipped,
+    )
