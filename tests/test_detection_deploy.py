@@ -17,6 +17,7 @@ from mobilenets.deploy.detection import Postprocessing, compare_detections, expo
 from mobilenets.deploy.export import export_model
 from mobilenets.deploy.trained import deploy_run
 from mobilenets.detect import load_detector
+from mobilenets.models.detection import init_backbone
 from mobilenets.registry import DETECTION
 from mobilenets.train.detect import DetectConfig, train_detector
 
@@ -178,6 +179,8 @@ def test_torchvision_ssdlite_is_a_registered_detector() -> None:
     assert (found["boxes"][:, 0::2] <= 90).all() and (found["boxes"][:, 1::2] <= 50).all()
     with pytest.raises(ValueError, match="num_classes must be >= 2 for a detector"):
         create_model(PEER, num_classes=1)
+    with pytest.raises(ValueError, match=f"{PEER} has no backbone of this project's classifiers"):
+        init_backbone(model, "pretrained")
 
 
 def test_torchvision_ssdlite_counts_as_torchvision_documents() -> None:

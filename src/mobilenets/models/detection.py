@@ -156,7 +156,10 @@ def _packaged_backbones(model: nn.Module) -> tuple[str, list[str], list[str]]:
     record: BackboneRecord | None = getattr(model, "backbone_record", None)
     name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
     if record is None:
-        raise ValueError(f"{name} is not a detector built by create_model (no backbone record)")
+        raise ValueError(
+            f"{name} is not a detector on one of this project's backbones ({', '.join(BACKBONES)}): it has no "
+            "backbone to load a classifier's weights into"
+        )
     base = get_entry(BACKBONES[record.backbone].classifier)
     packaged = [n for n, e in registry().items() if e.pretrained and e.family == base.family]
     return name, packaged, [n for n in packaged if get_entry(n).defaults.get("width_mult") == record.width_mult]
