@@ -12,32 +12,13 @@ import argparse
 import json
 import os
 
-import torch
-
 from mobilenets import create_model
 from mobilenets.bench import QUICK, Timing, benchmark, format_table
-from mobilenets.registry import ModelMeta
 
 MODELS = ("ssdlite320_mobilenet_v2_1.0", "ssd300_mobilenet_v1_1.0", "fasterrcnn300_mobilenet_v1_1.0")
 RUNTIMES = ("eager", "onnx", "openvino")
+PEER = "ssdlite320_mobilenet_v3_large"  # torchvision's own, registered with random weights
 PEER_RUNTIMES = ("eager", "onnx")
-
-
-def torchvision_peer() -> torch.nn.Module:
-    """torchvision's SSDLite320 on MobileNetV3-Large, random weights, named for the table."""
-    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-
-    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
-    transform = model.transform
-    model.meta = ModelMeta(
-        name="torchvision ssdlite320_mobilenet_v3_large",
-        family="ssdlite",
-        resolution=transform.fixed_size[0],
-        mean=tuple(transform.image_mean),
-        std=tuple(transform.image_std),
-        num_classes=91,
-    )
-    return model
 
 
 def main() -> None:
@@ -57,7 +38,8 @@ def main() -> None:
         results += benchmark(model, RUNTIMES, threads=args.threads, device="cpu", timing=timing)
         print(format_table(results[-6:]), flush=True)
     if not args.quick:
-        results += benchmark(torchvision_peer(), PEER_RUNTIMES, threads=args.threads, device="cpu", timing=timing)
+        peer = create_model(PEER).eval()
+        results += benchmark(peer, PEER_RUNTIMES, threads=args.threads, device="cpu", timing=timing)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(format_table(results))
     if args.json:
