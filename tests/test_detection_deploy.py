@@ -179,7 +179,7 @@ def test_torchvision_ssdlite_is_a_registered_detector() -> None:
     assert (found["boxes"][:, 0::2] <= 90).all() and (found["boxes"][:, 1::2] <= 50).all()
     with pytest.raises(ValueError, match="num_classes must be >= 2 for a detector"):
         create_model(PEER, num_classes=1)
-    with pytest.raises(ValueError, match=f"{PEER} has no backbone of this project's classifiers"):
+    with pytest.raises(ValueError, match=f"{PEER} is not a detector on one of this project's backbones"):
         init_backbone(model, "pretrained")
 
 
