@@ -1,7 +1,9 @@
 """``deploy_run`` / ``mobilenets deploy``: a trained run exported to fp32 and int8, verified and timed."""
 
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,3 +92,19 @@ def test_a_run_of_another_task_is_one_line(tmp_path: Path, capsys: pytest.Captur
     code = main(["export", "--weights", str(tmp_path / "best.safetensors"), "--format", "onnx", "--int8",
                  "--calib", "fashion-mnist", "--out", str(tmp_path / "m.onnx")])  # fmt: skip
     assert code == 2 and "export in fp32" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
+def test_deploy_prints_a_noisy_timing_as_one_warning_line(monkeypatch: pytest.MonkeyPatch, cli: Any) -> None:
+    from mobilenets.bench import BenchWarning
+    from mobilenets.cli import deploy as deploy_cli
+
+    def noisy_then_failed(*args: Any, **kwargs: Any) -> None:
+        warnings.warn("onnx, batch 1: too noisy to trust", BenchWarning, stacklevel=1)
+        raise VerificationError("fabricated")
+
+    monkeypatch.setattr(deploy_cli, "deploy_run", noisy_then_failed)
+    code, _, err = cli("deploy", "somewhere")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert "mobilenets deploy: warning: onnx, batch 1: too noisy to trust" in lines
+    assert not any("warnings.warn" in line or "BenchWarning:" in line for line in lines)

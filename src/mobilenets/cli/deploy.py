@@ -12,6 +12,7 @@ from ..bench import DEFAULT_TIMING
 from ..deploy.export import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_EVAL_SAMPLES, INT8_FORMATS, VerificationError
 from ..deploy.quantize import DEFAULT_CALIB_SAMPLES
 from ..deploy.trained import DEFAULT_EVAL_SAMPLES, deploy_run
+from .bench import bench_warnings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,17 +71,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     timing = replace(DEFAULT_TIMING, repeats=args.repeats)
     try:
-        report = deploy_run(
-            args.run_dir,
-            fmt=args.format,
-            data=args.data,
-            calib_samples=args.calib_samples,
-            eval_samples=args.eval_samples,
-            min_agreement=args.min_agreement,
-            min_eval_samples=args.min_eval_samples,
-            threads=args.threads,
-            timing=timing,
-        )
+        with bench_warnings("deploy"):  # a noisy timing: one warning line, not Python's source excerpt
+            report = deploy_run(
+                args.run_dir,
+                fmt=args.format,
+                data=args.data,
+                calib_samples=args.calib_samples,
+                eval_samples=args.eval_samples,
+                min_agreement=args.min_agreement,
+                min_eval_samples=args.min_eval_samples,
+                threads=args.threads,
+                timing=timing,
+            )
     except VerificationError as err:
         print(f"mobilenets deploy: error: {err} (the files are kept for inspection)", file=sys.stderr)
         return 1
