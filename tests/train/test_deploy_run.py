@@ -3,6 +3,7 @@
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -100,11 +101,11 @@ def test_deploy_prints_a_noisy_timing_as_one_warning_line(monkeypatch: pytest.Mo
 
     def noisy_then_failed(*args: Any, **kwargs: Any) -> None:
         warnings.warn("onnx, batch 1: too noisy to trust", BenchWarning, stacklevel=1)
-        raise VerificationError("fabricated")
+        raise VerificationError(SimpleNamespace(summary=lambda: "fabricated verification failure"))
 
     monkeypatch.setattr(deploy_cli, "deploy_run", noisy_then_failed)
     code, _, err = cli("deploy", "somewhere")
-    assert code == 1
+    assert code == 1 and "fabricated verification failure" in err
     lines = err.strip().splitlines()
     assert "mobilenets deploy: warning: onnx, batch 1: too noisy to trust" in lines
     assert not any("warnings.warn" in line or "BenchWarning:" in line for line in lines)
