@@ -1,0 +1,51 @@
+"""OpenVINO int8 through NNCF: the export's and the bench runtime's int8 IR."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenets import create_model
+from mobilenets.bench import prepare_artifact
+from mobilenets.deploy import export_model
+from mobilenets.deploy.export import artifact_metadata, read_artifact_metadata
+from mobilenets.deploy.quantize import quantize_openvino
+
+ov = pytest.importorskip("openvino", reason="OpenVINO comes with the deploy extra")
+pytest.importorskip("nncf", reason="NNCF, OpenVINO's quantizer, comes with the deploy extra")
+
+RES = 32
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model():
+    return create_model("mobilenet_v1_0.25_128", num_classes=3, in_chans=1, resolution=RES)
+
+
+def quantized_by_nncf(path: Path) -> bool:
+    """Whether the IR at ``path`` was written by NNCF (which records its settings in ``rt_info``)."""
+    return ov.Core().read_model(str(path)).has_rt_info(["nncf", "quantization"])
+
+
+def test_openvino_int8_export_is_quantized_by_nncf_verified_and_records_its_metadata(tmp_path: Path) -> None:
+    model = tiny_model()
+    calibration = [np.random.default_rng(0).standard_normal((8, 1, RES, RES), dtype=np.float32) for _ in range(2)]
+    out = tmp_path / "m.xml"
+    report = export_model(model, "openvino", out, calibration=calibration, resolution=RES, min_agreement=0.01,
+                          min_calibration=16, min_eval_samples=16)  # fmt: skip
+    assert report.passed and report.int8 and report.samples == 16 and report.calibration_images == 16
+    assert quantized_by_nncf(out)
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in ops
+    assert read_artifact_metadata(out, "openvino") == artifact_metadata(model, RES)
+    assert "openvino int8 NNCF" in report.format_text()
+
+
+def test_bench_openvino_int8_runs_the_nncf_model(tmp_path: Path) -> None:
+    artifact = prepare_artifact(tiny_model(), "openvino-int8", workdir=tmp_path, resolution=RES)
+    assert artifact == tmp_path / "int8.xml" and quantized_by_nncf(artifact)
+
+
+def test_quantize_openvino_needs_calibration_images(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="calibration data must hold at least one batch of images"):
+        quantize_openvino(tmp_path / "absent.onnx", [])
