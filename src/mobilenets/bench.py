@@ -239,8 +239,8 @@ def int8_gemm_peak(
     refresh: bool = False,
 ) -> float:
     """This machine's int8 matrix-multiply peak in GOP/s (2 operations per multiply-add): best of 10
-    ``torch._int_mm`` of ``size``² int8 matrices into int32, oneDNN's int8 kernel on the CPU (VNNI or
-    AMX where the CPU has them). Cached beside the fp32 peak, under the same rules as :func:`gemm_peak`.
+    ``torch._int_mm`` of ``size``² int8 matrices into int32 (on the CPU oneDNN's s8·s8→s32 GEMM, with the
+    VNNI or AMX instructions the CPU has). Cached beside the fp32 peak, under the rules of :func:`gemm_peak`.
     """
     device = resolve_device(device)
     threads = check_threads(threads)
