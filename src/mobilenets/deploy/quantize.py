@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -130,6 +131,19 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
     return Path(out_path)
 
 
+@contextlib.contextmanager
+def _quiet_extension_builder() -> Iterator[None]:
+    """Silence the warning that PyTorch's extension builder, which NNCF loads, logs on a machine with a
+    CUDA toolkit but no CUDA runtime: nothing to do with quantizing for OpenVINO."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) -> Any:
     """The int8 ``openvino.Model`` of the fp32 ONNX model (or OpenVINO IR) at ``fp32_path``, quantized by NNCF.
 
@@ -150,7 +164,7 @@ def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) 
     # + Add + Clamp patterns that NNCF knows where to quantize.
     model = ov.convert_model(str(fp32_path))
     # NNCF draws its progress bars on stdout, which is the command's output (JSON with --json).
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), _quiet_extension_builder():
         return nncf.quantize(
             model,
             dataset,
