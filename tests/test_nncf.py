@@ -1,5 +1,7 @@
 """OpenVINO int8 through NNCF: the export's and the bench runtime's int8 IR."""
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from mobilenets import create_model
 from mobilenets.bench import prepare_artifact
+from mobilenets.data.synthetic import make_image_folder
 from mobilenets.deploy import export_model
 from mobilenets.deploy.export import artifact_metadata, read_artifact_metadata
 from mobilenets.deploy.quantize import quantize_openvino
@@ -16,6 +19,7 @@ pytest.importorskip("nncf", reason="NNCF, OpenVINO's quantizer, comes with the d
 
 RES = 32
 pytestmark = pytest.mark.usefixtures("one_thread")
+Cli = Callable[..., tuple[int, str, str]]
 
 
 def tiny_model():
@@ -49,3 +53,12 @@ def test_bench_openvino_int8_runs_the_nncf_model(tmp_path: Path) -> None:
 def test_quantize_openvino_needs_calibration_images(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration data must hold at least one batch of images"):
         quantize_openvino(tmp_path / "absent.onnx", [])
+
+
+def test_cli_openvino_int8_json_is_the_only_output(cli: Cli, tmp_path: Path) -> None:
+    """NNCF's progress bars go to stderr: stdout stays the JSON report."""
+    data = make_image_folder(tmp_path / "data", num_classes=2, per_class=4, val_per_class=2)
+    code, out, _ = cli("export", "mobilenet_v1_0.25_128", "--num-classes", "2", "--resolution", "32", "--format",
+                       "openvino", "--out", str(tmp_path / "m.xml"), "--int8", "--calib", str(data), "--json",
+                       "--min-calibration", "8", "--min-eval-samples", "4", "--min-agreement", "0.01")  # fmt: skip
+    assert code == 0 and json.loads(out)["calibration_images"] == 8
