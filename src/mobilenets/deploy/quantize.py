@@ -148,11 +148,11 @@ def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) 
     """The int8 ``openvino.Model`` of the fp32 ONNX model (or OpenVINO IR) at ``fp32_path``, quantized by NNCF.
 
     ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; NNCF sees
-    them one image at a time (its statistics assume batch 1), every one of them. NNCF's performance
+    them one image at a time (NNCF warns that larger batches can cost accuracy), every one. NNCF's performance
     preset (symmetric int8: weights per output channel, activations per tensor, unsigned after ReLU6)
     and its full bias correction: for ImageNet MobileNetV2 they measured 88.6 % top-1 agreement with
-    fp32 on crops of photos (fast bias correction 77.6 %, the mixed preset's asymmetric activations
-    85.5 %, and slower depthwise kernels on the CPU).
+    fp32 on crops of photos, where fast bias correction gave 77.6 % and the mixed preset (asymmetric
+    activations) 85.5 %.
     """
     if not calibration:
         raise ValueError("calibration data must hold at least one batch of images")
