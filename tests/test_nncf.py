@@ -1,6 +1,7 @@
 """OpenVINO int8 through NNCF: the export's and the bench runtime's int8 IR."""
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from mobilenets import create_model
 from mobilenets.bench import prepare_artifact
 from mobilenets.data.synthetic import make_image_folder
-from mobilenets.deploy import export_model
+from mobilenets.deploy import export_model, export_onnx
 from mobilenets.deploy.export import artifact_metadata, read_artifact_metadata
 from mobilenets.deploy.quantize import quantize_openvino
 
@@ -62,3 +63,21 @@ def test_cli_openvino_int8_json_is_the_only_output(cli: Cli, tmp_path: Path) -> 
                        "openvino", "--out", str(tmp_path / "m.xml"), "--int8", "--calib", str(data), "--json",
                        "--min-calibration", "8", "--min-eval-samples", "4", "--min-agreement", "0.01")  # fmt: skip
     assert code == 0 and json.loads(out)["calibration_images"] == 8
+
+
+def test_nncf_progress_and_log_lines_go_to_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import nncf
+
+    def talkative_quantize(model, dataset, **settings):
+        print("a progress bar")
+        logging.getLogger("nncf").warning("a warning")
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", talkative_quantize)
+    fp32 = export_onnx(tiny_model(), tmp_path / "m.onnx", RES)
+    capsys.readouterr()
+    quantize_openvino(fp32, [np.zeros((1, 1, RES, RES), np.float32)])
+    out, err = capsys.readouterr()
+    assert out == "" and "a progress bar" in err and "a warning" in err

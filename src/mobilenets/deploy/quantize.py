@@ -132,27 +132,34 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
 
 
 @contextlib.contextmanager
-def _quiet_extension_builder() -> Iterator[None]:
-    """Silence the warning that PyTorch's extension builder, which NNCF loads, logs on a machine with a
-    CUDA toolkit but no CUDA runtime: nothing to do with quantizing for OpenVINO."""
-    log = logging.getLogger("torch.utils.cpp_extension")
-    level = log.level
-    log.setLevel(logging.ERROR)
+def _nncf_output_on_stderr() -> Iterator[None]:
+    """NNCF's progress bars (drawn on ``sys.stdout``) and log lines (its handlers hold the stdout of
+    its import) on stderr: stdout is the command's output, JSON with ``--json``. Also silences the
+    warning that PyTorch's extension builder, which NNCF loads, logs on a machine with a CUDA toolkit
+    but no CUDA runtime: nothing to do with quantizing for OpenVINO."""
+    handlers = [h for h in logging.getLogger("nncf").handlers if type(h) is logging.StreamHandler]
+    streams = [handler.setStream(sys.stderr) for handler in handlers]
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
-        log.setLevel(level)
+        builder_log.setLevel(level)
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
 
 
 def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) -> Any:
     """The int8 ``openvino.Model`` of the fp32 ONNX model (or OpenVINO IR) at ``fp32_path``, quantized by NNCF.
 
     ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; NNCF sees
-    them one image at a time (NNCF warns that larger batches can cost accuracy), every one. NNCF's performance
-    preset (symmetric int8: weights per output channel, activations per tensor, unsigned after ReLU6)
-    and its full bias correction: for ImageNet MobileNetV2 they measured 88.6 % top-1 agreement with
-    fp32 on crops of photos, where fast bias correction gave 77.6 % and the mixed preset (asymmetric
-    activations) 85.5 %.
+    every image, one at a time (its advice where statistics of whole batches can mislead). NNCF's
+    performance preset (symmetric int8: weights per output channel, activations per tensor, unsigned
+    after ReLU6) and its full bias correction: for ImageNet MobileNetV2 they measured 88.6 % top-1
+    agreement with fp32 on crops of photos, where fast bias correction gave 77.6 % and the mixed
+    preset (asymmetric activations) 85.5 %.
     """
     if not calibration:
         raise ValueError("calibration data must hold at least one batch of images")
@@ -163,8 +170,7 @@ def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) 
     # convert_model, not Core.read_model: its transformations fold the ONNX graph into the Convolution
     # + Add + Clamp patterns that NNCF knows where to quantize.
     model = ov.convert_model(str(fp32_path))
-    # NNCF draws its progress bars on stdout, which is the command's output (JSON with --json).
-    with contextlib.redirect_stdout(sys.stderr), _quiet_extension_builder():
+    with _nncf_output_on_stderr():
         return nncf.quantize(
             model,
             dataset,
