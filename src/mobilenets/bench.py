@@ -5,7 +5,8 @@ Runtimes (every one runs the prepared model: BatchNorm folded):
 * ``eager``: PyTorch, channels_last; ``compile``: ``torch.compile`` (inductor) of the same.
 * ``onnx``: ONNX Runtime, every graph optimisation (conv+activation fusion, NCHWc kernels).
 * ``onnx-int8``: the same after int8 QDQ static quantization (per-channel weights).
-* ``openvino``, ``openvino-int8``: OpenVINO's CPU plugin on the fp32 / int8 QDQ model, latency hint.
+* ``openvino``, ``openvino-int8``: OpenVINO's CPU plugin, latency hint, on the fp32 model / the int8
+  model that NNCF quantized (:func:`~mobilenets.deploy.quantize.quantize_openvino`).
 * ``executorch``, ``executorch-int8``: ExecuTorch's runtime on the program lowered to XNNPACK, fp32 /
   int8 PT2E (:mod:`mobilenets.deploy.executorch`); batch 1 only, as the program is exported.
 
@@ -25,7 +26,8 @@ latency p50/p90, its spread (p90/p50 and the interquartile range), images/s, eff
 2 × counted mult-adds × batch / p50 time, and peak memory: the rise of the process's peak resident
 memory (Linux; ``VmHWM`` reset through ``/proc/self/clear_refs``) while building and warming up, or
 on CUDA PyTorch's peak allocation. The machine's fp32 peak is the best of ten ``torch.mm`` of two
-``size``² matrices, cached as the best of every measurement.
+``size``² matrices, its int8 peak (which the int8 runtimes are compared to, in GOP/s) the same with
+``torch._int_mm`` of int8 matrices; each cached as the best of every measurement.
 
 A detector (:func:`benchmark_detector`; runtimes eager, onnx, openvino; batch 1) is timed twice:
 its network alone (what its exported file holds, ``mobilenets.deploy.detection``) on a (1, 3, R, R)
@@ -71,15 +73,16 @@ from .deploy.detection import (
 )
 from .deploy.executorch import BATCH as EXECUTORCH_BATCH
 from .deploy.executorch import executorch_runner, write_program
-from .deploy.export import export_onnx
+from .deploy.export import artifact_metadata, export_onnx, save_openvino
 from .deploy.fuse import input_shape
-from .deploy.quantize import quantize_onnx
+from .deploy.quantize import quantize_onnx, quantize_openvino
 from .deploy.runtimes import Runner, onnx_runner, openvino_runner, torch_runner
 from .device import default_threads, resolve_device, usable_cores
 from .models.base import check_resolution
 from .train.config import MAX_BATCH_SIZE
 
 RUNTIMES = ("eager", "compile", "onnx", "onnx-int8", "openvino", "openvino-int8", "executorch", "executorch-int8")
+INT8_RUNTIMES = tuple(runtime for runtime in RUNTIMES if runtime.endswith("-int8"))  # compared to the int8 peak
 CPU_ONLY = ("openvino", "openvino-int8", "executorch", "executorch-int8")
 ONE_IMAGE = ("executorch", "executorch-int8")  # their artifacts take a batch of EXECUTORCH_BATCH only
 DETECTOR_RUNTIMES = ("eager", "onnx", "openvino")
@@ -217,37 +220,96 @@ def gemm_peak(
     """
     device = resolve_device(device)
     threads = check_threads(threads)
+    return _cached_peak(
+        "GEMM",
+        lambda n: _measure_gemm(device, n, size),
+        key=f"{device_label(device, threads)}|{size}|torch {torch.__version__}",
+        single=(lambda: gemm_peak(device, 1, size=size)) if device.type == "cpu" and threads > 1 else None,
+        threads=threads,
+        unit="GFLOP/s",
+        refresh=refresh,
+    )
+
+
+def int8_gemm_peak(
+    device: torch.device | str | None = None,
+    threads: int | None = None,
+    *,
+    size: int = GEMM_SIZE,
+    refresh: bool = False,
+) -> float:
+    """This machine's int8 matrix-multiply peak in GOP/s (2 operations per multiply-add): best of 10
+    ``torch._int_mm`` of ``size``² int8 matrices into int32 (on the CPU oneDNN's s8·s8→s32 GEMM, with the
+    VNNI or AMX instructions the CPU has). Cached beside the fp32 peak, under the rules of :func:`gemm_peak`.
+    """
+    device = resolve_device(device)
+    threads = check_threads(threads)
+    return _cached_peak(
+        "int8 GEMM",
+        lambda n: _measure_int8_gemm(device, n, size),
+        key=f"{device_label(device, threads)}|{size}|int8|torch {torch.__version__}",
+        single=(lambda: int8_gemm_peak(device, 1, size=size)) if device.type == "cpu" and threads > 1 else None,
+        threads=threads,
+        unit="GOP/s",
+        refresh=refresh,
+    )
+
+
+def _cached_peak(
+    name: str,
+    measure: Callable[[int], float],
+    *,
+    key: str,
+    single: Callable[[], float] | None,
+    threads: int,
+    unit: str,
+    refresh: bool,
+) -> float:
+    """The best known figure of the peak ``name`` under ``key`` in ``cache_dir()/gemm_peak.json``, measured
+    (``measure(threads)``) when not cached or when ``refresh``; a figure below the 1-thread one (``single()``)
+    is not cached, with a :class:`BenchWarning`."""
     path = cache_dir() / "gemm_peak.json"
-    key = f"{device_label(device, threads)}|{size}|torch {torch.__version__}"
     cached = read_cache(path).get(key)
     if cached and not refresh:
         return float(cached)
-    peak = _measure_gemm(device, threads, size)
-    single = gemm_peak(device, 1, size=size) if device.type == "cpu" and threads > 1 else 0.0
-    if peak < single:
+    peak = measure(threads)
+    one_thread = single() if single else 0.0
+    if peak < one_thread:
         warnings.warn(
-            f"the {threads}-thread GEMM peak measured {peak:.1f} GFLOP/s, below the 1-thread "
-            f"{single:.1f}: the machine is busy, so it is not cached (measure again with --refresh)",
+            f"the {threads}-thread {name} peak measured {peak:.1f} {unit}, below the 1-thread "
+            f"{one_thread:.1f}: the machine is busy, so it is not cached (measure again with --refresh)",
             BenchWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     elif not cached or peak > float(cached):
         update_cache(path, {key: peak})
     return max(peak, float(cached or 0.0))
 
 
-def _measure_gemm(device: torch.device, threads: int, size: int) -> float:
-    """GFLOP/s of the fastest of ten ``size``² ``torch.mm`` (after one warm-up) on ``threads`` threads."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def _best_time(device: torch.device, threads: int, call: Callable[[], torch.Tensor]) -> float:
+    """Seconds of the fastest of ten ``call()`` (after one warm-up) on ``threads`` threads."""
     best = float("inf")
     with torch_threads(threads), torch.inference_mode():
         for index in range(11):
             start = time.perf_counter()
-            torch.mm(a, b).sum().item()  # .item() waits for CUDA
+            call().sum().item()  # .item() waits for CUDA
             if index:  # the first call is a warm-up
                 best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return best
+
+
+def _measure_gemm(device: torch.device, threads: int, size: int) -> float:
+    """GFLOP/s of the fastest of ten ``size``² ``torch.mm`` (after one warm-up) on ``threads`` threads."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2 * size**3 / _best_time(device, threads, lambda: torch.mm(a, b)) / 1e9
+
+
+def _measure_int8_gemm(device: torch.device, threads: int, size: int) -> float:
+    """GOP/s of the fastest of ten ``size``² int8 ``torch._int_mm`` (after one warm-up) on ``threads`` threads."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator).to(device) for _ in "ab")
+    return 2 * size**3 / _best_time(device, threads, lambda: torch._int_mm(a, b)) / 1e9
 
 
 def _status_kb(field: str) -> int | None:
@@ -322,6 +384,7 @@ class BenchResult:
     repeats: int
     setup_s: float
     peak_memory_mb: float | None
+    # The matrix-multiply peak of the runtime's arithmetic: fp32 GFLOP/s, or int8 GOP/s for INT8_RUNTIMES.
     gemm_peak_gflops: float | None = None
     stage: str | None = None  # a detector's: NETWORK or END_TO_END
 
@@ -393,8 +456,8 @@ def random_calibration(model: nn.Module, resolution: int) -> list[np.ndarray]:
 
 
 def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolution: int) -> Path | None:
-    """Write the file a runtime loads (ONNX fp32 or int8 QDQ, ExecuTorch fp32 or int8) into ``workdir``;
-    ``None`` for PyTorch runtimes."""
+    """Write the file a runtime loads (ONNX fp32 or int8 QDQ, OpenVINO int8 IR, ExecuTorch fp32 or int8) into
+    ``workdir``; ``None`` for PyTorch runtimes."""
     if runtime in ("eager", "compile"):
         return None
     if runtime in ONE_IMAGE:
@@ -406,11 +469,17 @@ def prepare_artifact(model: nn.Module, runtime: str, *, workdir: Path, resolutio
     fp32 = workdir / "fp32.onnx"
     if not fp32.exists():
         export_onnx(model, fp32, resolution)
-    if not runtime.endswith("-int8"):
+    if runtime not in INT8_RUNTIMES:
         return fp32
+    calibration = random_calibration(model, resolution)
+    if runtime == "openvino-int8":
+        int8 = workdir / "int8.xml"
+        if not int8.exists():
+            save_openvino(quantize_openvino(fp32, calibration), int8, artifact_metadata(model, resolution))
+        return int8
     int8 = workdir / "int8.onnx"
     if not int8.exists():
-        quantize_onnx(fp32, int8, random_calibration(model, resolution))
+        quantize_onnx(fp32, int8, calibration)
     return int8
 
 
@@ -490,6 +559,7 @@ def measure(
     threads: int,
     timing: Timing = DEFAULT_TIMING,
     peak: float | None = None,
+    int8_peak: float | None = None,
     resolution: int | None = None,
 ) -> list[BenchResult]:
     """Build every entry's runner (first call and warm-up included: *setup* and *peak memory*), then time
@@ -497,7 +567,7 @@ def measure(
     runtime alike: in each round every runner makes one untimed call, which lets the thread pool of the
     runner before it fall idle (pools spin for a while after their work), then ``timing.block`` timed
     calls. The caller sets PyTorch's threads; ``threads`` and ``resolution`` (default: ``x``'s width)
-    are recorded."""
+    are recorded, with ``peak`` (fp32 GEMM GFLOP/s), or for :data:`INT8_RUNTIMES` ``int8_peak`` (GOP/s)."""
     runners, setups, memories = [], [], []
     for entry in entries:
         with PeakMemory(device) as memory:
@@ -535,7 +605,7 @@ def measure(
             repeats=timing.repeats,
             setup_s=setup,
             peak_memory_mb=memory_mb,
-            gemm_peak_gflops=peak,
+            gemm_peak_gflops=int8_peak if entry.runtime in INT8_RUNTIMES else peak,
             stage=entry.stage,
         )
         if result.noisy:
@@ -559,8 +629,10 @@ def benchmark(
     timing: Timing = DEFAULT_TIMING,
     resolution: int | None = None,
     peak: float | None = None,
+    int8_peak: float | None = None,
 ) -> list[BenchResult]:
-    """Time ``model`` in each runtime at each batch size (see the module doc); ``peak``: GEMM GFLOP/s."""
+    """Time ``model`` in each runtime at each batch size (see the module doc); ``peak``: fp32 GEMM GFLOP/s,
+    ``int8_peak``: int8 GEMM GOP/s, which the :data:`INT8_RUNTIMES` are compared to."""
     device = resolve_device(device)
     threads = check_threads(threads)
     runtimes = check_runtimes(runtimes, device)
@@ -586,7 +658,9 @@ def benchmark(
             entries = model_entries(
                 model, runtimes, batch=batch, workdir=Path(tmp), device=device, threads=threads, resolution=resolution
             )
-            results += measure(entries, x, device=device, threads=threads, timing=timing, peak=peak)
+            results += measure(
+                entries, x, device=device, threads=threads, timing=timing, peak=peak, int8_peak=int8_peak
+            )
     # Rows by runtime, then batch, as asked.
     return sorted(results, key=lambda r: (runtimes.index(r.runtime), batches.index(r.batch)))
 
@@ -673,7 +747,7 @@ def benchmark_detector(
 
 
 def format_table(results: Sequence[BenchResult]) -> str:
-    """A plain-text table of results, with the GEMM peak they are compared to."""
+    """A plain-text table of results, with the GEMM peaks they are compared to (int8 for :data:`INT8_RUNTIMES`)."""
     rows = [
         [
             r.model,
@@ -696,10 +770,15 @@ def format_table(results: Sequence[BenchResult]) -> str:
     table = tabulate(rows, headers, disable_numparse=True, colalign=("left", "left") + ("right",) * 10)
     if not results:
         return table
-    first = results[0]
-    peak = f"{first.gemm_peak_gflops:.1f} GFLOP/s" if first.gemm_peak_gflops else "not measured"
+    peaks = []
+    for int8, name, unit in ((False, "fp32", "GFLOP/s"), (True, "int8", "GOP/s")):
+        compared = [r for r in results if (r.runtime in INT8_RUNTIMES) == int8]
+        if compared:
+            figure = compared[0].gemm_peak_gflops
+            peaks.append(f"{name} GEMM peak {f'{figure:.1f} {unit}' if figure else 'not measured'}")
     return (
-        f"{table}\n\n{first.device}; fp32 GEMM peak {peak}. GFLOP/s = 2 × counted mult-adds × batch / p50; "
+        f"{table}\n\n{results[0].device}; {'; '.join(peaks)}. GFLOP/s = 2 × counted mult-adds × batch / p50; "
+        f"of peak: GFLOP/s over the GEMM peak of the runtime's arithmetic (int8 for {', '.join(INT8_RUNTIMES)}); "
         f"IQR: p75 − p25; ! marks a spread too wide to trust (p90/p50 > {MAX_P90_OVER_P50:g} or IQR > "
         f"{MAX_IQR_OVER_P50:.0%} of p50); peak MB: rise of peak memory while building and warming up; "
         f"setup s: export/compile and first call."

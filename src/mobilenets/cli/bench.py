@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from ..bench import (
     DEFAULT_TIMING,
     GEMM_SIZE,
+    INT8_RUNTIMES,
     QUICK,
     QUICK_GEMM_SIZE,
     RUNTIMES,
@@ -25,6 +26,7 @@ from ..bench import (
     default_runtimes,
     format_table,
     gemm_peak,
+    int8_gemm_peak,
     warn_if_busy,
 )
 from ..device import resolve_device
@@ -68,7 +70,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Time each MODEL in each runtime: warm-up calls, then timed calls of one batch, the runtimes taking turns "
         "(an untimed call, then 5 timed ones, each) so that other load falls on all alike; print latency p50/p90, "
         "its spread (p90/p50, IQR), images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of "
-        "this machine's measured fp32 matrix-multiply peak (cached: the best measurement), and peak memory; warn "
+        "this machine's measured matrix-multiply peak (cached: the best measurement; fp32 torch.mm, or for the int8 "
+        "runtimes int8 torch._int_mm), and peak memory; warn "
         "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
         "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
         "openvino / openvino-int8 (OpenVINO CPU), executorch / executorch-int8 (ExecuTorch on XNNPACK, batch 1). "
@@ -114,7 +117,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refresh",
         action="store_true",
-        help="measure the GEMM peak again (the cache keeps the best of every measurement)",
+        help="measure the GEMM peaks again (the cache keeps the best of every measurement)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
@@ -140,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
     models = [create_model(name, **(sized if name in detectors else {})) for name in args.models]
     with bench_warnings("bench"):
         warn_if_busy(threads, device)
-        peak = gemm_peak(device, threads, size=QUICK_GEMM_SIZE if args.quick else GEMM_SIZE, refresh=args.refresh)
+        size = QUICK_GEMM_SIZE if args.quick else GEMM_SIZE
+        peak = gemm_peak(device, threads, size=size, refresh=args.refresh)
+        int8_peak = None
+        if any(runtime in INT8_RUNTIMES for runtime in runtimes):
+            int8_peak = int8_gemm_peak(device, threads, size=size, refresh=args.refresh)
         results = [
             result
             for model in models
@@ -153,10 +160,12 @@ def run(args: argparse.Namespace) -> int:
                 timing=timing,
                 resolution=args.resolution,
                 peak=peak,
+                int8_peak=int8_peak,
             )
         ]
         if args.json:
-            print(json.dumps({"gemm_peak_gflops": peak, "results": [r.to_dict() for r in results]}, indent=2))
+            peaks = {"gemm_peak_gflops": peak, "int8_gemm_peak_gops": int8_peak}
+            print(json.dumps(peaks | {"results": [r.to_dict() for r in results]}, indent=2))
         else:
             print(format_table(results))
     return 0

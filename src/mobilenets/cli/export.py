@@ -68,8 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="int8 post-training static quantization (per-channel weights; QDQ with ONNX Runtime, or PT2E with the "
-        "XNNPACK quantizer for executorch); needs --calib",
+        help="int8 post-training static quantization (per-channel weights; onnx: QDQ with ONNX Runtime, openvino: "
+        "NNCF, executorch: PT2E with the XNNPACK quantizer); needs --calib",
     )
     parser.add_argument(
         "--calib",

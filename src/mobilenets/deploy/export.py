@@ -1,5 +1,5 @@
-"""Export to ONNX, TorchScript, OpenVINO IR (fp32, or int8 QDQ) or ExecuTorch (fp32 or int8), then verify
-against PyTorch.
+"""Export to ONNX (fp32, or int8 QDQ), TorchScript, OpenVINO IR (fp32, or int8 by NNCF) or ExecuTorch (fp32 or
+int8), then verify against PyTorch.
 
 Every artifact is written from the prepared model (BatchNorm folded) with a fixed input size and a
 dynamic batch dimension (ExecuTorch: a batch of one image, :mod:`mobilenets.deploy.executorch`),
@@ -31,7 +31,8 @@ replacement.
 TorchScript artifacts are ``torch.jit.trace``d and frozen (``.pt``; TorchScript is deprecated by
 PyTorch but still supported, and it is what libtorch and PyTorch Mobile load). OpenVINO IR is
 read from the ONNX file by OpenVINO's ONNX frontend (as ``openvino.convert_model`` does, without
-its slower Python pipeline) and saved with fp32 weights (``.xml`` + ``.bin``).
+its slower Python pipeline) and saved with fp32 weights (``.xml`` + ``.bin``); its int8 version is
+the fp32 ONNX file quantized by NNCF (:func:`~mobilenets.deploy.quantize.quantize_openvino`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ..checkpoint import atomic_write, check_writable_file
 from ..models.base import check_resolution
 from . import executorch
 from .fuse import fold_batchnorm, input_shape
-from .quantize import quantize_onnx
+from .quantize import quantize_onnx, quantize_openvino
 from .runtimes import Runner, load_runner, require
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml", "executorch": executorch.SUFFIX}
 INT8_FORMATS = ("onnx", "openvino", "executorch")
+INT8_METHODS = {"executorch": "int8 PT2E", "openvino": "int8 NNCF"}  # others: ONNX Runtime's QDQ
 FIXED_BATCH = {"executorch": executorch.BATCH}  # formats whose input takes one batch size only
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 ONNX_OPSET = 18
@@ -144,7 +146,7 @@ class ExportReport:
     def format_text(self) -> str:
         size = sum(path.stat().st_size for path in self.files) / 1e6
         wrote = ", ".join(str(path) for path in self.files)
-        precision = ("int8 PT2E" if self.format == "executorch" else "int8 QDQ") if self.int8 else "fp32"
+        precision = INT8_METHODS.get(self.format, "int8 QDQ") if self.int8 else "fp32"
         batch = "dynamic batch" if self.batch is None else f"batch {self.batch}"
         return (
             f"wrote {wrote} ({self.model}, {self.format} {precision}, {self.resolution}×{self.resolution}, "
@@ -273,12 +275,12 @@ def export_torchscript(model: nn.Module, path: str | Path, resolution: int) -> P
     return Path(path)
 
 
-def save_openvino(onnx_path: str | Path, path: str | Path, metadata: dict[str, str]) -> list[Path]:
-    """Convert an ONNX file (fp32 or int8 QDQ) to OpenVINO IR at ``path`` (.xml, plus its .bin), with
-    ``metadata`` in ``rt_info`` under ``mobilenets``; fp32 weights stay fp32 rather than OpenVINO's
-    default compression to fp16, int8 ones stay int8."""
+def save_openvino(source: str | Path | Any, path: str | Path, metadata: dict[str, str]) -> list[Path]:
+    """Write ``source``, an ONNX file (fp32 or int8 QDQ) or an ``openvino.Model``, as OpenVINO IR at
+    ``path`` (.xml, plus its .bin), with ``metadata`` in ``rt_info`` under ``mobilenets``; fp32 weights
+    stay fp32 rather than OpenVINO's default compression to fp16, int8 ones stay int8."""
     ov = require("openvino", "the openvino format")
-    converted = ov.Core().read_model(str(onnx_path))
+    converted = ov.Core().read_model(str(source)) if isinstance(source, str | Path) else source
     for key, value in metadata.items():
         converted.set_rt_info(value, [METADATA_SECTION, key])
     ov.save_model(converted, str(path), compress_to_fp16=False)
@@ -304,11 +306,11 @@ def write_artifact(
     with tempfile.TemporaryDirectory() as tmp:
         last_step = calibration is None and fmt == "onnx"
         onnx_path = export_onnx(model, out if last_step else Path(tmp) / "fp32.onnx", resolution)
-        if calibration is not None:
-            int8_path = out if fmt == "onnx" else Path(tmp) / "int8.onnx"
-            onnx_path = quantize_onnx(onnx_path, int8_path, calibration)
         if fmt == "openvino":
-            return save_openvino(onnx_path, out, artifact_metadata(model, resolution))
+            source = onnx_path if calibration is None else quantize_openvino(onnx_path, calibration)
+            return save_openvino(source, out, artifact_metadata(model, resolution))
+        if calibration is not None:
+            quantize_onnx(onnx_path, out, calibration)
     return [out]
 
 

@@ -1,16 +1,21 @@
-"""int8 post-training static quantization with ONNX Runtime: QDQ format, per-channel weights.
+"""int8 post-training static quantization, calibrated on real images, weights per output channel.
 
-Activations are calibrated on real images (their min and max, per tensor, asymmetric); weights
-are quantized per output channel, symmetrically, to int8. The QDQ graph (QuantizeLinear /
-DequantizeLinear pairs around each convolution) runs in ONNX Runtime's int8 kernels and is read
-by OpenVINO as int8 too.
+* ONNX: ONNX Runtime's static quantizer writes a QDQ graph (QuantizeLinear / DequantizeLinear pairs
+  around each convolution): activations by their min and max, per tensor, asymmetric; weights
+  symmetric int8. It runs in ONNX Runtime's int8 kernels.
+* OpenVINO: NNCF, OpenVINO's own quantizer, inserts FakeQuantize operations into the OpenVINO model
+  (:func:`quantize_openvino`); besides the ranges it corrects the biases that quantization shifts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,3 +129,52 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration: Sequ
             extra_options={"CalibStridedMinMax": 1},
         )
     return Path(out_path)
+
+
+@contextlib.contextmanager
+def _nncf_output_on_stderr() -> Iterator[None]:
+    """NNCF's progress bars (drawn on ``sys.stdout``) and log lines (its handlers hold the stdout of
+    its import) on stderr: stdout is the command's output, JSON with ``--json``. Also silences the
+    warning that PyTorch's extension builder, which NNCF loads, logs on a machine with a CUDA toolkit
+    but no CUDA runtime: nothing to do with quantizing for OpenVINO."""
+    handlers = [h for h in logging.getLogger("nncf").handlers if type(h) is logging.StreamHandler]
+    streams = [handler.setStream(sys.stderr) for handler in handlers]
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        builder_log.setLevel(level)
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
+
+
+def quantize_openvino(fp32_path: str | Path, calibration: Sequence[np.ndarray]) -> Any:
+    """The int8 ``openvino.Model`` of the fp32 ONNX model (or OpenVINO IR) at ``fp32_path``, quantized by NNCF.
+
+    ``calibration``: image batches (B, C, H, W) float32, normalised as the model expects; NNCF sees
+    every image, one at a time (its advice where statistics of whole batches can mislead). NNCF's
+    performance preset (symmetric int8: weights per output channel, activations per tensor, unsigned
+    after ReLU6) and its full bias correction: for ImageNet MobileNetV2 they measured 88.6 % top-1
+    agreement with fp32 on crops of photos, where fast bias correction gave 77.6 % and the mixed
+    preset (asymmetric activations) 85.5 %.
+    """
+    if not calibration:
+        raise ValueError("calibration data must hold at least one batch of images")
+    ov = require("openvino", "int8 quantization for OpenVINO")
+    nncf = require("nncf", "int8 quantization for OpenVINO")
+    images = np.concatenate(calibration).astype(np.float32, copy=False)
+    dataset = nncf.Dataset([images[index : index + 1] for index in range(len(images))])
+    # convert_model, not Core.read_model: its transformations fold the ONNX graph into the Convolution
+    # + Add + Clamp patterns that NNCF knows where to quantize.
+    model = ov.convert_model(str(fp32_path))
+    with _nncf_output_on_stderr():
+        return nncf.quantize(
+            model,
+            dataset,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            subset_size=len(images),
+            fast_bias_correction=False,
+        )
