@@ -119,8 +119,8 @@ def test_predict_commands_refuse_the_other_tasks_artifact(run: Path, squares: Pa
 
 def test_deploy_a_detection_run(run: Path, cli: Any) -> None:
     report = deploy_run(run, threads=1, timing=QUICK)
-    assert report.export is not None and report.export.passed and report.export.images == 4
-    assert report.export.files == [run / "model.onnx"]
+    assert report.fp32 is not None and report.fp32.passed and report.fp32.images == 4
+    assert report.fp32.files == [run / "model.onnx"]
     rows = [(r.runtime, r.stage) for r in report.latency]
     assert rows == [("eager", "network"), ("onnx", "network"), ("eager", "end to end"), ("onnx", "end to end")]
     assert all(r.p50_ms > 0 for r in report.latency)

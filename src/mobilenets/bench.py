@@ -218,17 +218,7 @@ def gemm_peak(
     one (measured too when not cached) can only come from other load: it is not cached, with a
     :class:`BenchWarning`. Returns the best figure known.
     """
-    device = resolve_device(device)
-    threads = check_threads(threads)
-    return _cached_peak(
-        "GEMM",
-        lambda n: _measure_gemm(device, n, size),
-        key=f"{device_label(device, threads)}|{size}|torch {torch.__version__}",
-        single=(lambda: gemm_peak(device, 1, size=size)) if device.type == "cpu" and threads > 1 else None,
-        threads=threads,
-        unit="GFLOP/s",
-        refresh=refresh,
-    )
+    return _gemm_peak(device, threads, size=size, refresh=refresh, int8=False)
 
 
 def int8_gemm_peak(
@@ -242,15 +232,24 @@ def int8_gemm_peak(
     ``torch._int_mm`` of ``size``² int8 matrices into int32 (on the CPU oneDNN's s8·s8→s32 GEMM, with the
     VNNI or AMX instructions the CPU has). Cached beside the fp32 peak, under the rules of :func:`gemm_peak`.
     """
+    return _gemm_peak(device, threads, size=size, refresh=refresh, int8=True)
+
+
+def _gemm_peak(
+    device: torch.device | str | None, threads: int | None, *, size: int, refresh: bool, int8: bool
+) -> float:
+    """:func:`gemm_peak` (fp32) or :func:`int8_gemm_peak`, cached apart."""
     device = resolve_device(device)
     threads = check_threads(threads)
+    measure = _measure_int8_gemm if int8 else _measure_gemm
+    single = device.type == "cpu" and threads > 1
     return _cached_peak(
-        "int8 GEMM",
-        lambda n: _measure_int8_gemm(device, n, size),
-        key=f"{device_label(device, threads)}|{size}|int8|torch {torch.__version__}",
-        single=(lambda: int8_gemm_peak(device, 1, size=size)) if device.type == "cpu" and threads > 1 else None,
+        "int8 GEMM" if int8 else "GEMM",
+        lambda n: measure(device, n, size),
+        key=f"{device_label(device, threads)}|{size}|{'int8|' if int8 else ''}torch {torch.__version__}",
+        single=(lambda: _gemm_peak(device, 1, size=size, refresh=False, int8=int8)) if single else None,
         threads=threads,
-        unit="GOP/s",
+        unit="GOP/s" if int8 else "GFLOP/s",
         refresh=refresh,
     )
 

@@ -79,14 +79,15 @@ def missing_packages(fmt: str) -> list[str]:
 
 @dataclass(kw_only=True)
 class DeployReport:
-    """A trained run exported and timed. Latencies in ms at batch 1; ``training``: the run's report.json."""
+    """A trained run exported and timed. Latencies in ms at batch 1 (a detector's rows with a ``stage``:
+    the network alone, or end to end); ``training``: the run's report.json."""
 
     run_dir: Path
     fmt: str
     training: dict[str, Any] | None
     params: int
-    fp32: ExportReport | None
-    int8: ExportReport | None
+    fp32: ExportReport | DetectionExportReport | None
+    int8: ExportReport | None = None
     latency: list[BenchResult]
     skipped: str | None = None  # why the export was skipped
 
@@ -102,6 +103,24 @@ class DeployReport:
             "skipped": self.skipped,
         }
 
+    def _trained(self, t: dict[str, Any]) -> str:
+        """The training line's score: top-1 of the best weights."""
+        return (
+            f"top-1 {100 * t['evaluation']['top1']:.2f} % on {t['evaluation']['images']:,} val images "
+            f"(epoch {t['best']['epoch']} {t['best']['weights']} weights, the best on val)"
+        )
+
+    def _checks(self) -> list[str]:
+        """The lines on how well the files reproduce PyTorch."""
+        if self.int8 is None:
+            return []
+        r = self.int8
+        return [
+            f"accuracy   fp32 {100 * r.accuracy_fp32:.2f} %, int8 {100 * r.accuracy_int8:.2f} % on "
+            f"{r.samples:,} val images; top-1 agreement {100 * r.agreement:.2f} % (required "
+            f"{100 * r.min_agreement:.0f} %); int8 calibrated on {r.calibration_images:,} train images"
+        ]
+
     def format(self) -> str:
         lines = []
         if self.training:
@@ -109,32 +128,25 @@ class DeployReport:
             minutes, seconds = divmod(round(t["seconds"]), 60)
             lines.append(
                 f"trained    {t['model']} on {t['data']} at {t['resolution']}×{t['resolution']}: "
-                f"{minutes} min {seconds:02d} s, {t['train_images_per_s']:,.0f} images/s; top-1 "
-                f"{100 * t['evaluation']['top1']:.2f} % on {t['evaluation']['images']:,} val images "
-                f"(epoch {t['best']['epoch']} {t['best']['weights']} weights, the best on val)"
+                f"{minutes} min {seconds:02d} s, {t['train_images_per_s']:,.1f} images/s; {self._trained(t)}"
             )
-        if self.int8 is not None:
-            r = self.int8
+        lines += self._checks()
+        width = 20 if any(r.stage for r in self.latency) else 14
+        for r in self.latency:
+            runtime = f"{r.runtime}, {r.stage}" if r.stage else r.runtime
             lines.append(
-                f"accuracy   fp32 {100 * r.accuracy_fp32:.2f} %, int8 {100 * r.accuracy_int8:.2f} % on "
-                f"{r.samples:,} val images; top-1 agreement {100 * r.agreement:.2f} % (required "
-                f"{100 * r.min_agreement:.0f} %); int8 calibrated on {r.calibration_images:,} train images"
+                f"latency    {runtime:<{width}} p50 {r.p50_ms:.3f} ms, p90 {r.p90_ms:.3f} ms, IQR "
+                f"{r.iqr_ms:.3f} ms over {r.repeats} calls ({r.device}, batch 1)"
             )
-        for result in self.latency:
-            lines.append(
-                f"latency    {result.runtime:<14} p50 {result.p50_ms:.3f} ms, p90 {result.p90_ms:.3f} ms, IQR "
-                f"{result.iqr_ms:.3f} ms over {result.repeats} calls ({result.device}, batch 1)"
-            )
+        reports = [(name, report) for name, report in (("fp32", self.fp32), ("int8", self.int8)) if report]
         size = f"size       {self.params / 1e6:.3f} M params"
-        for name, report in (("fp32", self.fp32), ("int8", self.int8)):
-            if report is not None:
-                size += f", {name} {self.fmt} {sum(p.stat().st_size for p in report.files) / 1e3:,.0f} kB"
+        for name, report in reports:
+            size += f", {name} {self.fmt} {sum(p.stat().st_size for p in report.files) / 1e3:,.0f} kB"
         lines.append(size)
         if self.skipped:
             lines.append(f"export     skipped: {self.skipped}")
         else:
-            files = [path for report in (self.fp32, self.int8) for path in report.files]
-            lines.append(f"files      {', '.join(str(path) for path in files)}")
+            lines.append(f"files      {', '.join(str(path) for _, report in reports for path in report.files)}")
         return "\n".join(lines)
 
 
@@ -256,58 +268,19 @@ def _entry(model: torch.nn.Module, runtime: str, artifact: Path | None, *, threa
 
 
 @dataclass(kw_only=True)
-class DetectionDeployReport:
-    """A detection run exported in fp32, verified and timed. Latencies in ms at batch 1 (rows with a
-    ``stage``: the network alone, or end to end); ``training``: the run's report.json."""
+class DetectionDeployReport(DeployReport):
+    """A detection run exported in fp32 (``fp32``: its detection verification), verified and timed."""
 
-    run_dir: Path
-    fmt: str
-    training: dict[str, Any] | None
-    params: int
-    export: DetectionExportReport | None
-    latency: list[BenchResult]
-    skipped: str | None = None  # why the export was skipped
+    def _trained(self, t: dict[str, Any]) -> str:
+        m = t["metrics"]
+        return (
+            f"mAP@[.5:.95] {100 * m['map']:.2f} %, @.5 {100 * m['map50']:.2f} % on {t['val_images']:,} val images "
+            f"(epoch {t['best']['epoch']} weights, the best on val)"
+        )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir),
-            "format": self.fmt,
-            "training": self.training,
-            "params": self.params,
-            "fp32": self.export.to_dict() if self.export else None,
-            "int8": None,
-            "latency": [result.to_dict() for result in self.latency],
-            "skipped": self.skipped,
-        }
-
-    def format(self) -> str:
-        lines = []
-        if self.training:
-            t, m = self.training, self.training["metrics"]
-            minutes, seconds = divmod(round(t["seconds"]), 60)
-            lines.append(
-                f"trained    {t['model']} on {t['data']} at {t['resolution']}×{t['resolution']}: "
-                f"{minutes} min {seconds:02d} s, {t['train_images_per_s']:,.1f} images/s; mAP@[.5:.95] "
-                f"{100 * m['map']:.2f} %, @.5 {100 * m['map50']:.2f} % on {t['val_images']:,} val images "
-                f"(epoch {t['best']['epoch']} weights, the best on val)"
-            )
-        if self.export is not None:
-            lines.append(f"verified   {self.export.summary()}")
-        lines.append(f"int8       not made: {INT8_REFUSED}")
-        for r in self.latency:
-            lines.append(
-                f"latency    {f'{r.runtime}, {r.stage}':<20} p50 {r.p50_ms:.3f} ms, p90 {r.p90_ms:.3f} ms, IQR "
-                f"{r.iqr_ms:.3f} ms over {r.repeats} calls ({r.device}, batch 1)"
-            )
-        size = f"size       {self.params / 1e6:.3f} M params"
-        if self.export is not None:
-            size += f", fp32 {self.fmt} {sum(p.stat().st_size for p in self.export.files) / 1e3:,.0f} kB"
-        lines.append(size)
-        if self.skipped:
-            lines.append(f"export     skipped: {self.skipped}")
-        else:
-            lines.append(f"files      {', '.join(str(path) for path in self.export.files)}")
-        return "\n".join(lines)
+    def _checks(self) -> list[str]:
+        verified = [f"verified   {self.fp32.summary()}"] if self.fp32 is not None else []
+        return [*verified, f"int8       not made: {INT8_REFUSED}"]
 
 
 def deploy_detection_run(
@@ -353,7 +326,7 @@ def deploy_detection_run(
         fmt=fmt,
         training=training,
         params=params,
-        export=export,
+        fp32=export,
         latency=latency,
         skipped=skipped,
     )
