@@ -31,6 +31,7 @@ import os
 import types
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
@@ -126,6 +127,15 @@ def _train_exported(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.G
 
 def _eval_exported(self: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return _train_exported(self, False)
+
+
+def load_qat_state(prepared: torch.fx.GraphModule, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (from ``state_dict()``, or a copy or checkpoint of it) into ``prepared`` (from
+    :func:`prepare_qat`). torchao's observers keep a saved ``eps`` only from a state dict that records their
+    version (its ``_metadata``), which copies and checkpoints drop: the metadata is ``prepared``'s own."""
+    versioned = OrderedDict(state)
+    versioned._metadata = prepared.state_dict()._metadata  # type: ignore[attr-defined]
+    prepared.load_state_dict(versioned)
 
 
 @contextmanager

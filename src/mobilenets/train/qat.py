@@ -143,6 +143,7 @@ class QatTrainer(Trainer):
 
     def _load(self, state: dict[str, Any]) -> None:
         super()._load(state)
+        executorch.load_qat_state(self.net, state["model"])  # again, with what the plain load leaves out
         self.files.best_state = state["best_state"]
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
@@ -153,7 +154,7 @@ class QatTrainer(Trainer):
     def compare_int8(self) -> dict[str, Any]:
         """Write the best epoch's int8 program and measure it in ExecuTorch's runtime on the validation images,
         beside fake-quantized PyTorch and beside the post-training int8 program of ``--init`` (fractions)."""
-        self.net.load_state_dict(self.files.best_state)
+        executorch.load_qat_state(self.net, self.files.best_state)
         shape = (self.in_chans, self.resolution, self.resolution)
         program = executorch.write_qat_program(self.net, self.run_dir / PROGRAM, shape=shape, name=self.name)
         best = model_from(read_weights_source(self.files.best))  # its metadata: classes, mean, std
