@@ -8,9 +8,12 @@ dynamic one does not survive lowering for every family (ShuffleNet V2's split is
 example's batch), and a phone classifies one image at a time; the runner feeds a batch one image
 per call.
 
-int8 is PyTorch 2 export post-training quantization (PT2E, from torchao) with ExecuTorch's XNNPACK
-quantizer: weights int8, symmetric, per output channel; activations int8, per tensor, their ranges
-observed on the calibration images; XNNPACK then runs the quantized convolutions in int8.
+int8 is PyTorch 2 export quantization (PT2E, from torchao) with ExecuTorch's XNNPACK quantizer:
+weights int8, symmetric, per output channel; activations int8, per tensor; XNNPACK then runs the
+quantized convolutions in int8. Post-training (:func:`write_program`), the activation ranges are
+observed on calibration images. Quantization-aware training (:func:`prepare_qat`, then
+:func:`write_qat_program`) fine-tunes the model exported for training with the same quantizer's fake
+quantization, BatchNorm folded into each fake-quantized convolution, and learns the ranges as it goes.
 
 ExecuTorch's Python runtime runs every program on one thread pool shared by the process (sized to
 the processors by default). Its size can only be changed through an experimental binding that
@@ -20,11 +23,15 @@ the runner therefore resizes it only while no program loaded by this module is a
 
 from __future__ import annotations
 
+import copy
 import io
+import json
 import logging
 import os
+import types
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
@@ -65,17 +72,100 @@ def metadata_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
+def quantizer(*, qat: bool = False):
+    """ExecuTorch's XNNPACK quantizer as every int8 program here uses it: int8 weights symmetric per output
+    channel, int8 activations per tensor; ``qat``: its fake-quantizing form, for training."""
+    xnnpack = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "int8 ExecuTorch programs")
+    config = xnnpack.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return xnnpack.XNNPACKQuantizer().set_global(config)
+
+
 def _quantize(module: torch.fx.GraphModule, calibration: Sequence[np.ndarray]) -> torch.fx.GraphModule:
     """PT2E int8 of an exported module, its activation ranges observed on ``calibration`` batches (B, C, H, W)."""
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
-    xnnpack = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "int8 ExecuTorch export")
-    quantizer = xnnpack.XNNPACKQuantizer().set_global(xnnpack.get_symmetric_quantization_config(is_per_channel=True))
-    prepared = pt2e.prepare_pt2e(module, quantizer)
+    prepared = pt2e.prepare_pt2e(module, quantizer())
     with torch.no_grad():
         for images in calibration:
             for start in range(0, len(images), BATCH):
                 prepared(torch.from_numpy(images[start : start + BATCH]))
     return pt2e.convert_pt2e(prepared)
+
+
+def prepare_qat(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``model`` exported for training (any batch size; ``example``: an input batch of two or more images on
+    the model's device) and prepared for quantization-aware training with :func:`quantizer`: each
+    convolution fake-quantized with its BatchNorm folded in, each activation fake-quantized, its range
+    tracked. The result trains ``model``'s own parameters; its ``train()`` and ``eval()`` switch BatchNorm
+    and dropout (an exported graph fixes everything else)."""
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "quantization-aware training")
+    batch = {0: torch.export.Dim.DYNAMIC}
+    program = torch.export.export(model.train(), (example,), dynamic_shapes=(batch,))
+    prepared = pt2e.prepare_qat_pt2e(program.module(), quantizer(qat=True)).to(example.device)
+    return _switchable(prepared)
+
+
+def _switchable(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give the exported graph ``module``, and each deep copy of it, ``train()`` and ``eval()`` that switch
+    its BatchNorm and dropout (torchao's ``move_exported_model_to_train/eval``) and otherwise behave as
+    ``nn.Module``'s. torchao's own ``allow_exported_model_train_eval`` returns None, leaves ``training`` as
+    it is and is lost by a deep copy, which then evaluates in whatever mode it was copied in."""
+    module.train = types.MethodType(_train_exported, module)  # bound to the module, as torch.export does
+    module.eval = types.MethodType(_eval_exported, module)
+    if _switchable not in module._deepcopy_hooks:
+        module._register_deepcopy_hook(_switchable)  # called with the copy; the copy inherits the hook
+    return module
+
+
+def _train_exported(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModule:
+    pt2e = _require("torchao.quantization.pt2e", "quantization-aware training")
+    # torchao skips a switch to the mode its flag records, and a deep copy loses the flag: switch in any
+    # case (the rewrite leaves a graph already in that mode as it is).
+    setattr(self, pt2e.export_utils._EXPORTED_TRAINING_ATTR, not mode)
+    (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self)
+    return nn.Module.train(self, mode)
+
+
+def _eval_exported(self: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    return _train_exported(self, False)
+
+
+def load_qat_state(prepared: torch.fx.GraphModule, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (from ``state_dict()``, or a copy or checkpoint of it) into ``prepared`` (from
+    :func:`prepare_qat`). torchao's observers keep a saved ``eps`` only from a state dict that records their
+    version (its ``_metadata``), which copies and checkpoints drop: the metadata is ``prepared``'s own."""
+    versioned = OrderedDict(state)
+    versioned._metadata = prepared.state_dict()._metadata  # type: ignore[attr-defined]
+    prepared.load_state_dict(versioned)
+
+
+@contextmanager
+def ranges_fixed(prepared: torch.fx.GraphModule) -> Iterator[torch.fx.GraphModule]:
+    """Within the block, the fake quantizers of ``prepared`` (from :func:`prepare_qat`) keep their ranges:
+    what it evaluates does not move them."""
+    modes = _require("torchao.quantization.pt2e", "quantization-aware training")
+    prepared.apply(modes.disable_observer)
+    try:
+        yield prepared
+    finally:
+        prepared.apply(modes.enable_observer)
+
+
+def _lower(program: torch.export.ExportedProgram, name: str) -> bytes:
+    """An exported program lowered to XNNPACK and serialised; ``ValueError`` (one line, naming the model ``name``)
+    when ExecuTorch cannot lower it."""
+    exir = _require("executorch.exir", "ExecuTorch export")
+    partition = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
+    try:
+        lowered = exir.to_edge_transform_and_lower(program, partitioner=[partition.XnnpackPartitioner()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the serialiser's importlib.resources.read_binary
+            return lowered.to_executorch().buffer
+    except (RuntimeError, exir.error.ExportError) as err:  # ExecuTorch's own errors
+        raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
+
+
+def _name(model: nn.Module) -> str:
+    return getattr(getattr(model, "meta", None), "name", type(model).__name__)
 
 
 def write_program(
@@ -86,8 +176,7 @@ def write_program(
 
     Raises ``ValueError`` with ExecuTorch's first line when the model cannot be exported or lowered.
     """
-    exir = _require("executorch.exir", "ExecuTorch export")
-    partition = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")
+    _require("executorch.exir", "ExecuTorch export")
     if calibration is not None and not calibration:
         raise ValueError("calibration data must hold at least one batch of images")
     folded = fold_batchnorm(model).cpu().eval()
@@ -96,15 +185,36 @@ def write_program(
         program = torch.export.export(folded, example)
         if calibration is not None:
             program = torch.export.export(_quantize(program.module(), calibration), example)
-        lowered = exir.to_edge_transform_and_lower(program, partitioner=[partition.XnnpackPartitioner()])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the serialiser's importlib.resources.read_binary
-            buffer = lowered.to_executorch().buffer
-    except (RuntimeError, exir.error.ExportError) as err:  # torch.export's and ExecuTorch's own errors
-        name = getattr(getattr(model, "meta", None), "name", type(model).__name__)
-        raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
-    atomic_write(path, buffer)
+    except RuntimeError as err:  # torch.export's errors
+        raise ValueError(f"ExecuTorch cannot export {_name(model)}: {first_line(err)}") from err
+    atomic_write(path, _lower(program, _name(model)))
     return Path(path)
+
+
+def write_qat_program(
+    prepared: torch.fx.GraphModule, path: str | Path, *, shape: tuple[int, int, int], name: str
+) -> Path:
+    """Write the int8 ExecuTorch program of ``prepared`` (from :func:`prepare_qat`, trained), input
+    ``(BATCH, *shape)``: its fake quantizers become int8 quantize and dequantize steps with the ranges
+    they learnt, its BatchNorm is folded into the convolutions, and XNNPACK runs them in int8.
+    ``prepared`` itself is left as it is; ``name``: the model's, for errors."""
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
+    # XNNPACK lowering takes constants in one memory format: channels-last training weights fail it.
+    inference = copy.deepcopy(prepared).to("cpu", memory_format=torch.contiguous_format).eval()
+    example = (torch.zeros(BATCH, *shape),)
+    try:
+        program = torch.export.export(pt2e.convert_pt2e(inference), example)
+    except RuntimeError as err:  # torch.export's errors
+        raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
+    atomic_write(path, _lower(program, name))
+    return Path(path)
+
+
+def write_metadata(path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write ``metadata`` (what feeding the program at ``path`` needs) as JSON beside it; return that file."""
+    target = metadata_path(path)
+    atomic_write(target, (json.dumps(metadata, indent=1) + "\n").encode())
+    return target
 
 
 @contextmanager

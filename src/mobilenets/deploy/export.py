@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write, check_writable_file
+from ..checkpoint import check_writable_file
 from ..models.base import check_resolution
 from . import executorch
 from .fuse import fold_batchnorm, input_shape
@@ -300,8 +300,7 @@ def write_artifact(
         return [export_torchscript(model, out, resolution)]
     if fmt == "executorch":
         executorch.write_program(model, out, resolution, calibration)
-        metadata = json.dumps(artifact_metadata(model, resolution), indent=1) + "\n"
-        atomic_write(executorch.metadata_path(out), metadata.encode())
+        executorch.write_metadata(out, artifact_metadata(model, resolution))
         return artifact_files(fmt, out)
     with tempfile.TemporaryDirectory() as tmp:
         last_step = calibration is None and fmt == "onnx"

@@ -175,6 +175,13 @@ class TrainConfig(RunConfig):
         "train the classifier only, on the frozen features of --init (a linear probe: fast, for few images); "
         "their BatchNorm statistics stay as loaded",
     )
+    qat: bool = option(
+        False,
+        "quantization-aware training for phones: fine-tune --init's weights (a classifier of the data's classes) "
+        "through int8 fake quantization as XNNPACK runs it (float32; no EMA), then write RUN/model-qat-int8.pte "
+        "(ExecuTorch) and compare its accuracy with post-training int8 of --init; a short run with a small --lr "
+        "suffices; needs the mobile extra",
+    )
     # Optimisation.
     epochs: int = option(10, "epochs to train (with --resume: may extend the run)", metavar="N")
     batch_size: int = option(
@@ -309,6 +316,7 @@ class TrainConfig(RunConfig):
             ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}] (the cores)"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
             ("init", self.init is None or self.init.strip() != "", weights),
+            ("qat", not self.qat or self.init is not None, "used with init, the trained weights it fine-tunes"),
             ("teacher", self.teacher is None or self.teacher.strip() != "", weights),
         ]
         check_values(self, checks)

@@ -853,9 +853,13 @@ class Trainer:
 
 
 def trainer_for(config: TrainConfig) -> type[Trainer]:
-    """The trainer for ``config.data``'s task: ``MultiLabelTrainer`` for multi-label data, else :class:`Trainer`."""
-    from .multilabel import MultiLabelTrainer  # it subclasses Trainer
+    """The trainer for ``config``: ``QatTrainer`` for quantization-aware training, ``MultiLabelTrainer`` for
+    multi-label data, else :class:`Trainer`."""
+    from .multilabel import MultiLabelTrainer  # they subclass Trainer
+    from .qat import QatTrainer
 
+    if config.qat:
+        return QatTrainer
     return MultiLabelTrainer if inspect_source(config.data).multilabel else Trainer
 
 
