@@ -20,6 +20,7 @@ from mobilenets.study import (
     Study,
     StudyRun,
     aggregate,
+    estimate_seconds,
     plan,
     results_csv,
     results_markdown,
@@ -223,6 +224,17 @@ def test_declared_studies_plan_and_name_published_models(tmp_path: Path) -> None
     assert [p.key for p in plan(STUDIES["grid"], out=tmp_path, quick=True)] != [
         p.key for p in plan(STUDIES["grid"], out=tmp_path)
     ][:16]
+
+
+def test_a_teacher_trained_longer_than_its_students(tmp_path: Path) -> None:
+    study = STUDIES["distillation"]
+    for quick in (True, False):
+        epochs = {p.run.label: p.config.epochs for p in plan(study, out=tmp_path, seeds=1, quick=quick)}
+        base = (study.quick if quick else study.full)["epochs"]
+        assert epochs.pop("teacher 1.0 MobileNet") == 3 * base and set(epochs.values()) == {base}
+    # The estimate counts the teacher's extra epochs.
+    alike = replace(study, runs=tuple(replace(run, epochs_scale=1) for run in study.runs))
+    assert estimate_seconds(study, quick=False) > estimate_seconds(alike, quick=False)
 
 
 def test_cli_list_help_and_errors(cli, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
