@@ -1,5 +1,6 @@
 """``deploy_run`` / ``mobilenets deploy``: a trained run exported to fp32 and int8, verified and timed."""
 
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -109,3 +110,13 @@ def test_deploy_prints_a_noisy_timing_as_one_warning_line(monkeypatch: pytest.Mo
     lines = err.strip().splitlines()
     assert "mobilenets deploy: warning: onnx, batch 1: too noisy to trust" in lines
     assert not any("warnings.warn" in line or "BenchWarning:" in line for line in lines)
+
+
+def test_checking_for_the_extras_imports_nothing() -> None:
+    """torchao's import logs a warning of PyTorch's: deploy looks the packages up without importing them."""
+    code = (
+        "import sys; from mobilenets.deploy.trained import missing_packages; "
+        "print(missing_packages('executorch'), 'torchao' in sys.modules, 'executorch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("]")[1].split() == ["False", "False"], out
