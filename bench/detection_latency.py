@@ -1,7 +1,8 @@
 """Batch-1 latency of the detectors, network alone and end to end, in eager PyTorch, ONNX Runtime and
 OpenVINO, with torchvision's own SSDLite320-MobileNetV3-Large (random weights) as a peer.
 
-    PYTHONPATH=src python bench/detection_latency.py [--threads 2] [--repeats 20] [--quick] [--json out.json]
+    PYTHONPATH=src python bench/detection_latency.py [--threads 2] [--repeats 20] [--models NAME ...] [--quick]
+        [--json out.json]
 
 Prints the 1-minute load average before and after (figures taken on a busy machine are slow and noisy).
 """
@@ -14,11 +15,20 @@ import os
 
 from mobilenets import create_model
 from mobilenets.bench import QUICK, Timing, benchmark, format_table
+from mobilenets.registry import get_entry
 
-MODELS = ("ssdlite320_mobilenet_v2_1.0", "ssd300_mobilenet_v1_1.0", "fasterrcnn300_mobilenet_v1_1.0")
+# Every detector family at α = 1, and torchvision's own SSDLite (registered with random weights) as a peer.
+MODELS = (
+    "ssd300_mobilenet_v1_1.0",
+    "ssd300_mobilenet_v2_1.0",
+    "ssdlite320_mobilenet_v1_1.0",
+    "ssdlite320_mobilenet_v2_1.0",
+    "ssdlite320_shufflenet_v2_1.0",
+    "fasterrcnn300_mobilenet_v1_1.0",
+    "fasterrcnn600_mobilenet_v1_1.0",
+    "ssdlite320_mobilenet_v3_large",
+)
 RUNTIMES = ("eager", "onnx", "openvino")
-PEER = "ssdlite320_mobilenet_v3_large"  # torchvision's own, registered with random weights
-PEER_RUNTIMES = ("eager", "onnx")
 
 
 def main() -> None:
@@ -26,20 +36,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="a smoke test: α = 0.25 at 64 px, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: α = 0.5 at 64 px, 3 repeats")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="NAME", help="detectors to time")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args()
     timing = QUICK if args.quick else Timing(warmup=args.warmup, repeats=args.repeats, block=5)
-    sized = {"resolution": 64, "width_mult": 0.25} if args.quick else {}
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     results = []
-    for name in MODELS:
+    for name in args.models:
+        sized = {"resolution": 64} if args.quick else {}
+        if args.quick and "width_mult" in get_entry(name).defaults:
+            sized["width_mult"] = 0.5  # the smallest width every backbone takes
         model = create_model(name, **sized).eval()
         results += benchmark(model, RUNTIMES, threads=args.threads, device="cpu", timing=timing)
-        print(format_table(results[-6:]), flush=True)
-    if not args.quick:
-        peer = create_model(PEER).eval()
-        results += benchmark(peer, PEER_RUNTIMES, threads=args.threads, device="cpu", timing=timing)
+        print(f"load average {os.getloadavg()[0]:.1f}", format_table(results[-6:]), sep="\n", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(format_table(results))
     if args.json:
