@@ -627,8 +627,10 @@ def run_study(
     rows = aggregate(study, results)
     first = planned[0].config
     seeds_used = len({p.seed for p in planned})
+    base_epochs = (study.quick if quick else study.full)["epochs"]
+    longer = "".join(f" ({r.label}: {base_epochs * r.epochs_scale})" for r in study.runs if r.epochs_scale != 1)
     settings = (
-        f"data {first.data}, {first.epochs} epoch(s) on {first.train_limit or 'all'} training images, "
+        f"data {first.data}, {base_epochs} epoch(s){longer} on {first.train_limit or 'all'} training images, "
         f"{first.val_limit or 'all'} val images, {seeds_used} seed(s){', --quick' if quick else ''}; recipe "
         + ", ".join(f"{k}={v}" for k, v in study.recipe.items())
     )
