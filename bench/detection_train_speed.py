@@ -33,6 +33,7 @@ DETECTORS = (
     "ssdlite320_mobilenet_v2_1.0",
     "ssdlite320_shufflenet_v2_1.0",
     "fasterrcnn300_mobilenet_v1_1.0",
+    "fasterrcnn600_mobilenet_v1_1.0",
     "ssdlite320_mobilenet_v3_large",
 )
 
