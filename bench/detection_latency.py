@@ -15,19 +15,10 @@ import os
 
 from mobilenets import create_model
 from mobilenets.bench import QUICK, Timing, benchmark, format_table
-from mobilenets.registry import get_entry
+from mobilenets.registry import DETECTION, get_entry, list_models
 
 # Every detector family at α = 1, and torchvision's own SSDLite (registered with random weights) as a peer.
-MODELS = (
-    "ssd300_mobilenet_v1_1.0",
-    "ssd300_mobilenet_v2_1.0",
-    "ssdlite320_mobilenet_v1_1.0",
-    "ssdlite320_mobilenet_v2_1.0",
-    "ssdlite320_shufflenet_v2_1.0",
-    "fasterrcnn300_mobilenet_v1_1.0",
-    "fasterrcnn600_mobilenet_v1_1.0",
-    "ssdlite320_mobilenet_v3_large",
-)
+MODELS = tuple(n for n in list_models(task=DETECTION) if get_entry(n).defaults.get("width_mult", 1.0) == 1.0)
 RUNTIMES = ("eager", "onnx", "openvino")
 
 

@@ -23,19 +23,11 @@ from tabulate import tabulate
 from mobilenets import count_cost, create_model, get_entry
 from mobilenets.data.detection import DEFAULT_DETECTION_DATA, collate_detection, load_detection_dataset
 from mobilenets.device import resolve_device
+from mobilenets.registry import DETECTION, list_models
 from mobilenets.train.detect import as_targets
 
 # One per detector family at α = 1, with torchvision's own SSDLite as the peer.
-DETECTORS = (
-    "ssd300_mobilenet_v1_1.0",
-    "ssd300_mobilenet_v2_1.0",
-    "ssdlite320_mobilenet_v1_1.0",
-    "ssdlite320_mobilenet_v2_1.0",
-    "ssdlite320_shufflenet_v2_1.0",
-    "fasterrcnn300_mobilenet_v1_1.0",
-    "fasterrcnn600_mobilenet_v1_1.0",
-    "ssdlite320_mobilenet_v3_large",
-)
+DETECTORS = tuple(n for n in list_models(task=DETECTION) if get_entry(n).defaults.get("width_mult", 1.0) == 1.0)
 
 
 def sync(device: torch.device) -> None:
