@@ -291,6 +291,7 @@ class Trainer:
 
     command = "mobilenets train"  # the command that resumes the run, as an interruption names it
     canonical_data = staticmethod(canonical_source)  # the data source as the run records it
+    evaluator = staticmethod(evaluate)  # scores a model on the val loader (a task's own for another task)
     collate: Any = None  # the loaders' collate_fn (None: torch's default, stacking images and labels)
     run_files = RunFiles  # the run folder's writer
 
@@ -752,7 +753,7 @@ class Trainer:
         )
 
     def _evaluate(self, model: nn.Module) -> EvalResult:
-        return evaluate(
+        return self.evaluator(
             model,
             self.val_loader,
             classes=self.classes,

@@ -283,6 +283,7 @@ class MultiLabelTrainer(Trainer):
 
     SCORE = "val_map"
     run_files = MultiLabelRunFiles
+    evaluator = staticmethod(evaluate_multilabel)
 
     def _build_data(self) -> None:
         super()._build_data()
@@ -357,17 +358,6 @@ class MultiLabelTrainer(Trainer):
 
     def _score(self, result: MultiLabelResult) -> float:  # type: ignore[override]
         return result.mean_ap
-
-    def _evaluate(self, model: nn.Module) -> MultiLabelResult:  # type: ignore[override]
-        return evaluate_multilabel(
-            model,
-            self.val_loader,
-            classes=self.classes,
-            device=self.device,
-            env=self.env,
-            amp_dtype=self.amp,
-            channels_last=self.config.channels_last,
-        )
 
     def _epoch_figures(  # type: ignore[override]
         self, raw: MultiLabelResult, ema: MultiLabelResult | None
