@@ -87,10 +87,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timm_entries(x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
-    """timm's model in eager PyTorch (as users run it: NCHW, no folding) and its ONNX export in ONNX Runtime."""
-    model = timm.create_model(PEER, pretrained=False).eval()
-    mult_adds = count_cost(model, x.shape[-1], PEER).mult_adds
+def peer_entries(model: torch.nn.Module, label: str, x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
+    """Another library's ``model`` in eager PyTorch (as its users run it: NCHW, no folding) and its own ONNX
+    export in ONNX Runtime; ``label`` names it in the results."""
+    model = model.eval()
+    mult_adds = count_cost(model, x.shape[-1], label).mult_adds
+    path = workdir / f"{label.replace(' ', '_')}.onnx"
 
     def eager() -> Runner:
         def run(batch: np.ndarray) -> np.ndarray:
@@ -102,13 +104,12 @@ def timm_entries(x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
     def onnx_runtime() -> Runner:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation notice
-            torch.onnx.export(model, (torch.from_numpy(x),), str(workdir / "timm.onnx"), input_names=["input"],
-                              dynamo=False)  # fmt: skip
-        return onnx_runner(workdir / "timm.onnx", threads=threads, spin=False)
+            torch.onnx.export(model, (torch.from_numpy(x),), str(path), input_names=["input"], dynamo=False)
+        return onnx_runner(path, threads=threads, spin=False)
 
     return [
-        Entry(model=f"timm {PEER}", runtime="eager", build=eager, mult_adds=mult_adds),
-        Entry(model=f"timm {PEER}", runtime="onnx", build=onnx_runtime, mult_adds=mult_adds),
+        Entry(model=label, runtime="eager", build=eager, mult_adds=mult_adds),
+        Entry(model=label, runtime="onnx", build=onnx_runtime, mult_adds=mult_adds),
     ]
 
 
@@ -151,7 +152,7 @@ def profiles(model: torch.nn.Module, x: np.ndarray, threads: int, workdir: Path)
     return {
         "ours onnx": ort_profile(fp32, x, threads),
         "ours onnx-int8": ort_profile(int8, x, threads),
-        "timm onnx": ort_profile(workdir / "timm.onnx", x, threads),
+        "timm onnx": ort_profile(workdir / f"timm_{PEER}.onnx", x, threads),
     }
 
 
@@ -232,7 +233,7 @@ def main() -> int:
     runtimes = [r for r in RUNTIMES if r != "compile" or args.compile]
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
-        entries = timm_entries(x, args.threads, Path(tmp))
+        entries = peer_entries(timm.create_model(PEER, pretrained=False), f"timm {PEER}", x, args.threads, Path(tmp))
         entries += model_entries(
             ours,
             runtimes,

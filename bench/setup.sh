@@ -10,4 +10,4 @@ case "$(uname -m)" in
     aarch64|arm64) .venv-bench/bin/pip install --quiet "torch==2.9.1" "torchvision==0.24.1" ;;
     *) .venv-bench/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" ;;
 esac
-.venv-bench/bin/pip install --quiet -e ".[deploy,formats]" timm keras
+.venv-bench/bin/pip install --quiet -e ".[deploy,formats,mobile]" timm keras

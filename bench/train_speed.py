@@ -73,17 +73,20 @@ def timm_model(setting: Setting) -> nn.Module:
     return timm.create_model("mobilenetv1_100", num_classes=setting.num_classes, in_chans=setting.in_chans)
 
 
-def make_step(model: nn.Module, setting: Setting, device: torch.device, channels_last: bool) -> Callable[[], None]:
-    """One training step of ``model`` on a fixed random batch."""
+def make_step(
+    model: nn.Module, setting: Setting, device: torch.device, channels_last: bool, compile: bool = False
+) -> Callable[[], None]:
+    """One training step of ``model`` (``compile``: its forward by ``torch.compile``) on a fixed random batch."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = RMSpropTF(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile else model
     images = torch.randn(setting.batch, setting.in_chans, setting.resolution, setting.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, setting.num_classes, (setting.batch,), device=device)
 
     def step() -> None:
-        loss = nn.functional.cross_entropy(model(images), labels)
+        loss = nn.functional.cross_entropy(forward(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -106,10 +109,13 @@ def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch
 
 def measure(setting: Setting, channels_last: bool, device: torch.device, args: argparse.Namespace) -> list[dict]:
     """Median images/s of each contender in ``setting``, rounds alternating between them."""
-    contenders = {"mobilenets mobilenet_v1_1.0": ours(setting), PEER: timm_model(setting)}
+    # name: (model, compiled)
+    contenders = {"mobilenets mobilenet_v1_1.0": (ours(setting), False), PEER: (timm_model(setting), False)}
+    if args.compile:
+        contenders["mobilenets mobilenet_v1_1.0, torch.compile"] = (ours(setting), True)
     if setting.resolution == 32:
-        contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = ours(setting, "0.25")
-    steps = {name: make_step(m, setting, device, channels_last) for name, m in contenders.items()}
+        contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = (ours(setting, "0.25"), False)
+    steps = {name: make_step(m, setting, device, channels_last, compiled) for name, (m, compiled) in contenders.items()}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
@@ -227,6 +233,9 @@ def main() -> None:
         "--loaders",
         action="store_true",
         help="measure the main job's step fed by per-image transforms and by the batched loader instead",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also our model's step with torch.compile (inductor; compiles first)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mobilenets import bench as bench_module
 from mobilenets import count_cost, create_model
@@ -223,3 +224,12 @@ def test_cli_prints_warnings_as_one_line_each(cli: Cli, monkeypatch: pytest.Monk
     assert code == 0 and MODEL in out
     assert "mobilenets bench: warning: the 1-minute load average is 50.0" in err
     assert all(line.startswith("mobilenets bench: warning: ") for line in err.strip().splitlines())
+
+
+def test_the_onednn_product_is_the_matrix_product() -> None:
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    a, b = torch.randn(96, 40), torch.randn(40, 72)
+    out = bench_module.onednn_product(a, b)()
+    assert out.shape == (1, 72, 96, 1)
+    torch.testing.assert_close(out[0, :, :, 0].T, a @ b, atol=1e-4, rtol=1e-4)

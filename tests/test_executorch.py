@@ -146,7 +146,6 @@ def test_bad_programs_are_one_line_through_the_cli(exported: tuple[nn.Module, Pa
         (["export", MODEL, "--format", "executorch", "--out", "{tmp}/m.pte", "--int8"], "--int8 needs --calib"),
         (["export", MODEL, "--format", "executorch", "--out", "{tmp}/m.pte", "--int8", "--calib", "{tmp}/none"],
          "{tmp}/none"),
-        (["bench", MODEL, "--runtime", "eager,executorch", "--batch", "1,8"], "executorch take batch 1 only"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line(cli: Cli, tmp_path: Path, argv: list[str], fragment: str) -> None:
@@ -170,11 +169,27 @@ def test_thread_pool_is_not_resized_under_a_loaded_program(exported: tuple[nn.Mo
     assert second(x).shape == (2, 3)
 
 
-def test_bench_times_a_program(executorch: None, cli: Cli, private_cache: Path) -> None:
-    code, out, _ = cli("bench", MODEL, "--runtime", "executorch", "--resolution", "32", "--threads", "1",
-                       "--quick", "--json")  # fmt: skip
+def test_bench_times_a_program_at_each_batch_size(executorch: None, cli: Cli, private_cache: Path) -> None:
+    code, out, _ = cli("bench", MODEL, "--runtime", "executorch,executorch-int8", "--batch", "1,3",
+                       "--resolution", "32", "--threads", "1", "--quick", "--json")  # fmt: skip
     results = json.loads(out)["results"]
-    assert code == 0 and [r["runtime"] for r in results] == ["executorch"] and results[0]["p50_ms"] > 0
+    assert code == 0
+    assert [(r["runtime"], r["batch"]) for r in results] == [
+        ("executorch", 1), ("executorch", 3), ("executorch-int8", 1), ("executorch-int8", 3)
+    ]  # fmt: skip
+    assert all(r["p50_ms"] > 0 for r in results)
+
+
+def test_a_program_for_several_images_runs_them_in_one_call(exported: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    from mobilenets.deploy.executorch import executorch_runner, write_program
+
+    model, _ = exported
+    path = write_program(model, tmp_path / "three.pte", 40, batch=3)
+    x = np.random.default_rng(0).standard_normal((3, 3, 40, 40), dtype=np.float32)
+    runner = executorch_runner(path, threads=1)
+    with torch.inference_mode():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runner(x), expected, atol=1e-4)
 
 
 def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from mobilenets.train import NonFiniteLoss, TrainingInterrupted, load_checkpoint
 from mobilenets.train.distributed import setup
 from mobilenets.train.loop import Trainer
 
-from tiny_run import MODEL, tiny
+from tiny_run import MODEL, spying, tiny
 
 HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
@@ -232,3 +232,49 @@ def test_one_folder_run_is_evaluated_on_its_own_held_out_images(
     code = main(["eval", "--weights", str(tmp_path / "run" / "best.safetensors"), "--json"])
     evaluation = json.loads(capsys.readouterr().out)
     assert code == 0 and evaluation["images"] == 4 and evaluation["top1"] == result.evaluation.top1
+
+
+def test_eval_every_evaluates_the_chosen_epochs_and_the_last(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluated: list[int] = []
+    evaluate = Trainer._evaluate
+
+    def counting(self: Trainer, model: torch.nn.Module) -> object:
+        evaluated.append(self.progress.epoch + 1)
+        return evaluate(self, model)
+
+    monkeypatch.setattr(Trainer, "_evaluate", counting)
+    result = train(tiny(folder, tmp_path / "run", epochs=5, eval_every=2, ema_decay=0.0))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in records if "val_top1" in r] == [2, 4, 5]
+    assert all("train_loss" in r and "images_per_s" in r for r in records)
+    assert evaluated == [2, 4, 5, 6]  # the last evaluation is _finish's, of the best weights
+    assert result.best["epoch"] in (2, 4, 5)
+    assert (tmp_path / "run" / "curves.png").is_file()
+    with pytest.raises(ValueError, match="eval_every must be an integer >= 1, got 0"):
+        tiny(folder, tmp_path / "bad", eval_every=0).validate()
+
+
+def test_resize_from_grows_the_training_images_over_the_first_half(tmp_path: Path, folder: Path) -> None:
+    spy = spying(Trainer)
+    result = train(tiny(folder, tmp_path / "run", resolution=40, epochs=4, resize_from=32), trainer=spy)
+    sizes = [h for h, w, _ in spy.seen["student"] if h == w]
+    assert len(sizes) == len(spy.seen["student"]) == 4 * 4  # 4 epochs of 4 steps
+    assert sizes == [32] * 4 + [36] * 4 + [40] * 8  # 32 + 8 × epoch / 2 for epochs 0 and 1, then 40
+    assert result.evaluation.count > 0 and result.config.resolution == 40  # evaluated at 40 (recorded below)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resize_from"] == 32
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_resolution"] for r in records] == [32, 36, 40, 40]
+    with pytest.raises(ValueError, match="resize_from must be below the resolution 40 it grows to, got 40"):
+        train(tiny(folder, tmp_path / "bad", resolution=40, resize_from=40))
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="the packaged Fashion-MNIST files are absent")
+def test_progressive_resizing_learns_as_well_as_full_size(tmp_path: Path) -> None:
+    common = {"epochs": 4, "batch_size": 64, "train_limit": 4096, "val_limit": 1000, "resolution": 40,
+              "augment": False, "warmup_epochs": 0.0}  # fmt: skip
+    full = train(tiny("fashion-mnist", tmp_path / "full", **common)).evaluation.top1
+    grown = train(tiny("fashion-mnist", tmp_path / "grown", resize_from=32, **common)).evaluation.top1
+    assert full > 0.5 and abs(grown - full) < 0.06, (full, grown)

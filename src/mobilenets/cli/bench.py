@@ -70,11 +70,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Time each MODEL in each runtime: warm-up calls, then timed calls of one batch, the runtimes taking turns "
         "(an untimed call, then 5 timed ones, each) so that other load falls on all alike; print latency p50/p90, "
         "its spread (p90/p50, IQR), images/s, effective GFLOP/s (2 × counted mult-adds / time) as a fraction of "
-        "this machine's measured matrix-multiply peak (cached: the best measurement; fp32 torch.mm, or for the int8 "
+        "this machine's measured matrix-multiply peak (cached: the best measurement; fp32 the faster of torch.mm and a "
+        "oneDNN 1×1 convolution, or for the int8 "
         "runtimes int8 torch._int_mm), and peak memory; warn "
         "when other processes load the cores or a spread is too wide to trust. Runtimes: eager (PyTorch, BN "
         "folded, channels_last), compile (torch.compile), onnx / onnx-int8 (ONNX Runtime, fp32 or int8 QDQ), "
-        "openvino / openvino-int8 (OpenVINO CPU), executorch / executorch-int8 (ExecuTorch on XNNPACK, batch 1). "
+        "openvino / openvino-int8 (OpenVINO CPU), executorch / executorch-int8 (ExecuTorch on XNNPACK, a program "
+        "written for each batch size). "
         "int8 runtimes are calibrated on random images here (speed only; `mobilenets export --int8` checks accuracy). "
         "A detector (eager, onnx, openvino; batch 1) is timed twice: its network alone on a (1, 3, R, R) input, and "
         "end to end on a 640×480 picture (resize, network, box decoding, NMS: torchvision's in eager, the NumPy step "
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     threads = check_threads(args.threads)
     runtimes = check_runtimes(default_runtimes(device) if args.runtime is None else args.runtime, device)
-    batches = check_batches(args.batch, runtimes)
+    batches = check_batches(args.batch)
     if args.resolution is not None:
         check_resolution(args.resolution)
     calls = {name: getattr(args, name) for name in ("warmup", "repeats") if getattr(args, name) is not None}

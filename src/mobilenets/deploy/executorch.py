@@ -80,14 +80,15 @@ def quantizer(*, qat: bool = False):
     return xnnpack.XNNPACKQuantizer().set_global(config)
 
 
-def _quantize(module: torch.fx.GraphModule, calibration: Sequence[np.ndarray]) -> torch.fx.GraphModule:
-    """PT2E int8 of an exported module, its activation ranges observed on ``calibration`` batches (B, C, H, W)."""
+def _quantize(module: torch.fx.GraphModule, calibration: Sequence[np.ndarray], batch: int) -> torch.fx.GraphModule:
+    """PT2E int8 of a module exported for ``batch`` images, its activation ranges observed on ``calibration``
+    batches (B, C, H, W), fed ``batch`` images at a time (the last call wraps round to the first images)."""
     pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
     prepared = pt2e.prepare_pt2e(module, quantizer())
+    images = np.concatenate(list(calibration))
     with torch.no_grad():
-        for images in calibration:
-            for start in range(0, len(images), BATCH):
-                prepared(torch.from_numpy(images[start : start + BATCH]))
+        for start in range(0, len(images), batch):
+            prepared(torch.from_numpy(images[np.arange(start, start + batch) % len(images)]))
     return pt2e.convert_pt2e(prepared)
 
 
@@ -169,10 +170,16 @@ def _name(model: nn.Module) -> str:
 
 
 def write_program(
-    model: nn.Module, path: str | Path, resolution: int, calibration: Sequence[np.ndarray] | None = None
+    model: nn.Module,
+    path: str | Path,
+    resolution: int,
+    calibration: Sequence[np.ndarray] | None = None,
+    *,
+    batch: int = BATCH,
 ) -> Path:
     """Write ``model`` (BatchNorm folded, CPU) as an ExecuTorch program lowered to XNNPACK, input
-    ``(BATCH, C, resolution, resolution)``; int8 when ``calibration`` batches (normalised images) are given.
+    ``(batch, C, resolution, resolution)``; int8 when ``calibration`` batches (normalised images) are given.
+    A phone app's program takes :data:`BATCH`; ``bench`` writes one for each batch size it times.
 
     Raises ``ValueError`` with ExecuTorch's first line when the model cannot be exported or lowered.
     """
@@ -180,11 +187,11 @@ def write_program(
     if calibration is not None and not calibration:
         raise ValueError("calibration data must hold at least one batch of images")
     folded = fold_batchnorm(model).cpu().eval()
-    example = (torch.zeros(BATCH, *input_shape(folded, resolution)),)
+    example = (torch.zeros(batch, *input_shape(folded, resolution)),)
     try:
         program = torch.export.export(folded, example)
         if calibration is not None:
-            program = torch.export.export(_quantize(program.module(), calibration), example)
+            program = torch.export.export(_quantize(program.module(), calibration, batch), example)
     except RuntimeError as err:  # torch.export's errors
         raise ValueError(f"ExecuTorch cannot export {_name(model)}: {first_line(err)}") from err
     atomic_write(path, _lower(program, _name(model)))
@@ -251,7 +258,8 @@ def executorch_runner(
     path: str | Path, *, threads: int | None = None, device: torch.device | str | None = None
 ) -> Runner:
     """An ExecuTorch program (``.pte``) in ExecuTorch's Python runtime, on the CPU (the only ``device``
-    accepted), ``threads`` threads (default: the pool as it is); a batch runs one image per call."""
+    accepted), ``threads`` threads (default: the pool as it is); a batch runs in calls of the program's batch
+    size (one image for an exported program)."""
     if device is not None and resolve_device(device).type != "cpu":
         raise ValueError("runtime executorch runs on the CPU here; use --device cpu")
     runtime = _require("executorch.runtime", "the ExecuTorch runtime")

@@ -228,6 +228,13 @@ class TrainConfig(RunConfig):
         metavar="F",
     )
     hflip: bool = option(True, "random horizontal flips for training")
+    resize_from: int | None = option(
+        None,
+        f"progressive resizing: over the first half of the epochs the training images grow linearly from R pixels "
+        f"(at least {MIN_RESOLUTION}) to --resolution, the rest train at --resolution; evaluation is always at "
+        "--resolution (fewer pixels, faster early epochs)",
+        metavar="R",
+    )
     batched_augment: bool = option(
         True,
         "Fashion-MNIST and CIFAR (held in memory): transform whole training batches with tensor operations on the "
@@ -236,6 +243,12 @@ class TrainConfig(RunConfig):
     val_fraction: float = option(0.1, "share of each class held out when --data is one folder", metavar="F")
     train_limit: int | None = option(None, "train on a random (seeded) subset of N images", metavar="N")
     val_limit: int | None = option(None, "validate on a random (seeded) subset of N images", metavar="N")
+    eval_every: int = option(
+        1,
+        "evaluate on the validation images every N epochs and after the last; the best weights are chosen among "
+        "the evaluated epochs (a large N: only the last, for short runs where evaluation would take a large share)",
+        metavar="N",
+    )
     workers: int | None = option(
         None,
         "data-loading processes per training process (default: 1 on the CPU, none on a single core; up to 4 with CUDA)",
@@ -308,10 +321,16 @@ class TrainConfig(RunConfig):
             ),
             ("distill_alpha", 0 <= self.distill_alpha <= 1, "in [0, 1]"),
             ("distill_temperature", self.distill_temperature > 0, "> 0"),
+            (
+                "resize_from",
+                self.resize_from is None or MIN_RESOLUTION <= self.resize_from <= MAX_RESOLUTION,
+                f"in [{MIN_RESOLUTION}, {MAX_RESOLUTION}]",
+            ),
             ("crop_pct", self.crop_pct is None or 0 < self.crop_pct <= 1, "in (0, 1]"),
             ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 1, "an integer >= 1"),
             ("val_limit", self.val_limit is None or self.val_limit >= 1, "an integer >= 1"),
+            ("eval_every", self.eval_every >= 1, "an integer >= 1"),
             ("workers", self.workers is None or 0 <= self.workers <= cores, f"an integer in [0, {cores}] (the cores)"),
             ("threads", self.threads is None or 1 <= self.threads <= cores, f"an integer in [1, {cores}] (the cores)"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),

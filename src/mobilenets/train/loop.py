@@ -328,6 +328,10 @@ class Trainer:
             cfg.model, info, in_chans=cfg.in_chans, resolution=cfg.resolution
         )
         self.crop_pct = eval_crop_pct(info, cfg.crop_pct)
+        if cfg.resize_from is not None and cfg.resize_from >= self.resolution:
+            raise ValueError(
+                f"resize_from must be below the resolution {self.resolution} it grows to, got {cfg.resize_from}"
+            )
         self._read_teacher()
         entry = get_entry(cfg.model)
         self.mean, self.std = entry.mean, entry.std
@@ -689,7 +693,7 @@ class Trainer:
         ``train_resolution``, each model's input resized to its own size where it differs."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
-        student_input = self._resized(images, self.resolution)
+        student_input = self._resized(images, self.epoch_resolution())
         teacher_input = self._resized(images, self.teacher_resolution) if self.teacher is not None else None
         teacher_outputs = None
         with autocast(self.device, self.amp):
@@ -698,6 +702,14 @@ class Trainer:
                 with torch.no_grad():
                     teacher_outputs = self.teacher(teacher_input).float()
         return labels, outputs, teacher_outputs
+
+    def epoch_resolution(self) -> int:
+        """The student's training input size in the current epoch: ``--resolution``, or with
+        ``--resize-from R`` R growing linearly to it over the first half of the epochs (rounded down)."""
+        start, epochs = self.config.resize_from, self.config.epochs
+        if start is None or self.progress.epoch >= epochs / 2:
+            return self.resolution
+        return int(start + (self.resolution - start) * self.progress.epoch / (epochs / 2))
 
     def _resized(self, images: torch.Tensor, size: int) -> torch.Tensor:
         """``images`` (N, C, H, W) resized to (N, C, size, size), bilinear and antialiased, in the
@@ -776,57 +788,68 @@ class Trainer:
         """``SCORE`` of an evaluation."""
         return result.top1
 
-    def _epoch_figures(self, raw: EvalResult, ema: EvalResult | None) -> tuple[dict[str, float], str]:
-        """The finished epoch's figures for its record (training ones from its running totals) and the
-        log line's words for them."""
+    def _train_figures(self) -> tuple[dict[str, float], str]:
+        """The finished epoch's training figures (from its running totals) for its record, and the log
+        line's words for them."""
         p = self.progress.partial
         train_loss, train_top1 = p["loss_sum"] / max(p["seen"], 1), p["correct"] / max(p["seen"], 1)
-        figures = {"train_loss": train_loss, "train_top1": train_top1}
-        figures.update(val_loss=raw.loss, val_top1=raw.top1, val_top5=raw.top5)
+        return {"train_loss": train_loss, "train_top1": train_top1}, (
+            f"train loss {train_loss:.4f} top-1 {100 * train_top1:.2f} %"
+        )
+
+    def _val_figures(self, raw: EvalResult, ema: EvalResult | None) -> tuple[dict[str, float], str]:
+        """The evaluation figures of the raw weights (and of their EMA) for the epoch's record, and the
+        log line's words for them."""
+        figures = {"val_loss": raw.loss, "val_top1": raw.top1, "val_top5": raw.top5}
         if ema:
             figures.update(ema_val_loss=ema.loss, ema_val_top1=ema.top1, ema_val_top5=ema.top5)
         ema_text = f" (EMA {100 * ema.top1:.2f} %)" if ema else ""
-        text = (
-            f"train loss {train_loss:.4f} top-1 {100 * train_top1:.2f} %, val loss {raw.loss:.4f} top-1 "
-            f"{100 * raw.top1:.2f} %{ema_text}"
-        )
-        return figures, text
+        return figures, f"val loss {raw.loss:.4f} top-1 {100 * raw.top1:.2f} %{ema_text}"
 
     def _end_epoch(self) -> None:
         cfg, progress = self.config, self.progress
         p = progress.partial
-        raw = self._evaluate(self.net)
-        ema = self._evaluate(self.ema.module) if self.ema else None
-        if raw.count == 0:
+        epoch, size = progress.epoch + 1, self.epoch_resolution()
+        evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        raw = self._evaluate(self.net) if evaluated else None
+        ema = self._evaluate(self.ema.module) if evaluated and self.ema else None
+        if raw is not None and raw.count == 0:
             raise ValueError(
                 f"data {cfg.data!r}: none of its {len(self.val_set)} validation images could be read (see the "
                 "warnings above); a run needs readable validation images to judge its epochs"
             )
-        losses = {"validation loss": raw.loss} | ({"EMA validation loss": ema.loss} if ema else {})
-        self._check_finite(losses, f"at the end of epoch {progress.epoch + 1}")
-        progress.epoch += 1
-        progress.step_in_epoch = 0
+        losses = ({"validation loss": raw.loss} if raw else {}) | ({"EMA validation loss": ema.loss} if ema else {})
+        self._check_finite(losses, f"at the end of epoch {epoch}")
+        progress.epoch, progress.step_in_epoch = epoch, 0
         rate = p["seen"] / max(p["seconds"], 1e-9)
         progress.elapsed += p["seconds"]
         progress.images_per_s.append(rate)
-        figures, text = self._epoch_figures(raw, ema)
-        record: dict[str, Any] = {"epoch": progress.epoch, "lr": self.optimisation.lr, **figures}
-        record.update(images_per_s=rate, epoch_seconds=p["seconds"], skipped=int(p["skipped"] + raw.skipped))
-        candidates = {"raw": (raw, self.net)} | ({"ema": (ema, self.ema.module)} if ema else {})
-        which = max(candidates, key=lambda k: self._score(candidates[k][0]))
-        score = self._score(candidates[which][0])
-        if score > progress.best.get(self.SCORE, -1.0):
-            progress.best = {"epoch": progress.epoch, "weights": which, self.SCORE: score}
-            self.files.save_best(candidates[which][1].state_dict(), {**self.info, **progress.best})
+        figures, text = self._train_figures()
+        if raw is not None:
+            val_figures, val_text = self._val_figures(raw, ema)
+            figures, text = figures | val_figures, f"{text}, {val_text}"
+        record: dict[str, Any] = {"epoch": epoch, "lr": self.optimisation.lr, **figures}
+        if cfg.resize_from is not None:
+            record["train_resolution"] = size
+            text += f", trained at {size} px"
+        skipped = int(p["skipped"] + (raw.skipped if raw else 0))
+        record.update(images_per_s=rate, epoch_seconds=p["seconds"], skipped=skipped)
+        if raw is not None:
+            candidates = {"raw": (raw, self.net)} | ({"ema": (ema, self.ema.module)} if ema else {})
+            which = max(candidates, key=lambda k: self._score(candidates[k][0]))
+            score = self._score(candidates[which][0])
+            if score > progress.best.get(self.SCORE, -1.0):
+                progress.best = {"epoch": epoch, "weights": which, self.SCORE: score}
+                self.files.save_best(candidates[which][1].state_dict(), {**self.info, **progress.best})
         self.files.add_record(record)
         self._save_checkpoint()
-        skipped = f", {record['skipped']} unreadable images skipped" if record["skipped"] else ""
+        skipped_text = f", {skipped} unreadable images skipped" if skipped else ""
         self.log(
-            f"epoch {progress.epoch}/{cfg.epochs}: {text}, lr {record['lr']:.3g}, {rate:,.0f} img/s, "
-            f"{p['seconds']:.1f} s{skipped}"
+            f"epoch {epoch}/{cfg.epochs}: {text}, lr {record['lr']:.3g}, {rate:,.0f} img/s, "
+            f"{p['seconds']:.1f} s{skipped_text}"
         )
-        if self.stop["signum"] and progress.epoch < cfg.epochs:
-            raise self._interrupted(self.stop["signum"], f"at the end of epoch {progress.epoch}")
+        if self.stop["signum"] and epoch < cfg.epochs:
+            raise self._interrupted(self.stop["signum"], f"at the end of epoch {epoch}")
 
     def _finish(self) -> TrainResult:
         """Evaluate the best weights in full, write the confusion matrix and report.json."""

@@ -359,19 +359,19 @@ class MultiLabelTrainer(Trainer):
     def _score(self, result: MultiLabelResult) -> float:  # type: ignore[override]
         return result.mean_ap
 
-    def _epoch_figures(  # type: ignore[override]
-        self, raw: MultiLabelResult, ema: MultiLabelResult | None
-    ) -> tuple[dict[str, float], str]:
-        p = self.progress.partial
-        train_loss = p["loss_sum"] / max(p["seen"], 1)
+    def _train_figures(self) -> tuple[dict[str, float], str]:
+        train_loss = self.progress.partial["loss_sum"] / max(self.progress.partial["seen"], 1)
         train_map = self._train_map()
         self._train_outputs.clear()
         figures = {"train_loss": train_loss} | ({"train_map": train_map} if train_map is not None else {})
-        figures.update(val_loss=raw.loss, val_map=raw.mean_ap)
+        train_text = f" mAP {100 * train_map:.2f} %" if train_map is not None else ""
+        return figures, f"train loss {train_loss:.4f}{train_text}"
+
+    def _val_figures(  # type: ignore[override]
+        self, raw: MultiLabelResult, ema: MultiLabelResult | None
+    ) -> tuple[dict[str, float], str]:
+        figures = {"val_loss": raw.loss, "val_map": raw.mean_ap}
         if ema:
             figures.update(ema_val_loss=ema.loss, ema_val_map=ema.mean_ap)
-        train_text = f" mAP {100 * train_map:.2f} %" if train_map is not None else ""
         ema_text = f" (EMA {100 * ema.mean_ap:.2f} %)" if ema else ""
-        val_text = f"val loss {raw.loss:.4f} mAP {100 * raw.mean_ap:.2f} %{ema_text}"
-        text = f"train loss {train_loss:.4f}{train_text}, {val_text}"
-        return figures, text
+        return figures, f"val loss {raw.loss:.4f} mAP {100 * raw.mean_ap:.2f} %{ema_text}"
