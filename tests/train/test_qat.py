@@ -18,7 +18,7 @@ from mobilenets.deploy import executorch
 from mobilenets.deploy.export import read_artifact_metadata
 from mobilenets.deploy.quantize import dataset_batches
 from mobilenets.train import distributed, train
-from mobilenets.train.qat import PROGRAM, QatTrainer
+from mobilenets.train.qat import ONNX_FILE, OPENVINO_FILE, PROGRAM, QatTrainer
 from mobilenets.weights import load_model
 
 from tiny_run import tiny
@@ -67,6 +67,35 @@ def test_the_program_runs_and_records_its_input(runs: tuple[Path, Path, Path]) -
     correct = sum(int((runner(images).argmax(1) == labels).sum()) for images, labels in dataset_batches(val))
     assert correct / IMAGES == json.loads((run / "report.json").read_text())["int8"]["qat_int8_top1"]
     assert program.stat().st_size < 2 * sum(p.numel() for p in best.parameters()), "int8 weights, not fp32's"
+
+
+def test_onnx_runtime_and_openvino_run_the_same_int8_graph(runs: tuple[Path, Path, Path]) -> None:
+    import onnx
+
+    from mobilenets.deploy import onnx_runner, openvino_runner
+
+    data, _, run = runs
+    int8 = json.loads((run / "report.json").read_text())["int8"]
+    graph = onnx.load(str(run / ONNX_FILE)).graph
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) >= 10  # every activation quantized
+    assert any(init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4 for init in graph.initializer)
+    _, info = read_saved_weights(run / "best.safetensors")
+    val = load_dataset(
+        data, "val", resolution=32, in_chans=3, mean=info["mean"], std=info["std"], crop_pct=info["crop_pct"]
+    )
+    for key, fmt, runner in (
+        ("qat_onnx_int8_top1", "onnx", onnx_runner(run / ONNX_FILE, threads=1)),
+        ("qat_openvino_int8_top1", "openvino", openvino_runner(run / OPENVINO_FILE, threads=1)),
+    ):
+        assert (
+            read_artifact_metadata(run / f"model-qat-int8.{'xml' if fmt == 'openvino' else fmt}", fmt)["resolution"]
+            == "32"
+        )
+        correct = sum(int((runner(images).argmax(1) == labels).sum()) for images, labels in dataset_batches(val))
+        assert correct / IMAGES == int8[key], key
+    # The same int8 graph: each runtime classifies as the fake-quantized model does, as the program does.
+    assert int8["onnx_agreement"] >= 0.9 and int8["openvino_agreement"] >= 0.9, int8
+    assert abs(int8["qat_onnx_int8_top1"] - int8["qat_int8_top1"]) <= 0.05, int8
 
 
 def test_a_copy_of_the_prepared_model_switches_to_eval(runs: tuple[Path, Path, Path]) -> None:

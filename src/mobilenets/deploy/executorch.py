@@ -198,19 +198,24 @@ def write_program(
     return Path(path)
 
 
-def write_qat_program(
-    prepared: torch.fx.GraphModule, path: str | Path, *, shape: tuple[int, int, int], name: str
-) -> Path:
-    """Write the int8 ExecuTorch program of ``prepared`` (from :func:`prepare_qat`, trained), input
-    ``(BATCH, *shape)``: its fake quantizers become int8 quantize and dequantize steps with the ranges
-    they learnt, its BatchNorm is folded into the convolutions, and XNNPACK runs them in int8.
-    ``prepared`` itself is left as it is; ``name``: the model's, for errors."""
-    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 ExecuTorch export")
+def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 graph of ``prepared`` (from :func:`prepare_qat`, trained), on the CPU, in eval mode: its fake
+    quantizers become int8 quantize and dequantize steps with the ranges they learnt, its BatchNorm folded
+    into the convolutions. ``prepared`` itself is left as it is."""
+    pt2e = _require("torchao.quantization.pt2e.quantize_pt2e", "int8 export of a QAT model")
     # XNNPACK lowering takes constants in one memory format: channels-last training weights fail it.
     inference = copy.deepcopy(prepared).to("cpu", memory_format=torch.contiguous_format).eval()
+    return pt2e.convert_pt2e(inference)
+
+
+def write_qat_program(
+    converted: torch.fx.GraphModule, path: str | Path, *, shape: tuple[int, int, int], name: str
+) -> Path:
+    """Write ``converted`` (from :func:`convert_qat`) as an int8 ExecuTorch program, input ``(BATCH, *shape)``,
+    whose quantized convolutions XNNPACK runs in int8; ``name``: the model's, for errors."""
     example = (torch.zeros(BATCH, *shape),)
     try:
-        program = torch.export.export(pt2e.convert_pt2e(inference), example)
+        program = torch.export.export(converted, example)
     except RuntimeError as err:  # torch.export's errors
         raise ValueError(f"ExecuTorch cannot export {name}: {first_line(err)}") from err
     atomic_write(path, _lower(program, name))

@@ -262,6 +262,32 @@ def export_onnx(model: nn.Module, path: str | Path, resolution: int) -> Path:
     return Path(path)
 
 
+def export_qat_onnx(
+    converted: torch.fx.GraphModule, path: str | Path, *, shape: tuple[int, int, int], metadata: dict[str, str]
+) -> Path:
+    """Write ``converted`` (a QAT model's int8 graph, ``executorch.convert_qat``) as ONNX with input
+    ``(batch, *shape)``: each of its quantize and dequantize steps a QuantizeLinear or DequantizeLinear with
+    the ranges QAT learnt (the QDQ form that ONNX Runtime and OpenVINO run in int8), ``metadata`` in
+    ``metadata_props``."""
+    onnx = require("onnx", "ONNX export")
+    example = (torch.zeros(2, *shape),)
+    program = torch.export.export(converted, example, dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            program,
+            f=str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=ONNX_OPSET,
+            verbose=False,  # no progress lines on stdout
+        )
+    proto = onnx.load(str(path))
+    onnx.helper.set_metadata_props(proto, metadata)
+    onnx.save(proto, str(path))
+    return Path(path)
+
+
 def export_torchscript(model: nn.Module, path: str | Path, resolution: int) -> Path:
     """Write ``model`` (BatchNorm folded, CPU) as a traced, frozen TorchScript module, its
     :func:`artifact_metadata` as JSON in the extra file ``mobilenets.json``."""
@@ -345,9 +371,12 @@ def _verify_fp32(model: nn.Module, runner: Runner, *, resolution: int, tolerance
     }
 
 
-def _verify_int8(
+def verify_int8(
     model: nn.Module, runner: Runner, *, evaluation: Iterable[Batch], min_agreement: float, min_samples: int
 ) -> dict[str, Any]:
+    """The int8 ``runner`` against ``model`` in PyTorch on the ``evaluation`` batches: top-1 agreement, each
+    one's top-1 where labels are given, non-finite outputs, and whether it passed ``min_agreement`` on at least
+    ``min_samples`` images."""
     reference = _reference(model)
     agree = correct_fp32 = correct_int8 = total = nonfinite = 0
     labelled = True
@@ -433,7 +462,7 @@ def export_model(
     runner = load_runner(out, fmt, device="cpu")
     if int8:
         evaluation = [(images, None) for images in calibration] if evaluation is None else evaluation
-        checks = _verify_int8(
+        checks = verify_int8(
             model, runner, evaluation=evaluation, min_agreement=min_agreement, min_samples=min_eval_samples
         )
         checks |= {"calibration_images": calibration_images, "calibration_asked": calibration_asked}

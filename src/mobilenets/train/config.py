@@ -121,6 +121,11 @@ class RunSettings(RunConfig):
         """Read by the classifier's loop; only a classifier has a linear probe."""
         return False
 
+    @property
+    def resize_from(self) -> int | None:
+        """Read by the classifier's loop; progressive resizing is the classifier's."""
+        return None
+
     def settings_checks(self) -> list[tuple[str, bool, str]]:
         """:func:`check_values`' checks of the settings."""
         cores = usable_cores()
@@ -178,8 +183,9 @@ class TrainConfig(RunConfig):
     qat: bool = option(
         False,
         "quantization-aware training for phones: fine-tune --init's weights (a classifier of the data's classes) "
-        "through int8 fake quantization as XNNPACK runs it (float32; no EMA), then write RUN/model-qat-int8.pte "
-        "(ExecuTorch) and compare its accuracy with post-training int8 of --init; a short run with a small --lr "
+        "through int8 fake quantization as XNNPACK runs it (float32; no EMA), then write the int8 model as "
+        "RUN/model-qat-int8.pte (ExecuTorch), .onnx (ONNX Runtime) and .xml (OpenVINO) and compare their accuracy "
+        "with post-training int8 of --init; a short run with a small --lr "
         "suffices; needs the mobile extra",
     )
     # Optimisation.

@@ -8,9 +8,10 @@ convolution trains with its BatchNorm folded in and its weights fake-quantized p
 activation fake-quantized with a range tracked as it trains. Each epoch validates the fake-quantized model
 (its ranges fixed meanwhile), so the best epoch is the best in simulated int8. ``best.safetensors`` holds
 that epoch's float weights (what ``eval``, ``export`` and ``deploy`` read); at the end its fake quantizers,
-with their ranges, become ``model-qat-int8.pte`` (+ ``.pte.json``), which ExecuTorch's runtime runs on the
-validation images beside the post-training int8 program of ``--init`` (calibrated as ``mobilenets deploy``
-does): the two int8 accuracies to choose between.
+with their ranges, become one int8 graph, written as ``model-qat-int8.pte`` (+ ``.pte.json``) for ExecuTorch,
+``model-qat-int8.onnx`` (QDQ) for ONNX Runtime and ``model-qat-int8.xml`` for OpenVINO; each runtime runs it on
+the validation images, beside the post-training int8 program of ``--init`` (calibrated as ``mobilenets deploy``
+does): the int8 accuracies to choose between.
 
 The run is the usual one (progress bar, metrics, curves, checkpoints, exact resume), in float32, without
 an EMA of the weights (the fake quantizers' ranges follow the raw weights), in one process.
@@ -28,8 +29,9 @@ from torch import nn
 
 from ..data import inspect_source
 from ..deploy import executorch
-from ..deploy.export import _verify_int8, artifact_metadata
+from ..deploy.export import artifact_metadata, export_qat_onnx, save_openvino, verify_int8
 from ..deploy.quantize import calibration_data, dataset_batches
+from ..deploy.runtimes import onnx_runner, openvino_runner
 from ..registry import create_model
 from ..weights import init_from, model_from, read_weights_source
 from .config import TrainConfig
@@ -38,7 +40,9 @@ from .evaluate import EvalResult
 from .loop import Trainer, TrainResult
 from .run_files import RunFiles
 
-PROGRAM = "model-qat-int8.pte"  # beside best.safetensors; `mobilenets deploy` writes its post-training model-int8.pte
+# Beside best.safetensors (`mobilenets deploy` writes its post-training model-int8.*): the same int8 graph for
+# ExecuTorch, ONNX Runtime (QDQ) and OpenVINO (IR converted from that ONNX).
+PROGRAM, ONNX_FILE, OPENVINO_FILE = "model-qat-int8.pte", "model-qat-int8.onnx", "model-qat-int8.xml"
 # Options a QAT run cannot honour: its BatchNorm and layers live inside one exported graph.
 REFUSED = ("freeze_bn", "freeze_features", "compile")
 
@@ -73,7 +77,8 @@ class QatRunFiles(RunFiles):
 
     def names(self) -> list[str]:
         *names, report = super().names()
-        return [*names, PROGRAM, executorch.metadata_path(PROGRAM).name, report]
+        written = [PROGRAM, executorch.metadata_path(PROGRAM).name, ONNX_FILE, OPENVINO_FILE]
+        return [*names, *written, Path(OPENVINO_FILE).with_suffix(".bin").name, report]
 
     def finish(self, evaluation: EvalResult, report: dict[str, Any]) -> None:
         super().finish(evaluation, {**report, "int8": self.int8})
@@ -98,6 +103,8 @@ class QatResult(TrainResult):
                 super().format(),
                 f"  int8       {q['program']}: top-1 {pct['qat_int8_top1']} on {q['images']:,} val images in "
                 f"ExecuTorch (fake-quantized PyTorch {pct['qat_fake_quant_top1']}, agreement {pct['agreement']})",
+                f"             the same int8 graph in ONNX Runtime {pct['qat_onnx_int8_top1']} ({q['onnx']}), in "
+                f"OpenVINO {pct['qat_openvino_int8_top1']} ({q['openvino']})",
                 f"  vs PTQ     {self.config.init}: fp32 {pct['init_fp32_top1']}, post-training int8 "
                 f"{pct['ptq_int8_top1']} (calibrated on {q['ptq_calibration_images']:,} train images): QAT "
                 f"{change:+.2f} points",
@@ -152,33 +159,49 @@ class QatTrainer(Trainer):
             return super()._evaluate(model)
 
     def compare_int8(self) -> dict[str, Any]:
-        """Write the best epoch's int8 program and measure it in ExecuTorch's runtime on the validation images,
-        beside fake-quantized PyTorch and beside the post-training int8 program of ``--init`` (fractions)."""
+        """Write the best epoch's int8 graph as an ExecuTorch program, ONNX (QDQ) and OpenVINO IR, and measure each
+        in its runtime on the validation images beside fake-quantized PyTorch, and beside the post-training int8
+        program of ``--init`` (fractions)."""
         executorch.load_qat_state(self.net, self.files.best_state)
         shape = (self.in_chans, self.resolution, self.resolution)
-        program = executorch.write_qat_program(self.net, self.run_dir / PROGRAM, shape=shape, name=self.name)
+        converted = executorch.convert_qat(self.net)
+        program = executorch.write_qat_program(converted, self.run_dir / PROGRAM, shape=shape, name=self.name)
         best = model_from(read_weights_source(self.files.best))  # its metadata: classes, mean, std
-        executorch.write_metadata(program, artifact_metadata(best, self.resolution))
+        metadata = artifact_metadata(best, self.resolution)
+        executorch.write_metadata(program, metadata)
+        onnx_file = export_qat_onnx(converted, self.run_dir / ONNX_FILE, shape=shape, metadata=metadata)
+        save_openvino(onnx_file, self.run_dir / OPENVINO_FILE, metadata)
         evaluation = list(dataset_batches(self.val_set))
         calibration, _ = calibration_data(self.config.data, self.init_model, resolution=self.resolution)
         threads = torch.get_num_threads()
-        # _verify_int8 counts top-1 of PyTorch and of the program, and their agreement; no threshold applies here.
+        # verify_int8 counts top-1 of PyTorch and of the runtime, and their agreement; no threshold applies here.
         counts = {"evaluation": evaluation, "min_agreement": 1.0, "min_samples": 1}
+        runners = {
+            "executorch": executorch.executorch_runner(program, threads=threads),
+            "onnx": onnx_runner(onnx_file, threads=threads),
+            "openvino": openvino_runner(self.run_dir / OPENVINO_FILE, threads=threads),
+        }
         with executorch.ranges_fixed(self.net):
-            qat = _verify_int8(self.net, executorch.executorch_runner(program, threads=threads), **counts)
+            qat = {runtime: verify_int8(self.net, runner, **counts) for runtime, runner in runners.items()}
         with tempfile.TemporaryDirectory() as tmp:
             ptq_program = executorch.write_program(self.init_model, Path(tmp) / "ptq.pte", self.resolution, calibration)
-            ptq = _verify_int8(self.init_model, executorch.executorch_runner(ptq_program, threads=threads), **counts)
+            ptq = verify_int8(self.init_model, executorch.executorch_runner(ptq_program, threads=threads), **counts)
         return {
             "program": str(program),
-            "images": qat["samples"],
-            "qat_int8_top1": qat["accuracy_int8"],
-            "qat_fake_quant_top1": qat["accuracy_fp32"],
-            "agreement": qat["agreement"],
+            "onnx": str(onnx_file),
+            "openvino": str(self.run_dir / OPENVINO_FILE),
+            "images": qat["executorch"]["samples"],
+            "qat_int8_top1": qat["executorch"]["accuracy_int8"],
+            "qat_onnx_int8_top1": qat["onnx"]["accuracy_int8"],
+            "qat_openvino_int8_top1": qat["openvino"]["accuracy_int8"],
+            "qat_fake_quant_top1": qat["executorch"]["accuracy_fp32"],
+            "agreement": qat["executorch"]["agreement"],
+            "onnx_agreement": qat["onnx"]["agreement"],
+            "openvino_agreement": qat["openvino"]["agreement"],
             "init_fp32_top1": ptq["accuracy_fp32"],
             "ptq_int8_top1": ptq["accuracy_int8"],
             "ptq_calibration_images": sum(len(images) for images in calibration),
-            "nonfinite": qat["nonfinite"] + ptq["nonfinite"],
+            "nonfinite": sum(check["nonfinite"] for check in qat.values()) + ptq["nonfinite"],
         }
 
     def _finish(self) -> QatResult:
