@@ -1,5 +1,6 @@
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,10 +272,34 @@ def test_resize_from_grows_the_training_images_over_the_first_half(tmp_path: Pat
         train(tiny(folder, tmp_path / "bad", resolution=40, resize_from=40))
 
 
-@pytest.mark.skipif(not HAS_FASHION_MNIST, reason="the packaged Fashion-MNIST files are absent")
-def test_progressive_resizing_learns_as_well_as_full_size(tmp_path: Path) -> None:
-    common = {"epochs": 4, "batch_size": 64, "train_limit": 4096, "val_limit": 1000, "resolution": 40,
-              "augment": False, "warmup_epochs": 0.0}  # fmt: skip
-    full = train(tiny("fashion-mnist", tmp_path / "full", **common)).evaluation.top1
-    grown = train(tiny("fashion-mnist", tmp_path / "grown", resize_from=32, **common)).evaluation.top1
-    assert full > 0.5 and abs(grown - full) < 0.06, (full, grown)
+SPEED_RUN = {"epochs": 4, "batch_size": 64, "train_limit": 4096, "val_limit": 1000, "resolution": 40,
+             "augment": False, "warmup_epochs": 0.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def plain_top1(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Top-1 of the short Fashion-MNIST run that each speed option is compared with."""
+    if not HAS_FASHION_MNIST:
+        pytest.skip("the packaged Fashion-MNIST files are absent")
+    return train(tiny("fashion-mnist", tmp_path_factory.mktemp("plain"), **SPEED_RUN)).evaluation.top1
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"resize_from": 32},
+        {"channels_last": False},
+        pytest.param(
+            {"compile": True},
+            marks=pytest.mark.skipif(
+                not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on the CPU needs a C++ compiler"
+            ),
+        ),
+    ],
+    ids=lambda option: next(iter(option)),
+)
+def test_each_speed_option_learns_as_well_as_without_it(
+    tmp_path: Path, plain_top1: float, option: dict[str, object]
+) -> None:
+    top1 = train(tiny("fashion-mnist", tmp_path, **SPEED_RUN, **option)).evaluation.top1
+    assert plain_top1 > 0.5 and abs(top1 - plain_top1) < 0.06, (plain_top1, top1)
