@@ -146,6 +146,9 @@ def test_cli_train_then_eval(tmp_path: Path, folder: Path, capsys: pytest.Captur
         (["train", "--data", "/nonexistent/images"], "neither 'fashion-mnist' nor an existing folder"),
         (["train", "--resume", "/nonexistent/run"], "resume: '/nonexistent/run/config.json' not found"),
         (["train", "--epochs", "0"], "epochs must be an integer >= 1"),
+        (["train", "--eval-every", "0"], "eval_every must be an integer >= 1, got 0"),
+        (["train", "--resize-from", "16"], "resize_from must be in [32, "),
+        (["train", "--resize-from", "40", "--resolution", "40"], "resize_from must be below the"),
         (["train", "--amp", "fp16", "--device", "cpu"], "'fp16' needs CUDA"),
         (["eval", MODEL, "--weights", "/nonexistent.safetensors"], "does not exist"),
     ],
@@ -153,7 +156,7 @@ def test_cli_train_then_eval(tmp_path: Path, folder: Path, capsys: pytest.Captur
 def test_cli_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str, folder: Path
 ) -> None:
-    if argv[:2] == ["train", "--amp"]:
+    if argv[:2] == ["train", "--amp"] or "--resolution" in argv:
         argv = [*argv, "--data", str(folder), "--out", str(tmp_path)]
     code = main(argv)
     err = capsys.readouterr().err
