@@ -8,7 +8,8 @@ Runtimes (every one runs the prepared model: BatchNorm folded):
 * ``openvino``, ``openvino-int8``: OpenVINO's CPU plugin, latency hint, on the fp32 model / the int8
   model that NNCF quantized (:func:`~mobilenets.deploy.quantize.quantize_openvino`).
 * ``executorch``, ``executorch-int8``: ExecuTorch's runtime on the program lowered to XNNPACK, fp32 /
-  int8 PT2E (:mod:`mobilenets.deploy.executorch`); batch 1 only, as the program is exported.
+  int8 PT2E (:mod:`mobilenets.deploy.executorch`), a program written for each batch size timed (an exported
+  program takes one image).
 
 The int8 runtimes here are calibrated on random images: their speed does not depend on the
 calibration, their accuracy does, and is checked by ``mobilenets export --int8 --calib DATA``.
