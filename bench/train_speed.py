@@ -74,19 +74,22 @@ def timm_model(setting: Setting) -> nn.Module:
 
 
 def make_step(
-    model: nn.Module, setting: Setting, device: torch.device, channels_last: bool, compile: bool = False
+    model: nn.Module, setting: Setting, device: torch.device, channels_last: bool, variant: str = ""
 ) -> Callable[[], None]:
-    """One training step of ``model`` (``compile``: its forward by ``torch.compile``) on a fixed random batch."""
+    """One training step of ``model`` on a fixed random batch; ``variant`` "compile": its forward by
+    ``torch.compile``, "bf16": its forward under bf16 autocast."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = RMSpropTF(model.parameters(), lr=1e-3)
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model) if variant == "compile" else model
     images = torch.randn(setting.batch, setting.in_chans, setting.resolution, setting.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, setting.num_classes, (setting.batch,), device=device)
 
     def step() -> None:
-        loss = nn.functional.cross_entropy(forward(images), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+            outputs = forward(images)
+        loss = nn.functional.cross_entropy(outputs.float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -109,13 +112,14 @@ def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch
 
 def measure(setting: Setting, channels_last: bool, device: torch.device, args: argparse.Namespace) -> list[dict]:
     """Median images/s of each contender in ``setting``, rounds alternating between them."""
-    # name: (model, compiled)
-    contenders = {"mobilenets mobilenet_v1_1.0": (ours(setting), False), PEER: (timm_model(setting), False)}
-    if args.compile:
-        contenders["mobilenets mobilenet_v1_1.0, torch.compile"] = (ours(setting), True)
+    # name: (model, variant of make_step)
+    contenders = {"mobilenets mobilenet_v1_1.0": (ours(setting), ""), PEER: (timm_model(setting), "")}
+    for variant in ("compile", "bf16"):
+        if getattr(args, variant):
+            contenders[f"mobilenets mobilenet_v1_1.0, {variant}"] = (ours(setting), variant)
     if setting.resolution == 32:
-        contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = (ours(setting, "0.25"), False)
-    steps = {name: make_step(m, setting, device, channels_last, compiled) for name, (m, compiled) in contenders.items()}
+        contenders["mobilenets mobilenet_v1_0.25 (quick run)"] = (ours(setting, "0.25"), "")
+    steps = {name: make_step(m, setting, device, channels_last, variant) for name, (m, variant) in contenders.items()}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
@@ -237,6 +241,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also our model's step with torch.compile (inductor; compiles first)"
     )
+    parser.add_argument("--bf16", action="store_true", help="also our model's step under bf16 autocast")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     device = resolve_device(args.device)
