@@ -29,9 +29,10 @@ from tabulate import tabulate
 from torch.nn import functional as F
 
 from mobilenets.data import load_dataset
-from mobilenets.deploy import executorch, onnx_runner, openvino_runner
-from mobilenets.deploy.export import artifact_metadata, export_onnx, export_qat_onnx, save_openvino, verify_int8
+from mobilenets.deploy import executorch
+from mobilenets.deploy.export import artifact_metadata, export_onnx, save_openvino, verify_int8, write_qat_artifacts
 from mobilenets.deploy.quantize import dataset_batches, quantize_onnx, quantize_openvino
+from mobilenets.deploy.runtimes import load_runner
 from mobilenets.weights import load_model
 
 MODEL, RESOLUTION = "mobilenet_v2_1.0_224", 224
@@ -55,16 +56,21 @@ def agreements(model: torch.nn.Module, runners: dict, evaluation: list[np.ndarra
     }
 
 
+def load_runners(files: dict[str, Path], threads: int) -> dict:
+    """A runner for each artifact of ``files`` (format: path)."""
+    return {fmt: load_runner(path, fmt, threads=threads) for fmt, path in files.items()}
+
+
 def post_training(model: torch.nn.Module, calibration: list[np.ndarray], workdir: Path, threads: int) -> dict:
     """Runners of the post-training int8 of ``model`` in each runtime, calibrated on ``calibration``."""
     fp32 = export_onnx(model, workdir / "fp32.onnx", RESOLUTION)
-    program = executorch.write_program(model, workdir / "ptq.pte", RESOLUTION, calibration)
     save_openvino(quantize_openvino(fp32, calibration), workdir / "ptq.xml", artifact_metadata(model, RESOLUTION))
-    return {
-        "executorch": executorch.executorch_runner(program, threads=threads),
-        "onnx": onnx_runner(quantize_onnx(fp32, workdir / "ptq.onnx", calibration), threads=threads),
-        "openvino": openvino_runner(workdir / "ptq.xml", threads=threads),
+    files = {
+        "executorch": executorch.write_program(model, workdir / "ptq.pte", RESOLUTION, calibration),
+        "onnx": quantize_onnx(fp32, workdir / "ptq.onnx", calibration),
+        "openvino": workdir / "ptq.xml",
     }
+    return load_runners(files, threads)
 
 
 def quantization_aware(
@@ -72,35 +78,32 @@ def quantization_aware(
 ) -> tuple[dict, float]:
     """Runners of ``model`` after QAT on the ``tuning`` crops (targets: its own fp32 outputs), and the seconds
     the tuning took."""
-    teacher = copy.deepcopy(model).eval()
     prepared = executorch.prepare_qat(copy.deepcopy(model), torch.zeros(2, 3, RESOLUTION, RESOLUTION)).eval()
     optimizer = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=args.lr)
     images = torch.from_numpy(np.concatenate(tuning))
+    with torch.no_grad():  # the fp32 model's answers, the same every epoch
+        targets = torch.cat([F.softmax(model(chunk), dim=1) for chunk in images.split(args.batch)])
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for epoch in range(args.epochs):
         losses = []
         for batch in torch.randperm(len(images), generator=generator).split(args.batch):
-            with torch.no_grad():
-                target = F.softmax(teacher(images[batch]), dim=1)
-            loss = F.kl_div(F.log_softmax(prepared(images[batch]), dim=1), target, reduction="batchmean")
+            loss = F.kl_div(F.log_softmax(prepared(images[batch]), dim=1), targets[batch], reduction="batchmean")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
         print(f"QAT epoch {epoch + 1}/{args.epochs}: KL to fp32 {np.mean(losses):.4f}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
-    converted = executorch.convert_qat(prepared)
-    shape = (3, RESOLUTION, RESOLUTION)
-    program = executorch.write_qat_program(converted, workdir / "qat.pte", shape=shape, name=MODEL)
-    onnx_file = export_qat_onnx(converted, workdir / "qat.onnx", shape=shape, metadata=artifact_metadata(model, 224))
-    save_openvino(onnx_file, workdir / "qat.xml", artifact_metadata(model, RESOLUTION))
-    runners = {
-        "executorch": executorch.executorch_runner(program, threads=args.threads),
-        "onnx": onnx_runner(onnx_file, threads=args.threads),
-        "openvino": openvino_runner(workdir / "qat.xml", threads=args.threads),
-    }
-    return runners, seconds
+    files = write_qat_artifacts(
+        executorch.convert_qat(prepared),
+        workdir,
+        stem="qat",
+        shape=(3, RESOLUTION, RESOLUTION),
+        name=MODEL,
+        metadata=artifact_metadata(model, RESOLUTION),
+    )
+    return load_runners(files, args.threads), seconds
 
 
 def main() -> int:

@@ -58,6 +58,7 @@ from mobilenets.deploy.runtimes import ort_session_options
 from mobilenets.weights import load_model
 
 PEER = "mobilenetv1_100"
+PEER_LABEL = f"timm {PEER}"
 FP32 = ("eager", "compile", "onnx", "openvino")
 GOALS = {"vs_timm_eager": 3.0, "vs_timm_onnx": 1.2, "int8_vs_fp32": 1.5, "int8_top1_drop_points": 1.0, "of_peak": 0.5}
 
@@ -87,12 +88,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def peer_onnx(label: str, workdir: Path) -> Path:
+    """Where :func:`peer_entries` exports the peer named ``label``."""
+    return workdir / f"{label.replace(' ', '_')}.onnx"
+
+
 def peer_entries(model: torch.nn.Module, label: str, x: np.ndarray, threads: int, workdir: Path) -> list[Entry]:
     """Another library's ``model`` in eager PyTorch (as its users run it: NCHW, no folding) and its own ONNX
     export in ONNX Runtime; ``label`` names it in the results."""
     model = model.eval()
     mult_adds = count_cost(model, x.shape[-1], label).mult_adds
-    path = workdir / f"{label.replace(' ', '_')}.onnx"
+    path = peer_onnx(label, workdir)
 
     def eager() -> Runner:
         def run(batch: np.ndarray) -> np.ndarray:
@@ -152,7 +158,7 @@ def profiles(model: torch.nn.Module, x: np.ndarray, threads: int, workdir: Path)
     return {
         "ours onnx": ort_profile(fp32, x, threads),
         "ours onnx-int8": ort_profile(int8, x, threads),
-        "timm onnx": ort_profile(workdir / f"timm_{PEER}.onnx", x, threads),
+        "timm onnx": ort_profile(peer_onnx(PEER_LABEL, workdir), x, threads),
     }
 
 
@@ -233,7 +239,7 @@ def main() -> int:
     runtimes = [r for r in RUNTIMES if r != "compile" or args.compile]
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp, torch_threads(args.threads):
-        entries = peer_entries(timm.create_model(PEER, pretrained=False), f"timm {PEER}", x, args.threads, Path(tmp))
+        entries = peer_entries(timm.create_model(PEER, pretrained=False), PEER_LABEL, x, args.threads, Path(tmp))
         entries += model_entries(
             ours,
             runtimes,

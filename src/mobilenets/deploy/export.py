@@ -288,6 +288,27 @@ def export_qat_onnx(
     return Path(path)
 
 
+def write_qat_artifacts(
+    converted: torch.fx.GraphModule,
+    directory: str | Path,
+    *,
+    stem: str,
+    shape: tuple[int, int, int],
+    name: str,
+    metadata: dict[str, str],
+) -> dict[str, Path]:
+    """Write a QAT model's int8 graph (``executorch.convert_qat``) for each int8 runtime into ``directory``,
+    each with ``metadata``: ``stem.pte`` (+ its JSON) for ExecuTorch, ``stem.onnx`` (QDQ) for ONNX Runtime and
+    ``stem.xml`` (+ ``.bin``, converted from that ONNX) for OpenVINO. Returns each file by its format, as
+    :func:`~mobilenets.deploy.runtimes.load_runner` names them; ``name``: the model's, for errors."""
+    directory = Path(directory)
+    program = executorch.write_qat_program(converted, directory / f"{stem}{executorch.SUFFIX}", shape=shape, name=name)
+    executorch.write_metadata(program, metadata)
+    onnx_file = export_qat_onnx(converted, directory / f"{stem}.onnx", shape=shape, metadata=metadata)
+    save_openvino(onnx_file, directory / f"{stem}.xml", metadata)
+    return {"executorch": program, "onnx": onnx_file, "openvino": directory / f"{stem}.xml"}
+
+
 def export_torchscript(model: nn.Module, path: str | Path, resolution: int) -> Path:
     """Write ``model`` (BatchNorm folded, CPU) as a traced, frozen TorchScript module, its
     :func:`artifact_metadata` as JSON in the extra file ``mobilenets.json``."""

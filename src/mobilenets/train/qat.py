@@ -29,9 +29,9 @@ from torch import nn
 
 from ..data import inspect_source
 from ..deploy import executorch
-from ..deploy.export import artifact_metadata, export_qat_onnx, save_openvino, verify_int8
+from ..deploy.export import artifact_metadata, verify_int8, write_qat_artifacts
 from ..deploy.quantize import calibration_data, dataset_batches
-from ..deploy.runtimes import onnx_runner, openvino_runner
+from ..deploy.runtimes import load_runner
 from ..registry import create_model
 from ..weights import init_from, model_from, read_weights_source
 from .config import TrainConfig
@@ -42,7 +42,8 @@ from .run_files import RunFiles
 
 # Beside best.safetensors (`mobilenets deploy` writes its post-training model-int8.*): the same int8 graph for
 # ExecuTorch, ONNX Runtime (QDQ) and OpenVINO (IR converted from that ONNX).
-PROGRAM, ONNX_FILE, OPENVINO_FILE = "model-qat-int8.pte", "model-qat-int8.onnx", "model-qat-int8.xml"
+STEM = "model-qat-int8"
+PROGRAM, ONNX_FILE, OPENVINO_FILE = f"{STEM}{executorch.SUFFIX}", f"{STEM}.onnx", f"{STEM}.xml"
 # Options a QAT run cannot honour: its BatchNorm and layers live inside one exported graph.
 REFUSED = ("freeze_bn", "freeze_features", "compile")
 
@@ -164,32 +165,30 @@ class QatTrainer(Trainer):
         program of ``--init`` (fractions)."""
         executorch.load_qat_state(self.net, self.files.best_state)
         shape = (self.in_chans, self.resolution, self.resolution)
-        converted = executorch.convert_qat(self.net)
-        program = executorch.write_qat_program(converted, self.run_dir / PROGRAM, shape=shape, name=self.name)
         best = model_from(read_weights_source(self.files.best))  # its metadata: classes, mean, std
-        metadata = artifact_metadata(best, self.resolution)
-        executorch.write_metadata(program, metadata)
-        onnx_file = export_qat_onnx(converted, self.run_dir / ONNX_FILE, shape=shape, metadata=metadata)
-        save_openvino(onnx_file, self.run_dir / OPENVINO_FILE, metadata)
+        files = write_qat_artifacts(
+            executorch.convert_qat(self.net),
+            self.run_dir,
+            stem=STEM,
+            shape=shape,
+            name=self.name,
+            metadata=artifact_metadata(best, self.resolution),
+        )
         evaluation = list(dataset_batches(self.val_set))
         calibration, _ = calibration_data(self.config.data, self.init_model, resolution=self.resolution)
         threads = torch.get_num_threads()
         # verify_int8 counts top-1 of PyTorch and of the runtime, and their agreement; no threshold applies here.
         counts = {"evaluation": evaluation, "min_agreement": 1.0, "min_samples": 1}
-        runners = {
-            "executorch": executorch.executorch_runner(program, threads=threads),
-            "onnx": onnx_runner(onnx_file, threads=threads),
-            "openvino": openvino_runner(self.run_dir / OPENVINO_FILE, threads=threads),
-        }
+        runners = {fmt: load_runner(path, fmt, threads=threads) for fmt, path in files.items()}
         with executorch.ranges_fixed(self.net):
             qat = {runtime: verify_int8(self.net, runner, **counts) for runtime, runner in runners.items()}
         with tempfile.TemporaryDirectory() as tmp:
             ptq_program = executorch.write_program(self.init_model, Path(tmp) / "ptq.pte", self.resolution, calibration)
             ptq = verify_int8(self.init_model, executorch.executorch_runner(ptq_program, threads=threads), **counts)
         return {
-            "program": str(program),
-            "onnx": str(onnx_file),
-            "openvino": str(self.run_dir / OPENVINO_FILE),
+            "program": str(files["executorch"]),
+            "onnx": str(files["onnx"]),
+            "openvino": str(files["openvino"]),
             "images": qat["executorch"]["samples"],
             "qat_int8_top1": qat["executorch"]["accuracy_int8"],
             "qat_onnx_int8_top1": qat["onnx"]["accuracy_int8"],
