@@ -114,6 +114,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16, help="QAT batch size (default 16)")
     parser.add_argument("--threads", type=int, default=2, help="threads for training and every runtime")
     args = parser.parse_args()
+    if not all((args.photos / split).is_dir() for split in ("train", "val")):
+        parser.error(f"{str(args.photos)!r} has no train/ and val/: make it with bench/photo_crops.py")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model("pretrained", MODEL).eval()

@@ -74,7 +74,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke test: few calls, a small GEMM")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args()
-    args.batches = [int(b) for b in args.batches.split(",")]
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches: comma-separated integers, got {args.batches!r}")
+    if any(b < 1 for b in args.batches):
+        parser.error(f"--batches: each at least 1, got {args.batches}")
     args.models = args.models.split(",")
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
