@@ -12,6 +12,13 @@ Run in the benchmark environment (timm is not a dependency of the project):
 
     bash bench/setup.sh && .venv-bench/bin/python bench/train_speed.py [--iters 20] [--rounds 3] [--threads N]
 
+Our model trains through ConvBNAct's fast paths (``mobilenets.layers``); ``ours, modules only``
+is the same model with them off. ``--keep-freed-memory`` first applies, to this whole process,
+the allocator setting that ``mobilenets train`` applies (``mobilenets.device.keep_freed_memory``).
+``--as-shipped`` instead times each model in its own process, rounds alternating between them:
+ours as ``mobilenets train`` runs it (fast paths, freed memory kept), timm's with the allocator's
+defaults, as a script of its own runs it.
+
 ``--loaders`` measures instead the main job's whole training step on Fashion-MNIST, data included:
 per-image ``transforms.v2`` in a loader process against the batched in-memory loader
 (``mobilenets.data.batched``), rounds alternating in one process (needs no timm):
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +44,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from mobilenets import create_model
 from mobilenets.data import load_dataset
 from mobilenets.data.batched import BatchAugment, BatchedTrainLoader, array_view
-from mobilenets.device import resolve_device
+from mobilenets.device import keep_freed_memory, resolve_device
+from mobilenets.layers import fast_training_paths
 from mobilenets.train import RMSpropTF
 
 PEER = "timm mobilenetv1_100"
@@ -77,7 +86,7 @@ def make_step(
     model: nn.Module, setting: Setting, device: torch.device, channels_last: bool, variant: str = ""
 ) -> Callable[[], None]:
     """One training step of ``model`` on a fixed random batch; ``variant`` "compile": its forward by
-    ``torch.compile``, "bf16": its forward under bf16 autocast."""
+    ``torch.compile``, "bf16": its forward under bf16 autocast, "modules": ConvBNAct's fast paths off."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = RMSpropTF(model.parameters(), lr=1e-3)
@@ -87,7 +96,10 @@ def make_step(
     labels = torch.randint(0, setting.num_classes, (setting.batch,), device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"),
+            fast_training_paths(variant != "modules"),
+        ):
             outputs = forward(images)
         loss = nn.functional.cross_entropy(outputs.float(), labels)
         loss.backward()
@@ -113,7 +125,11 @@ def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch
 def measure(setting: Setting, channels_last: bool, device: torch.device, args: argparse.Namespace) -> list[dict]:
     """Median images/s of each contender in ``setting``, rounds alternating between them."""
     # name: (model, variant of make_step)
-    contenders = {"mobilenets mobilenet_v1_1.0": (ours(setting), ""), PEER: (timm_model(setting), "")}
+    contenders = {
+        "mobilenets mobilenet_v1_1.0": (ours(setting), ""),
+        "mobilenets mobilenet_v1_1.0, modules only": (ours(setting), "modules"),
+        PEER: (timm_model(setting), ""),
+    }
     for variant in ("compile", "bf16"):
         if getattr(args, variant):
             contenders[f"mobilenets mobilenet_v1_1.0, {variant}"] = (ours(setting), variant)
@@ -128,6 +144,11 @@ def measure(setting: Setting, channels_last: bool, device: torch.device, args: a
         # Every other round in reverse order, so that no model always follows the same one.
         for name, step in list(steps.items())[:: 1 if round_ % 2 == 0 else -1]:
             rates[name].append(images_per_s(step, setting.batch, args.iters, device))
+    return table_rows(setting, channels_last, rates)
+
+
+def table_rows(setting: Setting, channels_last: bool, rates: dict[str, list[float]]) -> list[dict]:
+    """One row per contender: median images/s, quartiles, and the median per-round ratio to timm."""
     peer = rates[PEER]
     rows = []
     for name, values in rates.items():
@@ -145,6 +166,47 @@ def measure(setting: Setting, channels_last: bool, device: torch.device, args: a
             }
         )
     return rows
+
+
+def shipped_worker(
+    conn: multiprocessing.connection.Connection, setting: Setting, channels_last: bool, peer: bool, threads: int
+) -> None:
+    """One model's training step in a process of its own, timed on request: ``conn`` receives a
+    number of steps and answers images/s, until it receives None."""
+    if not peer:
+        keep_freed_memory()  # as `mobilenets train` does
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    step = make_step(timm_model(setting) if peer else ours(setting), setting, device, channels_last)
+    while (iters := conn.recv()) is not None:
+        conn.send(images_per_s(step, setting.batch, iters, device))
+
+
+def measure_as_shipped(setting: Setting, channels_last: bool, args: argparse.Namespace) -> list[dict]:
+    """Ours and timm's model each in its own CPU process, configured as each library runs it, one
+    process stepping at a time, rounds alternating."""
+    context = multiprocessing.get_context("spawn")
+    threads = args.threads or torch.get_num_threads()
+    workers = {}
+    for name, peer in (("mobilenets mobilenet_v1_1.0, as `mobilenets train` runs it", False), (PEER, True)):
+        conn, child = context.Pipe()
+        process = context.Process(target=shipped_worker, args=(child, setting, channels_last, peer, threads))
+        process.start()
+        workers[name] = (conn, process)
+    try:
+        for conn, _ in workers.values():
+            conn.send(args.warmup)
+            conn.recv()
+        rates: dict[str, list[float]] = {name: [] for name in workers}
+        for round_ in range(args.rounds):
+            for name, (conn, _) in list(workers.items())[:: 1 if round_ % 2 == 0 else -1]:
+                conn.send(args.iters)
+                rates[name].append(conn.recv())
+    finally:
+        for conn, process in workers.values():
+            conn.send(None)
+            process.join()
+    return table_rows(setting, channels_last, rates)
 
 
 def measure_loaders(device: torch.device, args: argparse.Namespace) -> list[dict]:
@@ -242,9 +304,23 @@ def main() -> None:
         "--compile", action="store_true", help="also our model's step with torch.compile (inductor; compiles first)"
     )
     parser.add_argument("--bf16", action="store_true", help="also our model's step under bf16 autocast")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="first keep freed memory for reuse in this process, as `mobilenets train` does (applies to every model)",
+    )
+    parser.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="each model in its own CPU process, ours as `mobilenets train` runs it, timm's with default settings",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.as_shipped and device.type != "cpu":
+        parser.error(f"--as-shipped compares CPU processes; got --device {device}")
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -267,7 +343,10 @@ def main() -> None:
     rows = []
     for setting in (s for s in SETTINGS if not args.setting or s.key in args.setting):
         for channels_last in (False, True):
-            block = measure(setting, channels_last, device, args)
+            if args.as_shipped:
+                block = measure_as_shipped(setting, channels_last, args)
+            else:
+                block = measure(setting, channels_last, device, args)
             rows += block
             if not args.json:  # each block as it finishes: the 224² one takes minutes on a CPU
                 table = tabulate(block, headers="keys", colalign=("left", "left", "left", "right", "right", "right"))

