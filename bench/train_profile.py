@@ -1,11 +1,12 @@
 """Where a training step's milliseconds go, for the main job's setting (`scripts/train_default.sh`:
 MobileNet V1 α = 0.25 at 40×40×1, batch 128, channels_last, RMSProp, no augmentation, the batched
-in-memory loader), from PyTorch's profiler: data, forward, backward and optimiser; within them each
+in-memory loader, ConvBNAct's fast paths and freed memory kept, as `mobilenets train` runs it), from
+PyTorch's profiler: data, forward, backward and optimiser; within them each
 layer type (first convolution, depthwise, pointwise, BatchNorm, ReLU6, pooling + classifier + loss);
 and the share of the arithmetic bound the step reaches (2 FLOPs per counted mult-add, 3 passes:
 forward, and backward for inputs and for weights, against the machine's fp32 GEMM peak).
 
-    PYTHONPATH=src python bench/train_profile.py [--threads 1] [--steps 30] [--warmup 10]
+    PYTHONPATH=src python bench/train_profile.py [--threads 1] [--steps 30] [--warmup 10] [--modules-only]
 
 The profiler adds its own time to every operator; the table is therefore scaled to the step time
 measured without it (median of --steps steps), and the rest of each phase (operators not listed,
@@ -32,6 +33,8 @@ from mobilenets.bench import gemm_peak
 from mobilenets.cost import count_cost
 from mobilenets.data import load_dataset
 from mobilenets.data.batched import BatchedTrainLoader, array_view, batch_transform
+from mobilenets.device import keep_freed_memory
+from mobilenets.layers import fast_training_paths
 from mobilenets.train import RMSpropTF
 
 PHASES = ("data", "forward", "backward", "optimiser")
@@ -62,9 +65,10 @@ def layer_type(name: str, shapes: list[list[int]]) -> str | None:
         return conv_kind(shapes[0], shapes[1])
     if name == "aten::convolution_backward":
         return conv_kind(shapes[1], shapes[2])
-    if name in ("aten::batch_norm", "aten::native_batch_norm_backward"):
+    # ConvBNAct's fast path calls native_batch_norm and clamp_ itself (inside aten::batch_norm otherwise).
+    if name in ("aten::batch_norm", "aten::native_batch_norm", "aten::native_batch_norm_backward"):
         return "BatchNorm"
-    if name in ("aten::hardtanh", "aten::hardtanh_", "aten::hardtanh_backward"):
+    if name in ("aten::hardtanh", "aten::hardtanh_", "aten::clamp_", "aten::hardtanh_backward"):
         return "ReLU6"
     if name in HEAD_OPS:
         return "pool, classifier, loss"
@@ -76,7 +80,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--modules-only", action="store_true", help="ConvBNAct's training fast paths off (every layer its module)"
+    )
     args = parser.parse_args()
+    keep_freed_memory()  # as `mobilenets train` does
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cpu")
@@ -104,7 +112,7 @@ def main() -> None:
     def step(mark: Callable[[str], object]) -> None:
         with mark("data"):
             images, labels = next(batches)
-        with mark("forward"):
+        with mark("forward"), fast_training_paths(not args.modules_only):
             loss = nn.functional.cross_entropy(model(images), labels)
         with mark("backward"):
             loss.backward()

@@ -126,12 +126,12 @@ def conv2d(
 
 # --- Training fast paths ---------------------------------------------------------------------
 # In eager CPU training, ConvBNAct computes the same values through cheaper kernels
-# (docs/benchmarks.md, "Faster training steps"): a 1×1 convolution over small maps runs as one
-# image of N·H rows, because oneDNN splits a convolution by image and a map of a few pixels leaves
-# its GEMM kernels idle (2.7× faster at 1×1 pixels, 1.3× at 2×2, 1.1× at 3×3; about even from 4×4
-# to 8×8, slower at 10×10); a depthwise filter over a 1×1 map is its centre tap; BatchNorm and its
-# activation are one autograd node, the activation applied in place, without the copy that an
-# in-place ReLU6 after BatchNorm makes for autograd.
+# (docs/benchmarks.md, "Faster training steps"). A 1×1 convolution over small maps runs as one
+# image of N·H rows: oneDNN splits a convolution by image, and a map of a few pixels leaves its GEMM
+# kernels idle (bench/pointwise_one_image.py: 1.9–2.2× faster at 1×1 pixels, 1.2× at 2×2, 1.06× at
+# 3×3, even at 4×4 and 5×5, slower from 8×8). A depthwise filter over a 1×1 map is its centre tap.
+# BatchNorm and its activation are one autograd node, the activation applied in place, without the
+# copy that an in-place ReLU6 after BatchNorm makes for autograd.
 _ONE_IMAGE_MAX_PIXELS = 9
 _fast_paths = True
 
@@ -159,21 +159,31 @@ def _fast_path_applies(x: torch.Tensor) -> bool:
     )
 
 
+def conv1x1_as_one_image(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, groups: int = 1
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, groups=groups)`` for a 1×1 ``weight`` (out, in / groups, 1, 1) and a
+    channels-last ``x`` (N, C, H, W), computed over the batch as one image of N·H rows: (N, out, H, W)."""
+    n, _, height, width = x.shape
+    # (N, C, H, W) in channels-last memory is (N·H, W, C): a view as one image, no copy.
+    rows = x.permute(0, 2, 3, 1).reshape(1, n * height, width, -1).permute(0, 3, 1, 2)
+    out = F.conv2d(rows, weight, bias, groups=groups)
+    return out.permute(0, 2, 3, 1).reshape(n, height, width, -1).permute(0, 3, 1, 2)
+
+
 def _conv_fast(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, by the cheaper kernel where one applies."""
     if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or x.dim() != 4:
         return conv(x)
-    n, _, height, width = x.shape
+    height, width = x.shape[-2:]
     if (
         conv.kernel_size == (1, 1)
         and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
         and height * width <= _ONE_IMAGE_MAX_PIXELS
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
-        # (N, C, H, W) in channels-last memory is (N·H, W, C): a view as one image, no copy.
-        rows = x.permute(0, 2, 3, 1).reshape(1, n * height, width, -1).permute(0, 3, 1, 2)
-        out = conv._conv_forward(rows, conv.weight, conv.bias)
-        return out.permute(0, 2, 3, 1).reshape(n, height, width, -1).permute(0, 3, 1, 2)
+        return conv1x1_as_one_image(x, conv.weight, conv.bias, groups=conv.groups)
     kh, kw = conv.kernel_size
     centred = conv.padding == (conv.dilation[0] * (kh - 1) // 2, conv.dilation[1] * (kw - 1) // 2)
     depthwise = conv.groups == conv.in_channels == conv.out_channels

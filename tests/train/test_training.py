@@ -16,6 +16,7 @@ from mobilenets.checkpoint import read_saved_weights
 from mobilenets.cli import main
 from mobilenets.data import FASHION_MNIST_DIR
 from mobilenets.data.synthetic import make_image_folder
+from mobilenets.layers import fast_training_paths
 from mobilenets.train import NonFiniteLoss, TrainingInterrupted, load_checkpoint, resume_config, train
 from mobilenets.train.distributed import setup
 from mobilenets.train.loop import Trainer
@@ -305,4 +306,14 @@ def test_each_speed_option_learns_as_well_as_without_it(
     tmp_path: Path, plain_top1: float, option: dict[str, object]
 ) -> None:
     top1 = train(tiny("fashion-mnist", tmp_path, **SPEED_RUN, **option)).evaluation.top1
+    assert plain_top1 > 0.5 and abs(top1 - plain_top1) < 0.06, (plain_top1, top1)
+
+
+def test_the_modules_learn_as_the_fast_paths_do(
+    tmp_path: Path, plain_top1: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The short run (ConvBNAct's fast paths, freed memory kept) against the same run through the modules."""
+    with fast_training_paths(False):
+        top1 = train(tiny("fashion-mnist", tmp_path, **SPEED_RUN)).evaluation.top1
+    assert "freed memory kept for reuse" in capsys.readouterr().out
     assert plain_top1 > 0.5 and abs(top1 - plain_top1) < 0.06, (plain_top1, top1)
