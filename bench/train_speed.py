@@ -318,7 +318,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.as_shipped and device.type != "cpu":
-        parser.error(f"--as-shipped compares CPU processes; got --device {device}")
+        parser.error(f"--as-shipped compares CPU processes: add --device cpu (the device here is {device})")
     if args.keep_freed_memory:
         keep_freed_memory()
     if args.threads:
