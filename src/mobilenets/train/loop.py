@@ -899,7 +899,8 @@ def train(config: TrainConfig, resume: bool = False, *, trainer: type[Trainer] |
     :class:`TrainingInterrupted` (after writing a checkpoint); ``ValueError`` for a bad value or a
     folder in use; ``OSError`` naming the file when one cannot be written.
     ``trainer``: a subclass of :class:`Trainer` for another task (detection), with its own config
-    and result; by default the one for the data's task (:func:`trainer_for`).
+    and result; by default the one for the data's task (:func:`trainer_for`). On the CPU it has glibc
+    keep freed memory for reuse from then on, in the whole process (:func:`~mobilenets.device.keep_freed_memory`).
     """
     config.validate()
     env = distributed.setup(config.device)
