@@ -35,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from tabulate import tabulate
@@ -49,6 +50,7 @@ from mobilenets.layers import fast_training_paths
 from mobilenets.train import RMSpropTF
 
 PEER = "timm mobilenetv1_100"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,13 @@ def make_step(
     return step
 
 
+def alternating(contenders: dict[str, T], rounds: int) -> Iterator[tuple[str, T]]:
+    """Each contender once a round for ``rounds`` rounds, every other round in reverse order, so that no
+    contender always follows the same one."""
+    for round_ in range(rounds):
+        yield from list(contenders.items())[:: 1 if round_ % 2 == 0 else -1]
+
+
 def images_per_s(step: Callable[[], None], batch: int, iters: int, device: torch.device) -> float:
     def sync() -> None:
         if device.type == "cuda":
@@ -140,10 +149,8 @@ def measure(setting: Setting, channels_last: bool, device: torch.device, args: a
         for _ in range(args.warmup):
             step()
     rates: dict[str, list[float]] = {name: [] for name in steps}
-    for round_ in range(args.rounds):
-        # Every other round in reverse order, so that no model always follows the same one.
-        for name, step in list(steps.items())[:: 1 if round_ % 2 == 0 else -1]:
-            rates[name].append(images_per_s(step, setting.batch, args.iters, device))
+    for name, step in alternating(steps, args.rounds):
+        rates[name].append(images_per_s(step, setting.batch, args.iters, device))
     return table_rows(setting, channels_last, rates)
 
 
@@ -198,10 +205,9 @@ def measure_as_shipped(setting: Setting, channels_last: bool, args: argparse.Nam
             conn.send(args.warmup)
             conn.recv()
         rates: dict[str, list[float]] = {name: [] for name in workers}
-        for round_ in range(args.rounds):
-            for name, (conn, _) in list(workers.items())[:: 1 if round_ % 2 == 0 else -1]:
-                conn.send(args.iters)
-                rates[name].append(conn.recv())
+        for name, (conn, _) in alternating(workers, args.rounds):
+            conn.send(args.iters)
+            rates[name].append(conn.recv())
     finally:
         for conn, process in workers.values():
             conn.send(None)
@@ -241,12 +247,12 @@ def measure_loaders(device: torch.device, args: argparse.Namespace) -> list[dict
     model = model.to(device, memory_format=torch.channels_last).train()
     optimizer = RMSpropTF(model.parameters(), lr=1e-3)
     cores = torch.get_num_threads() if args.threads is None else args.threads
-    # (name, batches, threads): the per-image loader takes a core, as in the main job.
-    contenders = [
-        ("per-image v2 transforms, 1 loader process", iter(per_image), max(1, cores - 1)),
-        (f"batched on {device.type}, {cores} threads", iter(batched), cores),
-        (f"batched on {device.type}, 1 thread", iter(batched), 1),
-    ]
+    # name: (batches, threads); the per-image loader takes a core, as in the main job.
+    contenders = {
+        "per-image v2 transforms, 1 loader process": (iter(per_image), max(1, cores - 1)),
+        f"batched on {device.type}, {cores} threads": (iter(batched), cores),
+        f"batched on {device.type}, 1 thread": (iter(batched), 1),
+    }
 
     def step(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> None:
         images, labels = next(batches)
@@ -256,16 +262,15 @@ def measure_loaders(device: torch.device, args: argparse.Namespace) -> list[dict
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _, batches, threads in contenders:
+    for batches, threads in contenders.values():
         torch.set_num_threads(threads)
         for _ in range(args.warmup):
             step(batches)
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in contenders}
-    for round_ in range(args.rounds):
-        for name, batches, threads in contenders[:: 1 if round_ % 2 == 0 else -1]:
-            torch.set_num_threads(threads)
-            rates[name].append(images_per_s(lambda b=batches: step(b), batch, args.iters, device))
-    baseline = rates[contenders[0][0]]
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for name, (batches, threads) in alternating(contenders, args.rounds):
+        torch.set_num_threads(threads)
+        rates[name].append(images_per_s(lambda b=batches: step(b), batch, args.iters, device))
+    baseline = rates[next(iter(contenders))]
     rows = []
     for name, values in rates.items():
         low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3

@@ -235,13 +235,8 @@ class _BatchNormAct(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
-def _activation_top(act: nn.Module) -> float | bool | None:
-    """The clip of a ReLU-family activation for :class:`_BatchNormAct` (``None``: identity), or False."""
-    if type(act) is nn.ReLU6:
-        return 6.0
-    if type(act) is nn.ReLU:
-        return math.inf
-    return None if type(act) is nn.Identity else False
+# The clip of each activation :class:`_BatchNormAct` computes (``None``: no activation).
+_BATCH_NORM_ACT_TOPS: dict[type[nn.Module], float | None] = {nn.ReLU6: 6.0, nn.ReLU: math.inf, nn.Identity: None}
 
 
 class ConvBNAct(nn.Sequential):
@@ -281,9 +276,9 @@ class ConvBNAct(nn.Sequential):
         if not (self.training and _fast_path_applies(x)):
             return super().forward(x)
         x = _conv_fast(self.conv, x)
-        bn, top = self.bn, _activation_top(self.act)
+        bn = self.bn
         if (
-            top is False
+            type(self.act) not in _BATCH_NORM_ACT_TOPS
             or type(bn) is not nn.BatchNorm2d
             or not bn.training
             or not bn.track_running_stats
@@ -292,6 +287,7 @@ class ConvBNAct(nn.Sequential):
         ):
             return self.act(bn(x))
         bn.num_batches_tracked.add_(1)
+        top = _BATCH_NORM_ACT_TOPS[type(self.act)]
         return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps, top)
 
 
