@@ -17,7 +17,7 @@ is the same model with them off. ``--keep-freed-memory`` first applies, to this 
 the allocator setting that ``mobilenets train`` applies (``mobilenets.device.keep_freed_memory``).
 ``--as-shipped`` instead times each model in its own process, rounds alternating between them:
 ours as ``mobilenets train`` runs it (fast paths, freed memory kept), timm's with the allocator's
-defaults, as a script of its own runs it.
+defaults, as a script of its own runs it, and timm's with freed memory kept (the allocator's share).
 
 ``--loaders`` measures instead the main job's whole training step on Fashion-MNIST, data included:
 per-image ``transforms.v2`` in a loader process against the batched in-memory loader
@@ -32,6 +32,7 @@ import argparse
 import json
 import multiprocessing
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -176,12 +177,18 @@ def table_rows(setting: Setting, channels_last: bool, rates: dict[str, list[floa
 
 
 def shipped_worker(
-    conn: multiprocessing.connection.Connection, setting: Setting, channels_last: bool, peer: bool, threads: int
+    conn: multiprocessing.connection.Connection,
+    setting: Setting,
+    channels_last: bool,
+    *,
+    peer: bool,
+    keep_memory: bool,
+    threads: int,
 ) -> None:
-    """One model's training step in a process of its own, timed on request: ``conn`` receives a
-    number of steps and answers images/s, until it receives None."""
-    if not peer:
-        keep_freed_memory()  # as `mobilenets train` does
+    """One model's training step in a process of its own, freed memory kept or glibc's defaults, timed on
+    request: ``conn`` receives a number of steps and answers images/s, until it receives None."""
+    if keep_memory:
+        keep_freed_memory()
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     step = make_step(timm_model(setting) if peer else ours(setting), setting, device, channels_last)
@@ -190,14 +197,21 @@ def shipped_worker(
 
 
 def measure_as_shipped(setting: Setting, channels_last: bool, args: argparse.Namespace) -> list[dict]:
-    """Ours and timm's model each in its own CPU process, configured as each library runs it, one
-    process stepping at a time, rounds alternating."""
+    """Ours and timm's model each in its own CPU process, configured as each library runs it, beside timm's
+    with freed memory kept (the allocator's share); one process stepping at a time, rounds alternating."""
     context = multiprocessing.get_context("spawn")
     threads = args.threads or torch.get_num_threads()
+    # name: (timm's model, freed memory kept)
+    contenders = {
+        "mobilenets mobilenet_v1_1.0, as `mobilenets train` runs it": (False, True),
+        PEER: (True, False),
+        f"{PEER}, freed memory kept": (True, True),
+    }
     workers = {}
-    for name, peer in (("mobilenets mobilenet_v1_1.0, as `mobilenets train` runs it", False), (PEER, True)):
+    for name, (peer, keep_memory) in contenders.items():
         conn, child = context.Pipe()
-        process = context.Process(target=shipped_worker, args=(child, setting, channels_last, peer, threads))
+        options = {"peer": peer, "keep_memory": keep_memory, "threads": threads}
+        process = context.Process(target=shipped_worker, args=(child, setting, channels_last), kwargs=options)
         process.start()
         workers[name] = (conn, process)
     try:
@@ -324,8 +338,8 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.as_shipped and device.type != "cpu":
         parser.error(f"--as-shipped compares CPU processes: add --device cpu (the device here is {device})")
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("--keep-freed-memory: this C library is not glibc; the allocator keeps its defaults", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

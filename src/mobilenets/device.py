@@ -65,9 +65,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every block above a threshold (128 KiB, rising to at most 32 MiB as blocks
     are freed) fresh from the OS and unmaps it on free, so a training step that allocates its
-    activations and gradients anew pays a page fault for every 4 KiB it writes. Kept, MobileNet V1
-    trained 1.26× faster at 32 px and 1.9× at 224 px on this project's CPUs (docs/benchmarks.md). The
-    cost: the process's resident memory stays at its peak.
+    activations and gradients anew pays a page fault for every 4 KiB it writes. Kept, timm's MobileNet
+    V1 trained 1.26× faster at 32 px and 2.6× at 224 px (channels-last, side by side on this project's
+    CPUs: docs/benchmarks.md). The cost: the process's resident memory stays at its peak.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
